@@ -1,0 +1,186 @@
+"""Data sets behind one interface: uint8 (N, 3, S, S) image tensors, int64 labels and class names.
+
+Supported sources:
+- ``fashion-mnist``: the IDX files installed by the Debian package ``dataset-fashion-mnist``;
+- ``cifar10`` / ``cifar100``: the "python version" batch directories as distributed;
+- ``imagefolder``: one sub-folder per class (optionally under ``train/`` and ``test/``).
+
+Images are held in memory at the model's input size (32 px Fashion-MNIST: 215 MB for all 70k images),
+which keeps CPU training free of data-loader overhead.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from dyntta.data.transforms import arrays_to_model_input, to_model_input
+
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]
+FASHION_MNIST_DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_ENV = "DYNTTA_FASHION_MNIST_DIR"
+DATA_DIR_ENV = "DYNTTA_DATA_DIR"
+DATASETS = ("fashion-mnist", "cifar10", "cifar100", "imagefolder")
+SPLITS = ("train", "test")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A data set's files are missing; the message says what to install or where files are expected."""
+
+
+@dataclass
+class LabelledImages:
+    """A split of a data set, in memory."""
+
+    name: str
+    split: str
+    images: torch.Tensor  # uint8 (N, 3, S, S)
+    labels: torch.Tensor  # int64 (N,)
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.images.shape[-1])
+
+    def subset(self, indices: torch.Tensor | np.ndarray | list[int]) -> LabelledImages:
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return LabelledImages(self.name, self.split, self.images[index], self.labels[index], self.classes)
+
+
+def load_dataset(
+    name: str, split: str = "train", *, image_size: int = 32, root: str | os.PathLike | None = None
+) -> LabelledImages:
+    """Load one split of a data set at ``image_size`` x ``image_size`` RGB.
+
+    ``root`` overrides where the files are; otherwise ``DYNTTA_FASHION_MNIST_DIR`` (Fashion-MNIST) or
+    ``DYNTTA_DATA_DIR`` is used, then the default location.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    key = name.lower().replace("_", "-")
+    if key in ("fashion-mnist", "fashionmnist"):
+        return _fashion_mnist(split, image_size, root)
+    if key in ("cifar10", "cifar-10", "cifar100", "cifar-100"):
+        return _cifar(key.replace("-", ""), split, image_size, root)
+    if key in ("imagefolder", "image-folder"):
+        if root is None and not os.environ.get(DATA_DIR_ENV):
+            raise DatasetNotFoundError(f"--data imagefolder needs --data-dir DIR (or {DATA_DIR_ENV}=DIR)")
+        return _image_folder(Path(root or os.environ[DATA_DIR_ENV]), split, image_size)
+    raise ValueError(f"unknown data set {name!r}; expected one of {DATASETS}")
+
+
+# --- Fashion-MNIST (IDX) -------------------------------------------------------------------------------
+
+def _fashion_mnist(split: str, size: int, root: str | os.PathLike | None) -> LabelledImages:
+    directory = Path(root or os.environ.get(FASHION_MNIST_ENV) or FASHION_MNIST_DEFAULT_DIR)
+    prefix = "train" if split == "train" else "t10k"
+    images_path = _find_idx(directory, f"{prefix}-images-idx3-ubyte")
+    labels_path = _find_idx(directory, f"{prefix}-labels-idx1-ubyte")
+    raw = read_idx(images_path)
+    labels = torch.from_numpy(read_idx(labels_path).astype(np.int64))
+    return LabelledImages("fashion-mnist", split, arrays_to_model_input(raw, size), labels,
+                          list(FASHION_MNIST_CLASSES))
+
+
+def _find_idx(directory: Path, stem: str) -> Path:
+    for candidate in (directory / f"{stem}.gz", directory / stem):
+        if candidate.is_file():
+            return candidate
+    raise DatasetNotFoundError(
+        f"Fashion-MNIST file {stem}[.gz] not found in {directory}: install it with "
+        f"'apt-get install dataset-fashion-mnist' or point --data-dir / {FASHION_MNIST_ENV} at the IDX files"
+    )
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (optionally gzipped); numpy has no IDX reader and the format is 10 lines of code."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        data = fh.read()
+    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype_code != 0x08:
+        raise ValueError(f"{path} is not an unsigned-byte IDX file")
+    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+# --- CIFAR-10 / CIFAR-100 python batches ---------------------------------------------------------------
+
+def _cifar(key: str, split: str, size: int, root: str | os.PathLike | None) -> LabelledImages:
+    default = "cifar-10-batches-py" if key == "cifar10" else "cifar-100-python"
+    directory = Path(root or os.environ.get(DATA_DIR_ENV) or Path.cwd() / "data" / default)
+    if key == "cifar10":
+        files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+        meta, label_key, names_key = "batches.meta", b"labels", b"label_names"
+    else:
+        files = ["train"] if split == "train" else ["test"]
+        meta, label_key, names_key = "meta", b"fine_labels", b"fine_label_names"
+    missing = [f for f in [*files, meta] if not (directory / f).is_file()]
+    if missing:
+        raise DatasetNotFoundError(
+            f"{key} batch files {missing} not found in {directory}: extract the 'python version' archive "
+            f"there or pass --data-dir / {DATA_DIR_ENV}"
+        )
+    arrays, labels = [], []
+    for file in files:
+        batch = _unpickle(directory / file)
+        arrays.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        labels.extend(batch[label_key])
+    classes = [c.decode() for c in _unpickle(directory / meta)[names_key]]
+    images = arrays_to_model_input(np.concatenate(arrays), size)
+    return LabelledImages(key, split, images, torch.tensor(labels, dtype=torch.int64), classes)
+
+
+def _unpickle(path: Path) -> dict:
+    with open(path, "rb") as fh:
+        return pickle.load(fh, encoding="bytes")
+
+
+# --- ImageFolder ---------------------------------------------------------------------------------------
+
+def _image_folder(directory: Path, split: str, size: int) -> LabelledImages:
+    if not directory.is_dir():
+        raise DatasetNotFoundError(f"ImageFolder directory {directory} does not exist")
+    split_dir = directory / split
+    if split == "test" and not split_dir.is_dir():
+        split_dir = directory / "val"
+    if not split_dir.is_dir():
+        split_dir = directory  # a single folder serves every split (e.g. an evaluation set)
+    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    files = [(f, label) for label, c in enumerate(classes) for f in sorted((split_dir / c).rglob("*"))
+             if f.suffix.lower() in IMAGE_SUFFIXES]
+    if not files:
+        raise DatasetNotFoundError(f"no images found in class sub-folders of {split_dir}")
+    images = np.empty((len(files), size, size, 3), dtype=np.uint8)
+    for i, (path, _) in enumerate(tqdm(files, desc=f"reading {split_dir}", disable=len(files) < 1000)):
+        with Image.open(path) as img:
+            images[i] = to_model_input(img, size)
+    labels = torch.tensor([label for _, label in files], dtype=torch.int64)
+    tensor = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+    return LabelledImages(f"imagefolder:{directory}", split, tensor, labels, classes)
+
+
+def split_validation(data: LabelledImages, fraction: float, seed: int) -> tuple[LabelledImages, LabelledImages]:
+    """Split a training set into (train, validation) with a seeded permutation."""
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(data), generator=generator)
+    n_val = int(round(len(data) * fraction))
+    train, val = data.subset(order[n_val:]), data.subset(order[:n_val])
+    val.split = "val"
+    return train, val

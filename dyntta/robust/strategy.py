@@ -1,0 +1,65 @@
+"""The hook interface through which a training method plugs into the one training loop.
+
+The loop calls these hooks and never asks which method is running. The base class is plain empirical
+risk minimisation (ERM); robust methods override only the hooks they change.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dyntta.data import LabelledImages
+
+
+class TrainingStrategy:
+    """Plain training (ERM). Subclasses override hooks; each hook's default is the ERM behaviour."""
+
+    name = "erm"
+
+    def __init__(self, label_smoothing: float = 0.0) -> None:
+        self.label_smoothing = label_smoothing
+
+    # -- model preparation ------------------------------------------------------------------------------
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """Return the model to train (e.g. with noise modules or dual BatchNorm inserted)."""
+        return model
+
+    def parameter_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        return [{"params": [p for p in model.parameters() if p.requires_grad]}]
+
+    # -- loss and gradient estimation -------------------------------------------------------------------
+    def loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(model(images), labels, label_smoothing=self.label_smoothing)
+
+    def training_step(
+        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer
+    ) -> dict[str, float]:
+        """Compute gradients and step the optimizer; returns the figures to log (at least ``loss``)."""
+        optimizer.zero_grad(set_to_none=True)
+        loss = self.loss(model, images, labels)
+        loss.backward()
+        optimizer.step()
+        return {"loss": loss.item()}
+
+    def after_step(self, model: nn.Module) -> None:
+        """Called after every optimizer step (e.g. to clamp learned noise scales)."""
+
+    # -- evaluation and data ----------------------------------------------------------------------------
+    def eval_mode(self, model: nn.Module) -> nn.Module:
+        """Put the model in its inference behaviour; returns the module to evaluate."""
+        return model.eval()
+
+    def inference_model(self, model: nn.Module) -> nn.Module:
+        """The module to save and export once training ends."""
+        return model
+
+    def amend_data(self, round_index: int, model: nn.Module, train: LabelledImages) -> LabelledImages:
+        """Between training rounds, return the (possibly amended) training set."""
+        return train
+
+    def describe(self) -> dict[str, Any]:
+        return {"method": self.name, "label_smoothing": self.label_smoothing}

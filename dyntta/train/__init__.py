@@ -1,0 +1,1 @@
+"""Training commands: recognizers and enhancers."""

@@ -1,0 +1,118 @@
+"""``python -m dyntta.train recognizer``: fit a classifier on a data set and save a checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from dyntta.data import load_dataset, split_validation, to_float
+from dyntta.models import create_recognizer, load_recognizer, save_recognizer
+from dyntta.robust import STRATEGIES, create_strategy
+from dyntta.train.augment import standard_augmentation
+from dyntta.train.loop import LoopConfig, evaluate_accuracy, fit, pick_device
+
+
+@dataclass
+class RecognizerTrainConfig:
+    data: str
+    arch: str
+    epochs: int
+    out: str
+    data_dir: str | None = None
+    image_size: int = 32
+    method: str = "erm"
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float | None = None
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.1
+    val_fraction: float = 0.1
+    train_subset: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None
+    weights_dtype: str = "float32"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", default="fashion-mnist", help="fashion-mnist | cifar10 | cifar100 | imagefolder")
+    parser.add_argument("--data-dir", default=None, help="where the data set's files are (overrides defaults)")
+    parser.add_argument("--arch", default="resnet18_half", help="any timm architecture name")
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--out", required=True, help="output checkpoint directory")
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--method", default="erm", choices=sorted(STRATEGIES))
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
+    parser.add_argument("--lr", type=float, default=None, help="default: 0.1 (sgd) or 1e-3 (adamw) per 128 images")
+    parser.add_argument("--weight-decay", type=float, default=5e-4)
+    parser.add_argument("--label-smoothing", type=float, default=0.1)
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="held-out part of train for validation")
+    parser.add_argument("--train-subset", type=int, default=None, help="use only N training images (smoke runs)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--weights-dtype", default="float32", choices=["float32", "float16"],
+                        help="dtype of the saved weights (float16 halves committed files)")
+
+
+def run(args: argparse.Namespace) -> dict:
+    config = RecognizerTrainConfig(**{k: v for k, v in vars(args).items() if k in RecognizerTrainConfig.__dataclass_fields__})
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    full_train = load_dataset(config.data, "train", image_size=config.image_size, root=config.data_dir)
+    test = load_dataset(config.data, "test", image_size=config.image_size, root=config.data_dir)
+    train, val = split_validation(full_train, config.val_fraction, config.seed)
+    if config.train_subset:
+        train = train.subset(torch.arange(min(config.train_subset, len(train))))
+    mean, std = channel_statistics(train.images)
+    model = create_recognizer(config.arch, train.classes, input_size=config.image_size, mean=mean, std=std)
+    lr = config.lr or (0.1 if config.optimizer == "sgd" else 1e-3) * config.batch_size / 128
+    loop = LoopConfig(epochs=config.epochs, batch_size=config.batch_size, optimizer=config.optimizer, lr=lr,
+                      weight_decay=config.weight_decay, seed=config.seed, device=config.device)
+    strategy = create_strategy(config.method, label_smoothing=config.label_smoothing)
+    print(f"training {config.arch} ({model.num_parameters() / 1e6:.2f} M parameters) with {strategy.name} on "
+          f"{len(train)} {config.data} images, validating on {len(val)}, device {pick_device(config.device)}",
+          file=sys.stderr)
+    started = time.perf_counter()
+    trained, history = fit(model, strategy, train, val, loop, out, augment=standard_augmentation(config.image_size))
+    train_seconds = time.perf_counter() - started
+    device = pick_device(config.device)
+    final = strategy.inference_model(trained).cpu()
+    recipe = {"command": "python -m dyntta.train recognizer " + " ".join(sys.argv[2:]), **asdict(config),
+              "lr": lr, "strategy": strategy.describe(), "augmentation": "random crop (pad size/8) + hflip",
+              "schedule": "1 warm-up epoch, cosine per step", "device": str(device)}
+    save_recognizer(final, out, recipe=recipe, weights_dtype=config.weights_dtype)
+    # The reported accuracy is that of the saved artifact, reloaded (weights rounded as stored).
+    saved = load_recognizer(out).to(device)
+    test_acc = evaluate_accuracy(strategy.eval_mode(saved), test, device)
+    metrics = {
+        "test_accuracy": round(test_acc, 4),
+        "test_images": len(test),
+        "val_accuracy": history[-1].get("val_accuracy") if history else None,
+        "train_seconds": round(train_seconds, 1),
+        "history": history,
+    }
+    save_recognizer(final, out, recipe=recipe, metrics=metrics, weights_dtype=config.weights_dtype)
+    print(json.dumps({"checkpoint": str(out), "test_accuracy": metrics["test_accuracy"],
+                      "train_seconds": metrics["train_seconds"]}))
+    return metrics
+
+
+def channel_statistics(images: torch.Tensor, max_images: int = 10000) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean/std of [0, 1] pixels over (up to) the first ``max_images`` training images."""
+    sample = to_float(images[:max_images])
+    mean = sample.mean(dim=(0, 2, 3)).tolist()
+    std = sample.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
+    return tuple(round(m, 4) for m in mean), tuple(round(s, 4) for s in std)
+
+
+__all__ = ["add_arguments", "channel_statistics", "run"]
