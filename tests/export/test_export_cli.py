@@ -1,0 +1,57 @@
+"""``python -m export`` on a real checkpoint directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dyntta.models import save_recognizer
+from export.__main__ import main
+from export.tensorrt import tensorrt_version
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_recognizer, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ckpt")
+    save_recognizer(tiny_recognizer, out, recipe={"data": "fashion-mnist"}, metrics={"test_accuracy": 0.1})
+    return out
+
+
+def test_cli_writes_a_repository_and_reports_parity(checkpoint: Path, tmp_path: Path, capsys):
+    out = tmp_path / "model_repository"
+    code = main(["--recognizer", str(checkpoint), "--out", str(out), "--parity-images", "64"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    parity = summary["recognizer_parity"]
+    assert parity["passed"] and parity["top1_agreement"] >= 0.99
+    assert parity["data"] == "fashion-mnist test[:64]"
+    report = json.loads((out / "recognizer" / "export.json").read_text())
+    assert report["source"]["checkpoint"] == str(checkpoint)
+    assert report["source"]["metrics"] == {"test_accuracy": 0.1}
+    assert report["produced_by"]["command"].startswith("python -m export --recognizer")
+    assert json.loads((out / "enhancer" / "export.json").read_text())["identity"] is True
+    assert "python -m export" in (out / "dyntta" / "config.pbtxt").read_text()
+
+
+def test_cli_fails_loudly_past_tolerance(checkpoint: Path, tmp_path: Path, capsys):
+    code = main(["--recognizer", str(checkpoint), "--out", str(tmp_path / "r"), "--parity-data", "random",
+                 "--parity-images", "8", "--atol", "-1"])
+    assert code == 2
+    assert "PARITY FAILED" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.skipif(tensorrt_version() is not None, reason="TensorRT is installed here")
+def test_tensorrt_without_tensorrt_is_a_clear_error(checkpoint: Path, tmp_path: Path, capsys):
+    code = main(["--recognizer", str(checkpoint), "--out", str(tmp_path / "r"), "--flavour", "gpu",
+                 "--tensorrt", "--parity-data", "random", "--parity-images", "8"])
+    assert code == 3
+    assert "--tensorrt needs the TensorRT Python package" in capsys.readouterr().err
+
+
+def test_tensorrt_needs_the_gpu_flavour(checkpoint: Path, tmp_path: Path):
+    with pytest.raises(ValueError, match="gpu flavour"):
+        main(["--recognizer", str(checkpoint), "--out", str(tmp_path / "r"), "--tensorrt",
+              "--parity-data", "random", "--parity-images", "8"])
