@@ -6,6 +6,7 @@ risk minimisation (ERM); robust methods override only the hooks they change.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,6 +20,8 @@ class TrainingStrategy:
     """Plain training (ERM). Subclasses override hooks; each hook's default is the ERM behaviour."""
 
     name = "erm"
+    #: Training rounds with :meth:`amend_data` between them (the loop splits its epochs evenly).
+    rounds = 1
 
     def __init__(self, label_smoothing: float = 0.0) -> None:
         self.label_smoothing = label_smoothing
@@ -30,6 +33,16 @@ class TrainingStrategy:
 
     def parameter_groups(self, model: nn.Module) -> list[dict[str, Any]]:
         return [{"params": [p for p in model.parameters() if p.requires_grad]}]
+
+    # -- data and schedule ------------------------------------------------------------------------------
+    def bind_data(self, train: LabelledImages, val: LabelledImages | None) -> LabelledImages:
+        """Called once before training with the training and validation splits; returns the training set
+        to use (e.g. DPL sets its guide set aside here and keeps the validation split for stopping)."""
+        return train
+
+    def start_epoch(self, epoch: int, epochs: int) -> None:
+        """Called at the start of every epoch (0-based) with the total number of epochs (e.g. for
+        Learn2Perturb's noise and adversarial-training delays)."""
 
     # -- loss and gradient estimation -------------------------------------------------------------------
     def loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -60,6 +73,11 @@ class TrainingStrategy:
     def amend_data(self, round_index: int, model: nn.Module, train: LabelledImages) -> LabelledImages:
         """Between training rounds, return the (possibly amended) training set."""
         return train
+
+    def save_artifacts(self, model: nn.Module, directory: Path) -> list[str]:
+        """Save what the plain checkpoint cannot hold (e.g. Learn2Perturb's noise scales) beside it, given
+        the trained (not the inference) model; returns the file names written."""
+        return []
 
     def describe(self) -> dict[str, Any]:
         return {"method": self.name, "label_smoothing": self.label_smoothing}

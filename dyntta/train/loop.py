@@ -100,6 +100,7 @@ def fit(
     device = pick_device(config.device)
     seed_everything(config.seed)
     model = strategy.prepare_model(model).to(device)
+    train = strategy.bind_data(train, val)  # e.g. DPL sets its guide set aside
     optimizer = make_optimizer(config, strategy.parameter_groups(model))
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
@@ -123,6 +124,7 @@ def fit(
     for epoch in range(start_epoch, config.epochs):
         if epoch > 0 and epoch % epochs_per_round == 0:
             train = strategy.amend_data(epoch // epochs_per_round, model, train)
+        strategy.start_epoch(epoch, config.epochs)
         model.train()
         started = time.perf_counter()
         order = torch.randperm(len(train))

@@ -13,7 +13,7 @@ import torch
 
 from dyntta.data import load_dataset, split_validation, to_float
 from dyntta.models import create_recognizer, load_recognizer, save_recognizer
-from dyntta.robust import STRATEGIES, create_strategy
+from dyntta.robust import STRATEGIES, create_strategy, parse_method_args
 from dyntta.train.augment import standard_augmentation
 from dyntta.train.loop import LoopConfig, evaluate_accuracy, fit, pick_device
 
@@ -38,6 +38,9 @@ class RecognizerTrainConfig:
     device: str = "auto"
     threads: int | None = None
     weights_dtype: str = "float32"
+    method_args: list[str] | None = None
+    init: str | None = None
+    small_input_stem: bool = True
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,6 +51,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output checkpoint directory")
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--method", default="erm", choices=sorted(STRATEGIES))
+    parser.add_argument("--method-args", nargs="+", default=None, metavar="KEY=VALUE",
+                        help="method hyper-parameters, e.g. sigma=0.1 micro_batches=8 (damp); an unknown key "
+                             "lists the method's parameters and defaults")
+    parser.add_argument("--init", default=None, metavar="CKPT",
+                        help="start from this recognizer checkpoint's weights (e.g. AdvBN fine-tuning)")
+    parser.add_argument("--no-small-input-stem", dest="small_input_stem", action="store_false",
+                        help="keep the architecture's strided stem at small inputs (faster, coarser)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
     parser.add_argument("--lr", type=float, default=None, help="default: 0.1 (sgd) or 1e-3 (adamw) per 128 images")
@@ -74,11 +84,16 @@ def run(args: argparse.Namespace) -> dict:
     if config.train_subset:
         train = train.subset(torch.arange(min(config.train_subset, len(train))))
     mean, std = channel_statistics(train.images)
-    model = create_recognizer(config.arch, train.classes, input_size=config.image_size, mean=mean, std=std)
+    model = create_recognizer(config.arch, train.classes, input_size=config.image_size, mean=mean, std=std,
+                              small_input=None if config.small_input_stem else False)
+    if config.init:
+        load_initial_weights(model, config.init)
+    strategy = create_strategy(config.method, label_smoothing=config.label_smoothing,
+                               **parse_method_args(config.method_args))
     lr = config.lr or (0.1 if config.optimizer == "sgd" else 1e-3) * config.batch_size / 128
     loop = LoopConfig(epochs=config.epochs, batch_size=config.batch_size, optimizer=config.optimizer, lr=lr,
-                      weight_decay=config.weight_decay, seed=config.seed, device=config.device)
-    strategy = create_strategy(config.method, label_smoothing=config.label_smoothing)
+                      weight_decay=config.weight_decay, seed=config.seed, device=config.device,
+                      rounds=strategy.rounds)
     print(f"training {config.arch} ({model.num_parameters() / 1e6:.2f} M parameters) with {strategy.name} on "
           f"{len(train)} {config.data} images, validating on {len(val)}, device {pick_device(config.device)}",
           file=sys.stderr)
@@ -91,6 +106,7 @@ def run(args: argparse.Namespace) -> dict:
               "lr": lr, "strategy": strategy.describe(), "augmentation": "random crop (pad size/8) + hflip",
               "schedule": "1 warm-up epoch, cosine per step", "device": str(device)}
     save_recognizer(final, out, recipe=recipe, weights_dtype=config.weights_dtype)
+    recipe["artifacts"] = strategy.save_artifacts(trained, out)
     # The reported accuracy is that of the saved artifact, reloaded (weights rounded as stored).
     saved = load_recognizer(out).to(device)
     test_acc = evaluate_accuracy(strategy.eval_mode(saved), test, device)
@@ -107,6 +123,19 @@ def run(args: argparse.Namespace) -> dict:
     return metrics
 
 
+def load_initial_weights(model: torch.nn.Module, directory: str) -> None:
+    """Copy a saved recognizer's weights into ``model``; the architecture and classes must match."""
+    source = load_recognizer(directory)
+    if (source.config.arch, source.config.classes) != (model.config.arch, model.config.classes):
+        raise ValueError(f"--init {directory} is a {source.config.arch} over {len(source.config.classes)} "
+                         f"classes; this run builds a {model.config.arch} over {len(model.config.classes)}")
+    try:
+        model.load_state_dict(source.state_dict())
+    except RuntimeError as error:
+        raise ValueError(f"--init {directory} does not fit this model (stem or input size differ?): "
+                         f"{str(error).splitlines()[0]}") from None
+
+
 def channel_statistics(images: torch.Tensor, max_images: int = 10000) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean/std of [0, 1] pixels over (up to) the first ``max_images`` training images."""
     sample = to_float(images[:max_images])
@@ -115,4 +144,4 @@ def channel_statistics(images: torch.Tensor, max_images: int = 10000) -> tuple[t
     return tuple(round(m, 4) for m in mean), tuple(round(s, 4) for s in std)
 
 
-__all__ = ["add_arguments", "channel_statistics", "run"]
+__all__ = ["add_arguments", "channel_statistics", "load_initial_weights", "run"]

@@ -1,0 +1,178 @@
+"""DAMP: Data Augmentation via Multiplicative Perturbations (Trinh et al., NeurIPS 2024).
+
+Each step splits the batch into M micro-batches; micro-batch m sees the weights ``w * (1 + sigma * xi_m)``
+with ``xi_m ~ N(0, I)`` drawn independently for every convolution / linear kernel and every normalisation
+scale (biases and BatchNorm shifts stay clean, as in the official code's ``kernel``/``scale`` leaves). The
+gradient is the mean over micro-batches of the gradient *with respect to the perturbed tensor* (the
+official convention, no chain-rule factor ``1 + sigma * xi``); the optimizer then steps the clean weights,
+with weight decay on the clean weights. Evaluation uses the clean weights.
+
+The M micro-batches run in parallel inside one forward/backward of the whole batch, so a step costs what
+an SGD step costs: convolutions become grouped convolutions over M stacked perturbed kernels, linear
+layers batched matrix products, and BatchNorm normalises with the statistics of the whole batch (the
+official configs use synchronised BatchNorm) before applying each micro-batch's perturbed scale.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dyntta.robust.strategy import TrainingStrategy
+
+NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def _largest_divisor_at_most(n: int, m: int) -> int:
+    for d in range(min(n, m), 0, -1):
+        if n % d == 0:
+            return d
+    return 1
+
+
+def _micro_major(x: torch.Tensor, m: int) -> torch.Tensor:
+    """(B, C, ...) with micro-batches contiguous along B -> (B/m, m*C, ...) for a grouped convolution."""
+    b = x.shape[0] // m
+    return x.reshape(m, b, *x.shape[1:]).transpose(0, 1).reshape(b, m * x.shape[1], *x.shape[2:])
+
+
+def _batch_major(y: torch.Tensor, m: int) -> torch.Tensor:
+    b, mc = y.shape[:2]
+    return y.reshape(b, m, mc // m, *y.shape[2:]).transpose(0, 1).reshape(b * m, mc // m, *y.shape[2:])
+
+
+class _Perturbed:
+    """The perturbed copies of one module's scaled tensor: a (M, *shape) leaf whose gradient is kept."""
+
+    def __init__(self, param: nn.Parameter, m: int, sigma: float) -> None:
+        self.param = param
+        #: the multiplicative factors 1 + sigma * xi, one set per micro-batch
+        self.factor = torch.empty((m, *param.shape), device=param.device, dtype=param.dtype).normal_()
+        self.factor.mul_(sigma).add_(1.0)
+        self.value = (param.detach().unsqueeze(0) * self.factor).requires_grad_(True)
+
+
+def _conv_forward(module: nn.Conv2d, perturbed: _Perturbed, m: int):
+    if module.padding_mode != "zeros":
+        raise ValueError("DAMP supports zero-padded convolutions only, "
+                         f"not padding_mode={module.padding_mode!r}")
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        weight = perturbed.value.reshape(m * module.out_channels, *module.weight.shape[1:])
+        bias = module.bias.repeat(m) if module.bias is not None else None
+        y = F.conv2d(_micro_major(x, m), weight, bias, module.stride, module.padding, module.dilation,
+                     module.groups * m)
+        return _batch_major(y, m)
+
+    return forward
+
+
+def _linear_forward(module: nn.Linear, perturbed: _Perturbed, m: int):
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        xs = x.reshape(m, -1, x.shape[-1])  # micro-batches are contiguous along the leading dimension
+        y = torch.bmm(xs, perturbed.value.transpose(1, 2))
+        if module.bias is not None:
+            y = y + module.bias
+        return y.reshape(*x.shape[:-1], module.out_features)
+
+    return forward
+
+
+def _norm_forward(module: nn.modules.batchnorm._BatchNorm, perturbed: _Perturbed, m: int):
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        # Same statistics and running-average logic as nn.BatchNorm, without the affine part.
+        momentum = 0.0 if module.momentum is None else module.momentum
+        if module.training and module.track_running_stats and module.num_batches_tracked is not None:
+            module.num_batches_tracked.add_(1)
+            if module.momentum is None:
+                momentum = 1.0 / float(module.num_batches_tracked)
+        use_batch = module.training or module.running_mean is None
+        track = not module.training or module.track_running_stats
+        y = F.batch_norm(x, module.running_mean if track else None, module.running_var if track else None,
+                         None, None, use_batch, momentum, module.eps)
+        shape = (m, 1, x.shape[1]) + (1,) * (x.dim() - 2)
+        y = y.reshape(m, -1, *x.shape[1:]) * perturbed.value.reshape(shape)
+        if module.bias is not None:
+            y = y + module.bias.reshape((1, 1, x.shape[1]) + (1,) * (x.dim() - 2))
+        return y.reshape(x.shape)
+
+    return forward
+
+
+def perturbable_modules(model: nn.Module) -> list[nn.Module]:
+    """Modules whose kernel / scale DAMP perturbs."""
+    return [mod for mod in model.modules()
+            if isinstance(mod, nn.Conv2d | nn.Linear) or (isinstance(mod, NORM_TYPES) and mod.affine)]
+
+
+@contextlib.contextmanager
+def multiplicative_noise(model: nn.Module, sigma: float, m: int) -> Iterator[list[_Perturbed]]:
+    """Within the context, ``model`` runs M micro-batches in parallel, each with its own perturbed weights."""
+    patched: list[tuple[nn.Module, _Perturbed]] = []
+    try:
+        for module in perturbable_modules(model):
+            perturbed = _Perturbed(module.weight, m, sigma)
+            if isinstance(module, nn.Conv2d):
+                module.forward = _conv_forward(module, perturbed, m)
+            elif isinstance(module, nn.Linear):
+                module.forward = _linear_forward(module, perturbed, m)
+            else:
+                module.forward = _norm_forward(module, perturbed, m)
+            patched.append((module, perturbed))
+        yield [p for _, p in patched]
+    finally:
+        for module, _ in patched:
+            del module.forward  # back to the class's forward
+
+
+class DAMP(TrainingStrategy):
+    """Random multiplicative weight noise per micro-batch (``sigma`` = 0 is plain training)."""
+
+    name = "damp"
+
+    def __init__(self, label_smoothing: float = 0.0, sigma: float = 0.1, micro_batches: int = 8) -> None:
+        super().__init__(label_smoothing)
+        if sigma < 0:
+            raise ValueError(f"DAMP sigma must be >= 0, got {sigma}")
+        if micro_batches < 1:
+            raise ValueError(f"DAMP micro_batches must be >= 1, got {micro_batches}")
+        self.sigma = sigma
+        self.micro_batches = micro_batches
+
+    def training_step(
+        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer
+    ) -> dict[str, float]:
+        optimizer.zero_grad(set_to_none=True)
+        # A batch not divisible by M (the last of an epoch) uses the largest M' <= M that divides it.
+        m = _largest_divisor_at_most(len(images), self.micro_batches)
+        with multiplicative_noise(model, self.sigma, m) as perturbed:
+            # The mean loss over the batch is (1/M) sum_m L_m, so summing the gradients of the M perturbed
+            # copies gives mean_m grad L_m(w * xi_m): the official gradient convention.
+            loss = self.loss(model, images, labels)
+            leaves = [p.value for p in perturbed] + _other_params(model, perturbed)
+            grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+        for p, g in zip(perturbed, grads[: len(perturbed)], strict=True):
+            if g is not None and p.param.requires_grad:
+                p.param.grad = g.sum(0)
+        for param, g in zip(_other_params(model, perturbed), grads[len(perturbed):], strict=True):
+            if g is not None:
+                param.grad = g
+        optimizer.step()
+        return {"loss": loss.item()}
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "sigma": self.sigma, "micro_batches": self.micro_batches,
+                "perturbed": "conv/linear kernels and BatchNorm scales, N(1, sigma^2) per micro-batch",
+                "gradient": "w.r.t. the perturbed tensors (official convention)",
+                "batchnorm": "statistics of the whole batch (synchronised across micro-batches)"}
+
+
+def _other_params(model: nn.Module, perturbed: list[_Perturbed]) -> list[nn.Parameter]:
+    """Trainable parameters that carry no noise (biases, BatchNorm shifts, ...)."""
+    noisy = {id(p.param) for p in perturbed}
+    return [p for p in model.parameters() if p.requires_grad and id(p) not in noisy]
