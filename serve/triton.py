@@ -112,6 +112,22 @@ class TritonURLs:
         return _netloc(self.grpc_url)
 
     @classmethod
+    def from_http_url(cls, http_url: str, grpc_url: str | None = None,
+                      metrics_url: str | None = None) -> TritonURLs:
+        """URLs of a server known by its HTTP URL (``http://host:port`` or ``host:port``). gRPC and
+        metrics default to Triton's standard layout: the HTTP port + 1 and + 2 on the same host."""
+        if "://" not in http_url:
+            http_url = "http://" + http_url
+        parts = urllib.parse.urlsplit(http_url.rstrip("/"))
+        if parts.hostname is None:
+            raise TritonError(f"not a URL: {http_url!r}")
+        port = parts.port or 8000
+        grpc = grpc_url or f"{parts.hostname}:{port + 1}"
+        return cls(http_url=f"{parts.scheme}://{parts.netloc}",
+                   grpc_url=grpc if "://" in grpc else "grpc://" + grpc,
+                   metrics_url=metrics_url or f"{parts.scheme}://{parts.hostname}:{port + 2}/metrics")
+
+    @classmethod
     def local(cls, http_port: int, grpc_port: int, metrics_port: int, host: str = "127.0.0.1") -> TritonURLs:
         return cls(f"http://{host}:{http_port}", f"grpc://{host}:{grpc_port}",
                    f"http://{host}:{metrics_port}/metrics")
@@ -458,22 +474,9 @@ def connect(
 ) -> TritonURLs:
     """Use an already running server (e.g. the NGC container): wait until it and ``models`` are ready.
 
-    ``http_url`` is ``http://host:port`` (a bare ``host:port`` is accepted). The gRPC and metrics URLs
-    default to Triton's standard layout: the HTTP port + 1 and + 2 on the same host.
+    See :meth:`TritonURLs.from_http_url` for the defaults of the gRPC and metrics URLs.
     """
-    if "://" not in http_url:
-        http_url = "http://" + http_url
-    parts = urllib.parse.urlsplit(http_url.rstrip("/"))
-    if parts.hostname is None:
-        raise TritonError(f"not a URL: {http_url!r}")
-    port = parts.port or 8000
-    host = parts.hostname
-    grpc = grpc_url or f"{host}:{port + 1}"
-    urls = TritonURLs(
-        http_url=f"{parts.scheme}://{parts.netloc}",
-        grpc_url=grpc if "://" in grpc else "grpc://" + grpc,
-        metrics_url=metrics_url or f"{parts.scheme}://{host}:{port + 2}/metrics",
-    )
+    urls = TritonURLs.from_http_url(http_url, grpc_url, metrics_url)
     deadline = time.monotonic() + timeout
     while True:
         ready = _http_status(urls.http_url + "/v2/health/ready") == 200 and all(

@@ -1,0 +1,238 @@
+"""The bundled Triton server on a freshly exported repository: inference equals onnxruntime in-process,
+labels through the classification extension, readiness, errors and clean shutdown."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from torch import nn
+
+from dyntta.models import create_recognizer
+from export.build import export_repository, random_images
+from export.onnx import ENHANCED_IMAGE, IMAGE, LOGITS, cpu_session
+from serve.triton import (
+    ModelLoadError,
+    PortInUseError,
+    RepositoryNotFoundError,
+    TritonError,
+    TritonServer,
+    TritonURLs,
+    connect,
+    repository_index,
+)
+
+CLASSES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+class Brighten(nn.Module):
+    """A small per-image enhancer, so the ensemble's first step really changes the pixels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return (pixels + 0.2 * torch.tanh(self.conv(pixels))).clamp(0.0, 1.0)
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    recognizer = create_recognizer("test_resnet", CLASSES).eval()
+    out = tmp_path_factory.mktemp("triton") / "model_repository"
+    export_repository(recognizer, CLASSES, 32, out, enhancer=Brighten().eval(),
+                      parity_images=random_images(32, 32), flavours=("cpu",))
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(repository: Path) -> Iterator[TritonServer]:
+    triton = TritonServer(repository, startup_timeout=120)
+    triton.start()
+    yield triton
+    triton.stop()
+
+
+@pytest.fixture(scope="module")
+def reference(repository: Path):
+    """The ensemble computed in-process with onnxruntime on the same ONNX files."""
+    enhancer = cpu_session(repository / "enhancer" / "1" / "model.onnx")
+    recognizer = cpu_session(repository / "recognizer" / "1" / "model.onnx")
+
+    def run(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        enhanced = enhancer.run([ENHANCED_IMAGE], {IMAGE: images})[0]
+        return enhanced, recognizer.run([LOGITS], {IMAGE: enhanced})[0]
+
+    return run
+
+
+def grpc_input(images: np.ndarray) -> grpcclient.InferInput:
+    tensor = grpcclient.InferInput(IMAGE, list(images.shape), "UINT8")
+    tensor.set_data_from_numpy(images)
+    return tensor
+
+
+def http_input(images: np.ndarray) -> httpclient.InferInput:
+    tensor = httpclient.InferInput(IMAGE, list(images.shape), "UINT8")
+    tensor.set_data_from_numpy(images, binary_data=True)
+    return tensor
+
+
+def test_urls_are_loopback_and_server_is_ready(server: TritonServer):
+    urls = server.urls
+    assert urls.http_url.startswith("http://127.0.0.1:") and urls.grpc_url.startswith("grpc://127.0.0.1:")
+    assert urls.metrics_url.endswith("/metrics")
+    assert httpclient.InferenceServerClient(urls.http_address).is_server_ready()
+    assert grpcclient.InferenceServerClient(urls.grpc_address).is_server_ready()
+    states = {m["name"]: m["state"] for m in repository_index(urls.http_url)}
+    assert states == {"dyntta": "READY", "enhancer": "READY", "recognizer": "READY"}
+
+
+def test_grpc_ensemble_equals_onnxruntime_in_process(server: TritonServer, reference):
+    images = random_images(16, 32, seed=3)
+    client = grpcclient.InferenceServerClient(server.urls.grpc_address)
+    logits = client.infer("dyntta", [grpc_input(images)]).as_numpy(LOGITS)
+    enhanced, expected = reference(images)
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
+    # each step stays callable on its own: the no-enhancer baseline and the enhanced images
+    np.testing.assert_array_equal(
+        client.infer("enhancer", [grpc_input(images)]).as_numpy(ENHANCED_IMAGE), enhanced)
+    alone = client.infer("recognizer", [grpc_input(images)]).as_numpy(LOGITS)
+    np.testing.assert_allclose(alone, reference_recognizer(server, images), rtol=1e-5, atol=1e-5)
+
+
+def reference_recognizer(server: TritonServer, images: np.ndarray) -> np.ndarray:
+    session = cpu_session(server.model_repository / "recognizer" / "1" / "model.onnx")
+    return session.run([LOGITS], {IMAGE: images})[0]
+
+
+def test_http_ensemble_equals_onnxruntime_in_process(server: TritonServer, reference):
+    images = random_images(5, 32, seed=4)
+    client = httpclient.InferenceServerClient(server.urls.http_address)
+    result = client.infer("dyntta", [http_input(images)],
+                          outputs=[httpclient.InferRequestedOutput(LOGITS, binary_data=True)])
+    np.testing.assert_allclose(result.as_numpy(LOGITS), reference(images)[1], rtol=1e-5, atol=1e-5)
+
+
+def test_concurrent_requests_are_batched_without_changing_results(server: TritonServer, reference):
+    batches = [random_images(1 + i % 4, 32, seed=10 + i) for i in range(24)]
+    client = grpcclient.InferenceServerClient(server.urls.grpc_address)
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda b: client.infer("dyntta", [grpc_input(b)]).as_numpy(LOGITS), batches))
+    for images, logits in zip(batches, results, strict=True):
+        np.testing.assert_allclose(logits, reference(images)[1], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_classification_extension_returns_labels(server: TritonServer, reference, protocol: str):
+    images = random_images(3, 32, seed=5)
+    if protocol == "grpc":
+        client = grpcclient.InferenceServerClient(server.urls.grpc_address)
+        output = grpcclient.InferRequestedOutput(LOGITS, class_count=3)
+        top = client.infer("dyntta", [grpc_input(images)], outputs=[output]).as_numpy(LOGITS)
+    else:
+        client = httpclient.InferenceServerClient(server.urls.http_address)
+        output = httpclient.InferRequestedOutput(LOGITS, class_count=3)
+        top = client.infer("dyntta", [http_input(images)], outputs=[output]).as_numpy(LOGITS)
+    expected = reference(images)[1]
+    assert top.shape == (3, 3)
+    for row, logits in zip(top, expected, strict=True):
+        entries = [item.decode().split(":") for item in row]
+        assert [len(e) for e in entries] == [3, 3, 3]
+        indices = [int(e[1]) for e in entries]
+        assert indices == list(np.argsort(-logits)[:3])
+        assert [e[2] for e in entries] == [CLASSES[i] for i in indices]
+        np.testing.assert_allclose([float(e[0]) for e in entries], logits[indices], atol=1e-5)
+
+
+def test_served_config_is_the_exported_one(server: TritonServer):
+    config = httpclient.InferenceServerClient(server.urls.http_address).get_model_config("dyntta")
+    assert config["platform"] == "ensemble" and config["max_batch_size"] == 128
+    assert config["output"][0]["label_filename"] == "labels.txt"
+
+
+def test_connect_to_a_running_server(server: TritonServer):
+    urls = connect(server.urls.http_url, grpc_url=server.urls.grpc_address,
+                   metrics_url=server.urls.metrics_url, models=["dyntta"], timeout=10)
+    assert urls == server.urls
+
+
+def test_connect_to_nothing_is_a_clear_error():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound, never listening
+        with pytest.raises(TritonError, match="not ready"):
+            connect(f"http://127.0.0.1:{port}", timeout=0.5)
+
+
+def test_urls_dataclass_gives_tritonclient_addresses():
+    urls = TritonURLs.local(1, 2, 3)
+    assert (urls.http_address, urls.grpc_address) == ("127.0.0.1:1", "127.0.0.1:2")
+    assert urls.metrics_url == "http://127.0.0.1:3/metrics"
+    assert TritonURLs.from_http_url("triton:8000") == TritonURLs(
+        "http://triton:8000", "grpc://triton:8001", "http://triton:8002/metrics")
+    external = TritonURLs.from_http_url("https://t.example/", grpc_url="t.example:443")
+    assert external.grpc_address == "t.example:443"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie still answers kill(0); a reaped child does not
+    return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+
+
+def test_missing_repository_is_a_clear_error(tmp_path: Path):
+    with pytest.raises(RepositoryNotFoundError, match="does not exist"):
+        TritonServer(tmp_path / "nowhere").start()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RepositoryNotFoundError, match="no model"):
+        TritonServer(tmp_path / "empty").start()
+
+
+def test_busy_port_is_a_clear_error(repository: Path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        with pytest.raises(PortInUseError, match="already in use"):
+            TritonServer(repository, grpc_port=sock.getsockname()[1]).start()
+
+
+def test_model_that_fails_to_load_surfaces_tritons_message(repository: Path, tmp_path: Path):
+    broken = tmp_path / "broken"
+    shutil.copytree(repository, broken)
+    (broken / "recognizer" / "1" / "model.onnx").write_bytes(b"this is not an onnx file")
+    triton = TritonServer(broken, startup_timeout=60)
+    with pytest.raises(ModelLoadError) as info:
+        triton.start()
+    reason = info.value.reasons["recognizer"].lower()
+    assert "onnx" in reason or "protobuf" in reason
+    assert not triton.is_alive() and triton.pid is None
+
+
+def test_stop_leaves_no_process_behind(repository: Path):
+    triton = TritonServer(repository)
+    with triton as urls:
+        pid = triton.pid
+        assert pid is not None and _alive(pid)
+        assert httpclient.InferenceServerClient(urls.http_address).is_model_ready("dyntta")
+    started = time.monotonic()
+    assert not _alive(pid)
+    with pytest.raises(ProcessLookupError):  # nothing left in its process group (python stubs included)
+        os.killpg(pid, signal.SIG_DFL or 0)
+    assert time.monotonic() - started < 1
+    triton.stop()  # idempotent
