@@ -1,0 +1,199 @@
+"""Throughput and latency through Triton (gRPC) against onnxruntime in-process on the same ONNX files.
+
+    uv run python benchmarks/triton.py [--model-repository model_repository] [--url http://host:8000]
+        [--batch-sizes 1 16 64] [--concurrency 1 8] [--seconds 5] [--json results.json]
+
+For every model (``dyntta`` ensemble, ``recognizer`` alone), batch size and concurrency it measures
+images/s and p50/p99 request latency, first in-process (the ceiling: onnxruntime sessions on the
+repository's ``*/1/model.onnx``, the ensemble as enhancer then recognizer), then through Triton with the
+asyncio gRPC client (``concurrency`` requests in flight). Triton is the bundled server started by
+``serve.triton`` unless ``--url`` names a running one. Both sides run on the same machine; the client is
+part of the measured system, as in production.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+from serve.triton import TritonServer, TritonURLs, connect  # noqa: E402
+
+IMAGE, LOGITS, ENHANCED = "IMAGE", "LOGITS", "ENHANCED_IMAGE"
+
+
+@dataclass
+class Cell:
+    target: str  # "in-process" | "triton-grpc"
+    model: str
+    batch: int
+    concurrency: int
+    requests: int
+    seconds: float
+    images_per_s: float
+    p50_ms: float
+    p99_ms: float
+
+
+def summarise(target: str, model: str, batch: int, concurrency: int, latencies: list[float],
+              seconds: float) -> Cell:
+    ordered = sorted(latencies)
+    p99 = ordered[min(len(ordered) - 1, int(round(0.99 * (len(ordered) - 1))))]
+    return Cell(target, model, batch, concurrency, len(latencies), round(seconds, 2),
+                round(len(latencies) * batch / seconds, 1), round(statistics.median(ordered) * 1e3, 2),
+                round(p99 * 1e3, 2))
+
+
+def session(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), ort.SessionOptions(), providers=["CPUExecutionProvider"])
+
+
+def in_process_runner(repository: Path, model: str) -> Callable[[np.ndarray], np.ndarray]:
+    recognizer = session(repository / "recognizer" / "1" / "model.onnx")
+    if model == "recognizer":
+        return lambda images: recognizer.run([LOGITS], {IMAGE: images})[0]
+    enhancer = session(repository / "enhancer" / "1" / "model.onnx")
+    return lambda images: recognizer.run([LOGITS], {IMAGE: enhancer.run([ENHANCED], {IMAGE: images})[0]})[0]
+
+
+def bench_in_process(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray, concurrency: int,
+                     seconds: float) -> tuple[list[float], float]:
+    for _ in range(3):
+        run(images)
+    latencies: list[float] = []
+    lock = threading.Lock()
+    stop_at = time.perf_counter() + seconds
+
+    def worker() -> None:
+        mine = []
+        while time.perf_counter() < stop_at:
+            start = time.perf_counter()
+            run(images)
+            mine.append(time.perf_counter() - start)
+        with lock:
+            latencies.extend(mine)
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return latencies, time.perf_counter() - started
+
+
+async def bench_triton(grpc_address: str, model: str, images: np.ndarray, concurrency: int,
+                       seconds: float) -> tuple[list[float], float]:
+    import tritonclient.grpc.aio as aio
+    from tritonclient.grpc import InferInput, InferRequestedOutput
+
+    client = aio.InferenceServerClient(grpc_address)
+    tensor = InferInput(IMAGE, list(images.shape), "UINT8")
+    tensor.set_data_from_numpy(images)
+    outputs = [InferRequestedOutput(LOGITS)]
+    try:
+        for _ in range(3):
+            await client.infer(model, [tensor], outputs=outputs)
+        latencies: list[float] = []
+        stop_at = time.perf_counter() + seconds
+
+        async def worker() -> None:
+            while time.perf_counter() < stop_at:
+                start = time.perf_counter()
+                result = await client.infer(model, [tensor], outputs=outputs)
+                result.as_numpy(LOGITS)
+                latencies.append(time.perf_counter() - start)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return latencies, time.perf_counter() - started
+    finally:
+        await client.close()
+
+
+def markdown(cells: Sequence[Cell]) -> str:
+    base = {(c.model, c.batch, c.concurrency): c for c in cells if c.target == "in-process"}
+    lines = ["| model | batch | concurrency | in-process img/s | Triton gRPC img/s | ratio | "
+             "in-process p50 / p99 ms | Triton p50 / p99 ms |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for cell in cells:
+        if cell.target != "triton-grpc":
+            continue
+        ref = base.get((cell.model, cell.batch, cell.concurrency))
+        ratio = f"{cell.images_per_s / ref.images_per_s:.0%}" if ref else "-"
+        lines.append(f"| {cell.model} | {cell.batch} | {cell.concurrency} | "
+                     f"{ref.images_per_s if ref else '-'} | {cell.images_per_s} | {ratio} | "
+                     f"{f'{ref.p50_ms} / {ref.p99_ms}' if ref else '-'} | {cell.p50_ms} / {cell.p99_ms} |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-repository", default="model_repository")
+    parser.add_argument("--url", help="HTTP URL of a running Triton serving the same repository")
+    parser.add_argument("--grpc-url", help="its gRPC host:port (default: HTTP port + 1)")
+    parser.add_argument("--models", nargs="+", default=["dyntta", "recognizer"])
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 16, 64])
+    parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--seconds", type=float, default=5.0, help="measuring time per cell")
+    parser.add_argument("--json", help="also write the cells here")
+    args = parser.parse_args(argv)
+    repository = Path(args.model_repository)
+    size = int(json.loads((repository / "recognizer" / "export.json").read_text())["onnx"]["inputs"][0]
+               ["shape"][1])
+    rng = np.random.default_rng(0)
+    cells: list[Cell] = []
+
+    for model in args.models:
+        run = in_process_runner(repository, model)
+        for batch in args.batch_sizes:
+            images = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+            for concurrency in args.concurrency:
+                latencies, elapsed = bench_in_process(run, images, concurrency, args.seconds)
+                cells.append(summarise("in-process", model, batch, concurrency, latencies, elapsed))
+                print(cells[-1], file=sys.stderr)
+
+    server = None
+    if args.url:
+        urls: TritonURLs = connect(args.url, grpc_url=args.grpc_url, models=args.models)
+    else:
+        server = TritonServer(repository)
+        urls = server.start()
+    try:
+        for model in args.models:
+            for batch in args.batch_sizes:
+                images = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+                for concurrency in args.concurrency:
+                    latencies, elapsed = asyncio.run(
+                        bench_triton(urls.grpc_address, model, images, concurrency, args.seconds))
+                    cells.append(summarise("triton-grpc", model, batch, concurrency, latencies, elapsed))
+                    print(cells[-1], file=sys.stderr)
+    finally:
+        if server is not None:
+            server.stop()
+
+    table = markdown(cells)
+    print(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "command": "python benchmarks/triton.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "host": {"cpus": os.cpu_count(), "machine": platform.machine(), "onnxruntime": ort.__version__},
+            "triton": args.url or "bundled (serve.triton)", "cells": [asdict(c) for c in cells],
+            "table": table}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
