@@ -40,6 +40,13 @@ def load_enhancer_checkpoint(directory: str) -> tuple[nn.Module, dict[str, Any]]
     return load_enhancer(directory).eval(), meta
 
 
+def check_sizes(recognizer_size: int, enhancer_meta: dict[str, Any]) -> None:
+    size = (enhancer_meta.get("model") or {}).get("input_size")
+    if size is not None and size != recognizer_size:
+        raise SystemExit(f"the enhancer works at {size} px but the recognizer at {recognizer_size} px; "
+                         "both models of the ensemble take the same IMAGE tensor")
+
+
 def parity_batch(data: str, count: int, size: int, data_dir: str | None) -> tuple[np.ndarray, str]:
     """The first ``count`` test images of ``data`` (uint8 NHWC), or seeded random pixels for ``random``."""
     if data == "random":
@@ -93,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rec_meta = read_checkpoint_meta(args.recognizer)
     config = recognizer.config
     enhancer, enh_meta = (load_enhancer_checkpoint(args.enhancer) if args.enhancer else (None, {}))
+    check_sizes(config.input_size, enh_meta)
     data = args.parity_data or (rec_meta.get("recipe") or {}).get("data") or "fashion-mnist"
     images, described = parity_batch(data, args.parity_images, config.input_size,
                                      args.data_dir or (rec_meta.get("recipe") or {}).get("data_dir"))
