@@ -74,7 +74,11 @@ class RepositoryNotFoundError(TritonError, FileNotFoundError):
 
 
 class PortInUseError(TritonError):
-    pass
+    """A port is taken; ``service`` is "http", "grpc" or "metrics" when known."""
+
+    def __init__(self, message: str, service: str | None = None) -> None:
+        super().__init__(message)
+        self.service = service
 
 
 class ModelLoadError(TritonError):
@@ -204,13 +208,20 @@ _LEVELS = {"I": logging.INFO, "W": logging.WARNING, "E": logging.ERROR}
 # Logged as errors/warnings by the bundled server on every host without a GPU, and harmless there.
 _CPU_HOST_NOISE = re.compile(r"CUDA driver version is insufficient|CudaDriverHelper has not been initialized|"
                              r"pinned memory")
-_ADDRESS_IN_USE = re.compile(r"address already in use|failed to start (http|grpc|metrics)", re.IGNORECASE)
+# e.g. 'failed to start Metrics service: Unavailable - Socket '127.0.0.1:8002' already in use'. A busy HTTP or
+# gRPC port stops the server; a busy metrics port does not (it runs on without metrics), so both are checked.
+_SERVICE_FAILED = re.compile(r"failed to start (HTTP|GRPC|Metrics) service[^\n\"]*", re.IGNORECASE)
 
 
-def _set_parent_death_signal() -> None:
-    """Runs in the child before exec: SIGTERM it when the parent dies, even by SIGKILL (Linux only)."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+def _parent_death_signal() -> Any:
+    """A pre-exec hook that makes the kernel SIGTERM the server when this process dies, even by SIGKILL
+    (Linux ``PR_SET_PDEATHSIG``); None where unavailable. ``prctl`` is looked up here, in the parent, so the
+    forked child only calls it (no dlopen between fork and exec)."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return lambda: prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 class TritonServer:
@@ -278,16 +289,15 @@ class TritonServer:
             for port in self._ports.values():
                 if port is not None:
                     check_port_free(port, self.host)
-            auto_ports = any(port is None for port in self._ports.values())
             # A port picked free can be taken before Triton binds it: retry once with new ones.
-            for attempt in range(2 if auto_ports else 1):
+            for attempt in range(2):
                 try:
                     return self._start_once()
-                except PortInUseError:
+                except PortInUseError as exc:
                     self._stop_locked()
-                    if attempt == 1 or not auto_ports:
+                    if attempt == 1 or exc.service is None or self._ports.get(exc.service) is not None:
                         raise
-                    LOGGER.warning("a port was taken while Triton started; retrying with other ports")
+                    LOGGER.warning("the %s port was taken while Triton started; retrying", exc.service)
                 except BaseException:
                     self._stop_locked()
                     raise
@@ -346,7 +356,7 @@ class TritonServer:
         in_main = threading.current_thread() is threading.main_thread()
         self._process = subprocess.Popen(
             command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            start_new_session=True, preexec_fn=_set_parent_death_signal if in_main else None,
+            start_new_session=True, preexec_fn=_parent_death_signal() if in_main else None,
         )
         atexit.register(self.stop)
         self._reader = threading.Thread(target=self._forward_log, args=(self._process,),
@@ -382,6 +392,7 @@ class TritonServer:
             # Models are loaded before the endpoints open, so once "live" the load outcome is known.
             if _http_status(urls.http_url + "/v2/health/live") == 200:
                 if _http_status(urls.http_url + "/v2/health/ready") == 200:
+                    self._raise_for_port_failure()
                     return
                 failures = _failed_models(urls.http_url)
                 if failures:
@@ -390,13 +401,19 @@ class TritonServer:
         raise ServerStartError(f"Triton was not ready after {self.startup_timeout:.0f} s; log tail:\n"
                                f"{self.log_tail()}")
 
+    def _raise_for_port_failure(self) -> None:
+        for line in list(self._log_tail):
+            match = _SERVICE_FAILED.search(line)
+            if match:
+                service, message = match.group(1).lower(), match.group(0).strip()
+                raise PortInUseError(f"Triton could not start its {service} endpoint: {message}", service)
+
     def _raise_for_exit(self) -> None:
         assert self._process is not None
         if self._reader is not None:
             self._reader.join(timeout=2)  # collect the last lines
+        self._raise_for_port_failure()
         tail = self.log_tail()
-        if _ADDRESS_IN_USE.search(tail):
-            raise PortInUseError(f"Triton could not bind its ports: {_error_lines(tail) or tail}")
         raise ServerStartError(f"tritonserver exited with code {self._process.returncode}; log tail:\n{tail}")
 
     def _stop_locked(self) -> None:
@@ -427,10 +444,6 @@ class TritonServer:
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-
-
-def _error_lines(log: str) -> str:
-    return "".join(line for line in log.splitlines(keepends=True) if line.startswith("E"))
 
 
 def _http_status(url: str, timeout: float = 2.0) -> int | None:

@@ -212,6 +212,33 @@ def test_busy_port_is_a_clear_error(repository: Path):
             TritonServer(repository, grpc_port=sock.getsockname()[1]).start()
 
 
+def test_busy_metrics_port_is_an_error_too(repository: Path, monkeypatch):
+    # Triton runs on without metrics when their port is taken; the launcher must not accept that.
+    monkeypatch.setattr("serve.triton.check_port_free", lambda *args, **kwargs: None)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        triton = TritonServer(repository, metrics_port=sock.getsockname()[1])
+        with pytest.raises(PortInUseError, match="metrics") as info:
+            triton.start()
+    assert info.value.service == "metrics" and not triton.is_alive()
+
+
+def test_a_picked_port_taken_before_triton_binds_it_is_retried(repository: Path, monkeypatch):
+    import serve.triton
+
+    real_free_port = serve.triton.free_port
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        taken = sock.getsockname()[1]
+        picks = iter([taken])
+        monkeypatch.setattr("serve.triton.free_port",
+                            lambda host="127.0.0.1": next(picks, None) or real_free_port())
+        with TritonServer(repository) as urls:
+            assert urls.http_url != f"http://127.0.0.1:{taken}"
+
+
 def test_model_that_fails_to_load_surfaces_tritons_message(repository: Path, tmp_path: Path):
     broken = tmp_path / "broken"
     shutil.copytree(repository, broken)
