@@ -1,0 +1,128 @@
+"""A robustness report (dyntta.evaluate's JSON format) as one self-contained HTML page.
+
+The page holds a summary table and, per compared model, an accuracy heatmap (corruption x severity, cells
+coloured by accuracy), plus the difference "enhancer + recognizer minus recognizer" when both are present.
+No scripts and no external assets, so a saved page keeps working.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+
+def _pct(value: Any, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{100 * float(value):.{digits}f}"
+
+
+def _cell_colour(accuracy: float | None) -> str:
+    """Red (0 %) through yellow to green (100 %)."""
+    if accuracy is None or math.isnan(accuracy):
+        return "#eee"
+    hue = 120 * max(0.0, min(1.0, accuracy))
+    return f"hsl({hue:.0f}, 70%, {72 - 10 * accuracy:.0f}%)"
+
+
+def _delta_colour(delta: float | None) -> str:
+    if delta is None or math.isnan(delta):
+        return "#eee"
+    strength = min(abs(delta) / 0.2, 1.0)  # full colour at 20 points
+    hue = 120 if delta >= 0 else 0
+    return f"hsl({hue}, 65%, {95 - 35 * strength:.0f}%)"
+
+
+def _heatmap(res: Mapping[str, Any], names: list[str], severities: list[int]) -> str:
+    head = "".join(f"<th>s{s}</th>" for s in severities)
+    rows = []
+    clean = res["clean"]["accuracy"]
+    rows.append(f'<tr><th class="name">clean</th><td style="background:{_cell_colour(clean)}" '
+                f'colspan="{len(severities)}">{_pct(clean)}</td><td>{_pct(clean)}</td></tr>')
+    per_corruption = {}
+    for block in ("core", "extras"):
+        per_corruption.update((res.get(block) or {}).get("per_corruption") or {})
+    for name in names:
+        cells = []
+        for s in severities:
+            value = res["accuracy"].get(name, {}).get(str(s))
+            cells.append(f'<td style="background:{_cell_colour(value)}">{_pct(value)}</td>')
+        mean = per_corruption.get(name)
+        rows.append(f'<tr><th class="name">{html.escape(name)}</th>{"".join(cells)}'
+                    f'<td style="background:{_cell_colour(mean)}"><b>{_pct(mean)}</b></td></tr>')
+    return (f'<table class="heatmap"><thead><tr><th>corruption</th>{head}<th>mean</th></tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table>')
+
+
+def _delta_heatmap(new: Mapping[str, Any], base: Mapping[str, Any], names: list[str],
+                   severities: list[int]) -> str:
+    head = "".join(f"<th>s{s}</th>" for s in severities)
+    rows = []
+    for name in names:
+        cells = []
+        for s in severities:
+            a, b = new["accuracy"].get(name, {}).get(str(s)), base["accuracy"].get(name, {}).get(str(s))
+            delta = None if a is None or b is None else a - b
+            text = "–" if delta is None else f"{100 * delta:+.1f}"
+            cells.append(f'<td style="background:{_delta_colour(delta)}">{text}</td>')
+        rows.append(f'<tr><th class="name">{html.escape(name)}</th>{"".join(cells)}</tr>')
+    return (f'<table class="heatmap"><thead><tr><th>corruption</th>{head}</tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table>')
+
+
+def _summary(models: Mapping[str, Any]) -> str:
+    rows = []
+    for name, res in models.items():
+        clean = res["clean"]
+        core = res.get("core") or {}
+        extras = res.get("extras") or {}
+        ci = clean.get("ci95") or [None, None]
+        rows.append(
+            f"<tr><th>{html.escape(name)}</th><td>{_pct(clean['accuracy'], 2)} "
+            f"[{_pct(ci[0], 2)}, {_pct(ci[1], 2)}]</td><td>{_pct(core.get('mean'), 2)}</td>"
+            f"<td>{_pct(core.get('severity5_mean'), 2)}</td><td>{_pct(extras.get('mean'), 2)}</td></tr>")
+    return ("<table class=\"summary\"><thead><tr><th>model</th><th>clean accuracy % [95 % CI]</th>"
+            "<th>corrupted mean % (ImageNet-C set)</th><th>severity-5 mean %</th><th>extras mean %</th>"
+            f"</tr></thead><tbody>{''.join(rows)}</tbody></table>")
+
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+td { font-variant-numeric: tabular-nums; }
+th.name, .summary th { text-align: left; }
+.heatmaps { display: flex; flex-wrap: wrap; gap: 2em; }
+pre { background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: 85%; }
+"""
+
+
+def render_report_html(report: Mapping[str, Any], *, job_id: str | None = None) -> str:
+    header = report.get("header", {})
+    names = list(report["conditions"]["corruptions"])
+    severities = [int(s) for s in report["conditions"]["severities"]]
+    models = report["models"]
+    data = header.get("data", {})
+    title = f"Robustness report {job_id}" if job_id else "Robustness report"
+    sections = [f"<h1>{html.escape(title)}</h1>",
+                f"<p>{html.escape(str(data.get('name', '?')))} ({data.get('n', '?')} images, "
+                f"{data.get('image_size', '?')} px); seed {header.get('seed', '?')}; corruptions: "
+                f"{html.escape(json.dumps(header.get('corruptions', {})))}</p>",
+                "<h2>Summary</h2>", _summary(models), "<h2>Accuracy (%) per corruption and severity</h2>",
+                '<div class="heatmaps">']
+    for name, res in models.items():
+        sections.append(f"<div><h3>{html.escape(name)}</h3>{_heatmap(res, names, severities)}</div>")
+    sections.append("</div>")
+    if "recognizer" in models and len(models) > 1:
+        for name, res in models.items():
+            if name != "recognizer":
+                sections.append(f"<h2>{html.escape(name)} minus recognizer (points)</h2>"
+                                + _delta_heatmap(res, models["recognizer"], names, severities))
+    dumped = html.escape(json.dumps(header, indent=2, default=str))
+    sections.append(f"<h2>Header</h2><pre>{dumped}</pre>")
+    body = "\n".join(sections)
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{_STYLE}</style></head><body>{body}</body></html>\n")

@@ -1,0 +1,98 @@
+"""POST /v1/classify and POST /v1/enhance: uploads in, predictions or the enhanced image out."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, Depends, File, Query, UploadFile
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from serve.config import Settings
+from serve.deps import BackendDep, MetricsDep, SettingsDep, require_api_key
+from serve.errors import PayloadTooLarge
+from serve.imaging import Upload, decode_batch, encode_png
+from serve.routes import UPLOAD_ERRORS
+from serve.schemas import ClassifyResponse, ImageResult, ModelRef, Prediction, Timing
+
+router = APIRouter(prefix="/v1", tags=["inference"], dependencies=[Depends(require_api_key)])
+
+
+async def _read(files: list[UploadFile], settings: Settings) -> list[Upload]:
+    if len(files) > settings.max_images:
+        raise PayloadTooLarge(f"{len(files)} images in one request; at most {settings.max_images}")
+    uploads = []
+    for i, f in enumerate(files):
+        uploads.append(Upload(f.filename or f"image{i}", f.content_type or "", await f.read()))
+        await f.close()
+    return uploads
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+@router.post("/classify", response_model=ClassifyResponse, responses=UPLOAD_ERRORS,
+             summary="Classify one or more images, with or without the enhancer")
+async def classify(
+    files: Annotated[list[UploadFile], File(description="image files (JPEG, PNG, WebP, BMP), any size")],
+    backend: BackendDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+    enhance: Annotated[bool, Query(description="enhancer -> recognizer (the ensemble); false: recognizer")]
+    = True,
+    top_k: Annotated[int, Query(ge=1, le=1000, description="how many classes to return per image")] = 5,
+) -> ClassifyResponse:
+    start = time.perf_counter()
+    model = settings.ensemble_model if enhance else settings.recognizer_model
+    uploads = await _read(files, settings)
+    info = await backend.model_info(model)
+    decode_start = time.perf_counter()
+    # Pillow work is CPU-bound: run it in the thread pool so the event loop keeps serving other requests
+    pixels = await run_in_threadpool(decode_batch, uploads, info.input_size, settings.max_image_pixels)
+    decoded = time.perf_counter()
+    output = await backend.infer(model, pixels)
+    metrics.inference.labels(model).observe(output.seconds)
+    metrics.images.labels("classify").inc(len(uploads))
+    probabilities = softmax(output.array.reshape(len(uploads), -1))
+    labels = info.labels or tuple(str(i) for i in range(probabilities.shape[1]))
+    k = min(top_k, probabilities.shape[1])
+    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    results = [
+        ImageResult(filename=upload.filename, top_k=[
+            Prediction(index=int(j), label=labels[j] if j < len(labels) else str(j),
+                       probability=float(probabilities[i, j])) for j in order[i]])
+        for i, upload in enumerate(uploads)
+    ]
+    end = time.perf_counter()
+    return ClassifyResponse(
+        model=ModelRef(name=model, version=output.version), enhanced=enhance, input_size=info.input_size,
+        results=results,
+        timing=Timing(decode_ms=round(1e3 * (decoded - decode_start), 3),
+                      inference_ms=round(1e3 * output.seconds, 3), total_ms=round(1e3 * (end - start), 3)))
+
+
+@router.post("/enhance", responses={200: {"content": {"image/png": {}},
+                                          "description": "the enhanced image at the model's input size"},
+                                    **UPLOAD_ERRORS},
+             response_class=Response, summary="Return the enhancer's output for one image, as PNG")
+async def enhance(
+    file: Annotated[UploadFile, File(description="one image file (JPEG, PNG, WebP, BMP)")],
+    backend: BackendDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+) -> Response:
+    (upload,) = await _read([file], settings)
+    info = await backend.model_info(settings.enhancer_model)
+    pixels = await run_in_threadpool(decode_batch, [upload], info.input_size, settings.max_image_pixels)
+    output = await backend.infer(settings.enhancer_model, pixels)
+    metrics.inference.labels(settings.enhancer_model).observe(output.seconds)
+    metrics.images.labels("enhance").inc()
+    png = await run_in_threadpool(encode_png, output.array[0])
+    return Response(png, media_type="image/png",
+                    headers={"X-Model": f"{output.model}/{output.version}",
+                             "X-Inference-Ms": f"{1e3 * output.seconds:.3f}"})

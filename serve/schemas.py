@@ -1,0 +1,102 @@
+"""Pydantic models for every request and response of the HTTP API (they are the OpenAPI schema)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="machine-readable error kind, e.g. unsupported_media_type")
+    message: str = Field(description="what went wrong and what to do about it")
+    detail: Any | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+
+
+class Prediction(BaseModel):
+    index: int
+    label: str
+    probability: float = Field(ge=0.0, le=1.0, description="softmax of the model's logits")
+
+
+class ImageResult(BaseModel):
+    filename: str
+    top_k: list[Prediction]
+
+
+class Timing(BaseModel):
+    decode_ms: float
+    inference_ms: float
+    total_ms: float
+
+
+class ClassifyResponse(BaseModel):
+    model: ModelRef
+    enhanced: bool = Field(description="true: enhancer -> recognizer ensemble; false: recognizer alone")
+    input_size: int = Field(description="side of the square uint8 RGB image the model receives")
+    results: list[ImageResult]
+    timing: Timing
+
+
+class ModelDescription(BaseModel):
+    name: str
+    version: str
+    input_size: int
+    max_batch_size: int
+    labels: list[str] | None = None
+
+
+class ModelsResponse(BaseModel):
+    triton_url: str
+    models: list[ModelDescription]
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class ReadyResponse(BaseModel):
+    ready: bool
+    triton_url: str
+    triton_live: bool
+    models: dict[str, bool]
+    message: str | None = None
+
+
+JobState = Literal["queued", "running", "done", "failed", "interrupted"]
+
+
+class JobStatus(BaseModel):
+    id: str
+    status: JobState
+    progress: float = Field(ge=0.0, le=1.0)
+    message: str = ""
+    created: str
+    updated: str
+    source: str = Field(description="'builtin' (Fashion-MNIST test subset) or the uploaded zip's name")
+    num_images: int
+    corruptions: list[str]
+    severities: list[int]
+    with_enhancer: bool
+    seed: int
+    error: str | None = None
+    report_url: str | None = None
+    report_html_url: str | None = None
+
+
+class JobList(BaseModel):
+    jobs: list[JobStatus]
+
+
+class RobustnessReport(BaseModel):
+    job: JobStatus
+    report: dict[str, Any] = Field(description="the report as written by dyntta.evaluate")
