@@ -3,10 +3,13 @@ labels through the classification extension, readiness, errors and clean shutdow
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -260,6 +263,36 @@ def test_stop_leaves_no_process_behind(repository: Path):
     started = time.monotonic()
     assert not _alive(pid)
     with pytest.raises(ProcessLookupError):  # nothing left in its process group (python stubs included)
-        os.killpg(pid, signal.SIG_DFL or 0)
+        os.killpg(pid, 0)
     assert time.monotonic() - started < 1
     triton.stop()  # idempotent
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children = (task / "children").read_text().split()
+        found.extend(int(c) for c in children)
+    return found
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
+def test_the_server_dies_with_its_launcher(repository: Path, how: signal.Signals):
+    """``python -m serve.triton`` stopped by SIGTERM (clean stop) or SIGKILL (no cleanup code runs: the
+    kernel's parent-death signal ends the server) leaves no tritonserver behind."""
+    launcher = subprocess.Popen([sys.executable, "-m", "serve.triton", "--model-repository", str(repository)],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert launcher.stdout is not None
+        urls = json.loads(launcher.stdout.readline())
+        assert httpclient.InferenceServerClient(urls["http_url"].removeprefix("http://")).is_server_ready()
+        (server_pid,) = _children(launcher.pid)
+        launcher.send_signal(how)
+        launcher.wait(timeout=30)
+        deadline = time.monotonic() + 20
+        while _alive(server_pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(server_pid)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
