@@ -1,0 +1,208 @@
+"""``python -m dyntta.evaluate``: the corruption-robustness report of a model (torch checkpoint or ONNX).
+
+Example::
+
+    python -m dyntta.evaluate --model checkpoints/fashion-mnist/recognizer --data fashion-mnist \\
+        --reference REF_CKPT --out docs/reports/fashion-mnist-default
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from dataclasses import asdict, dataclass
+
+import torch
+
+from dyntta.corruptions import TABLE_NAMES
+from dyntta.data import DatasetNotFoundError, load_dataset
+from dyntta.evaluate.classifiers import Classifier, load_classifier, load_enhanced_classifier
+from dyntta.evaluate.outputs import write_outputs
+from dyntta.evaluate.report import ALL_NAMES, CORE_GROUPS, alexnet_imagenet_c_reference, resolve_conditions
+from dyntta.evaluate.runner import run_report
+
+ALEXNET = "alexnet"
+
+
+@dataclass
+class ReportConfig:
+    """Everything the command was asked to do; saved in the report header."""
+
+    model: str
+    data: str = "fashion-mnist"
+    enhancer: str | None = None
+    reference: str | None = None
+    data_dir: str | None = None
+    split: str = "test"
+    image_size: int | None = None
+    limit: int | None = None
+    corruptions: list[str] | None = None
+    severities: list[int] | None = None
+    seed: int = 0
+    table: str | None = None
+    out: str = "runs/report"
+    batch_size: int = 500
+    device: str = "auto"
+    threads: int | None = None
+    sample_index: int = 0
+    title: str | None = None
+    no_figures: bool = False
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m dyntta.evaluate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--model", required=True, help="recognizer checkpoint directory or exported .onnx file"
+    )
+    parser.add_argument(
+        "--enhancer",
+        default=None,
+        help="enhancer checkpoint: report 'recognizer' and 'enhancer + recognizer' side by side",
+    )
+    parser.add_argument(
+        "--reference",
+        default=None,
+        help="CE/mCE reference: a recognizer checkpoint or .onnx evaluated on the same corrupted "
+        "images, or 'alexnet' (published errors; only for true ImageNet-C data)",
+    )
+    parser.add_argument(
+        "--data", default="fashion-mnist", help="fashion-mnist | cifar10 | cifar100 | imagefolder"
+    )
+    parser.add_argument("--data-dir", default=None, help="where the data set's files are")
+    parser.add_argument("--split", default="test", choices=["train", "test"])
+    parser.add_argument("--image-size", type=int, default=None, help="default: the model's input size")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    parser.add_argument(
+        "--corruptions",
+        nargs="+",
+        default=None,
+        help=f"names or groups ({', '.join(CORE_GROUPS)}, extra, core, all); default all 19",
+    )
+    parser.add_argument(
+        "--severities", nargs="+", type=int, default=None, help="subset of 1 2 3 4 5 (default all)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="corruption seed")
+    parser.add_argument(
+        "--table",
+        default=None,
+        choices=TABLE_NAMES,
+        help="corruption parameter table (default: cifar up to 64 px, imagenet above)",
+    )
+    parser.add_argument("--out", default="runs/report", help="output directory")
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (models and corruptions)")
+    parser.add_argument("--threads", type=int, default=None, help="torch / onnxruntime CPU threads")
+    parser.add_argument("--sample-index", type=int, default=0, help="test image shown in the sample grid")
+    parser.add_argument("--title", default=None, help="Markdown title")
+    parser.add_argument("--no-figures", action="store_true", help="write JSON and Markdown only")
+    return parser
+
+
+def run(config: ReportConfig, argv: list[str] | None = None) -> dict:
+    names, levels = resolve_conditions(config.corruptions, config.severities)  # fail before loading anything
+    if config.limit is not None and config.limit < 1:
+        raise ValueError("--limit must be a positive number of images")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = torch.device(
+        "cuda"
+        if config.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if config.device == "auto" else config.device)
+    )
+
+    primary = load_classifier(config.model, device=device, threads=config.threads)
+    classifiers: dict[str, Classifier] = {}
+    header: dict = {"model": primary.info.to_dict()}
+    if config.enhancer:
+        classifiers["recognizer"] = primary
+        enhanced = load_enhanced_classifier(config.enhancer, config.model, device=device)
+        classifiers["enhancer + recognizer"] = enhanced
+        header["enhancer"] = (
+            enhanced.info.components[0] if enhanced.info.components else enhanced.info.to_dict()
+        )
+        header["tta"] = "DynTTA enhancer before the recognizer (second model); the first model has none"
+    else:
+        classifiers[primary.info.name] = primary
+        header["tta"] = "none"
+
+    size = config.image_size or primary.info.input_size or 32
+    data = load_dataset(config.data, config.split, image_size=size, root=config.data_dir)
+    if config.limit:
+        data = data.subset(torch.arange(min(config.limit, len(data))))
+    if primary.info.classes and len(primary.info.classes) != len(data.classes):
+        raise ValueError(
+            f"model has {len(primary.info.classes)} classes, {config.data} has {len(data.classes)}"
+        )
+
+    reference = None
+    if config.reference and config.reference.lower() == ALEXNET:
+        if config.data != "imagefolder":
+            raise ValueError(
+                "AlexNet's published errors are a valid CE reference only for true ImageNet-C; "
+                "for other data pass a reference checkpoint (evaluated on the same corrupted images)"
+            )
+        reference = alexnet_imagenet_c_reference()
+        header["reference_note"] = (
+            "AlexNet errors were measured on the released ImageNet-C JPEG files; this run "
+            "corrupts in memory, so CE/mCE are ImageNet-C-style approximations"
+        )
+    elif config.reference:
+        reference_classifier = load_classifier(config.reference, device=device, threads=config.threads)
+        header["reference"] = reference_classifier.info.to_dict()
+        reference = reference_classifier
+
+    header["command"] = "python -m dyntta.evaluate " + shlex.join(argv if argv is not None else sys.argv[1:])
+    header["config"] = asdict(config)
+    print(
+        f"evaluating {', '.join(classifiers)} on {len(data)} {data.name} {data.split} images at {size} px: "
+        f"{len(names)} corruptions x {len(levels)} severities, device {device}",
+        file=sys.stderr,
+    )
+    result = run_report(
+        classifiers,
+        data,
+        names,
+        levels,
+        seed=config.seed,
+        table=config.table,
+        reference=reference,
+        reference_name=f"reference: {header['reference']['name']}" if "reference" in header else "reference",
+        header=header,
+        batch_size=config.batch_size,
+        device=device,
+        show_progress=True,
+        sample_indices=(config.sample_index,),
+    )
+    paths = write_outputs(result, config.out, title=config.title, figures=not config.no_figures)
+    summary = {"out": config.out, "files": {k: str(v) for k, v in paths.items()}}
+    for name, res in result.report["models"].items():
+        summary[name] = {
+            "clean": round(res["clean"]["accuracy"], 4),
+            "corrupted_mean": round(res["core"]["mean"], 4) if res.get("core") else None,
+            "mce": round(res["ce"]["mce"], 4) if res.get("ce") and res["ce"]["mce"] else None,
+        }
+    print(json.dumps(summary))
+    return result.report
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = ReportConfig(**{k: v for k, v in vars(args).items() if k in ReportConfig.__dataclass_fields__})
+    try:
+        run(config, argv)
+    except (DatasetNotFoundError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+__all__ = ["ALL_NAMES", "ReportConfig", "build_parser", "main", "run"]
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Report figures (PNG, matplotlib Agg): accuracy heatmap, accuracy-vs-severity curves, sample grid.
+
+Figures are drawn at a modest DPI with few colours so the committed PNGs stay small (tens of kB).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: no display on servers, CI or the gateway's job workers
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from dyntta.evaluate.report import CLEAN, CORE_GROUPS, EXTRA_NAMES, Condition  # noqa: E402
+
+DPI = 90
+
+
+def _save(fig: plt.Figure, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+    return path
+
+
+def heatmap(report: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """Accuracy (%) per corruption (rows) and severity (columns), one panel per compared model."""
+    models = report["models"]
+    names = report["conditions"]["corruptions"]
+    severities = report["conditions"]["severities"]
+    columns = ["clean", *[f"s{s}" for s in severities]]
+    fig, axes = plt.subplots(
+        1,
+        len(models),
+        figsize=(1.0 + 0.55 * len(columns) * len(models) + 1.6 * len(models), 0.6 + 0.28 * len(names)),
+        squeeze=False,
+    )
+    image = None
+    for ax, (model, res) in zip(axes[0], models.items(), strict=True):
+        values = (
+            np.array(
+                [[res["clean"]["accuracy"], *[res["accuracy"][c][str(s)] for s in severities]] for c in names]
+            )
+            * 100
+        )
+        image = ax.imshow(values, vmin=0, vmax=100, cmap="viridis", aspect="auto")
+        for (i, j), v in np.ndenumerate(values):
+            ax.text(
+                j, i, f"{v:.0f}", ha="center", va="center", fontsize=7, color="white" if v < 60 else "black"
+            )
+        ax.set_xticks(range(len(columns)), columns, fontsize=8)
+        ax.set_yticks(range(len(names)), names if ax is axes[0][0] else [""] * len(names), fontsize=8)
+        n_core = sum(c not in EXTRA_NAMES for c in names)
+        if 0 < n_core < len(names):
+            ax.axhline(n_core - 0.5, color="white", linewidth=2)  # the extras are apart
+        ax.set_title(model, fontsize=9)
+    fig.colorbar(image, ax=axes[0].tolist(), fraction=0.04, pad=0.02, label="accuracy (%)")
+    return _save(fig, path)
+
+
+def severity_curves(report: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """Accuracy vs severity (0 = clean), one panel per group; compared models share colours per
+    corruption and differ in line style (first model solid)."""
+    models = report["models"]
+    names = report["conditions"]["corruptions"]
+    severities = report["conditions"]["severities"]
+    groups = {g: [c for c in m if c in names] for g, m in CORE_GROUPS.items()}
+    groups["extra"] = [c for c in EXTRA_NAMES if c in names]
+    groups = {g: m for g, m in groups.items() if m}
+    styles = ["-", "--", ":", "-."]
+    fig, axes = plt.subplots(1, len(groups), figsize=(2.7 * len(groups), 2.8), sharey=True, squeeze=False)
+    xs = [0, *severities]
+    for ax, (group, members) in zip(axes[0], groups.items(), strict=True):
+        for k, res in enumerate(models.values()):
+            for i, c in enumerate(members):
+                ys = [100 * res["clean"]["accuracy"], *[100 * res["accuracy"][c][str(s)] for s in severities]]
+                ax.plot(
+                    xs,
+                    ys,
+                    styles[k % len(styles)],
+                    color=f"C{i}",
+                    marker="o",
+                    markersize=2.5,
+                    linewidth=1.2,
+                    label=c if k == 0 else None,
+                )
+        ax.set_title(group, fontsize=9)
+        ax.set_xticks(xs, ["clean", *map(str, severities)], fontsize=7)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc="lower left")
+    axes[0][0].set_ylabel("accuracy (%)", fontsize=8)
+    if len(models) > 1:
+        fig.suptitle("  ".join(f"{styles[k % len(styles)]} {m}" for k, m in enumerate(models)), fontsize=8)
+    return _save(fig, path)
+
+
+def sample_grid(
+    samples: Mapping[Condition, torch.Tensor],
+    path: str | os.PathLike,
+    corruptions: Sequence[str],
+    severities: Sequence[int],
+    which: int = 0,
+    caption: str | None = None,
+) -> Path:
+    """One image (``which``-th kept sample) clean and under every corruption x severity, at pixel scale."""
+    columns = ["clean", *[f"s{s}" for s in severities]]
+    fig, axes = plt.subplots(
+        len(corruptions),
+        len(columns),
+        figsize=(0.75 * len(columns) + 1.2, 0.75 * len(corruptions)),
+        squeeze=False,
+    )
+    for i, c in enumerate(corruptions):
+        for j, condition in enumerate([CLEAN, *[(c, s) for s in severities]]):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if condition in samples:
+                ax.imshow(samples[condition][which].permute(1, 2, 0).numpy(), interpolation="nearest")
+            if i == 0:
+                ax.set_title(columns[j], fontsize=8)
+            if j == 0:
+                ax.set_ylabel(c, fontsize=7, rotation=0, ha="right", va="center")
+    if caption:
+        fig.suptitle(caption, fontsize=8)
+    fig.subplots_adjust(wspace=0.05, hspace=0.05)
+    return _save(fig, path)
+
+
+__all__ = ["heatmap", "sample_grid", "severity_curves"]

@@ -1,0 +1,109 @@
+"""``python -m dyntta.evaluate`` end to end on a tiny trained checkpoint, torch and ONNX."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from dyntta.evaluate.__main__ import main
+from dyntta.models import load_recognizer
+
+ARGS = [
+    "--data",
+    "fashion-mnist",
+    "--limit",
+    "48",
+    "--corruptions",
+    "gaussian_noise",
+    "contrast",
+    "saturate",
+    "--severities",
+    "1",
+    "5",
+    "--batch-size",
+    "20",
+]
+
+
+def test_cli_torch_checkpoint_with_self_reference(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "report"
+    code = main(
+        ["--model", str(tiny_checkpoint), "--reference", str(tiny_checkpoint), *ARGS, "--out", str(out)]
+    )
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    res = report["models"][tiny_checkpoint.name]
+    assert report["header"]["data"]["n"] == 48 and report["header"]["model"]["arch"] == "test_efficientnet"
+    assert len(report["header"]["model"]["sha256"]) == 64 and "--limit 48" in report["header"]["command"]
+    # the model is its own reference: every CE is exactly 1
+    assert all(v == pytest.approx(1.0) for v in res["ce"]["per_corruption"].values())
+    assert set(res["accuracy"]) == {"gaussian_noise", "contrast", "saturate"}
+    assert {p.name for p in out.iterdir()} == {
+        "report.json",
+        "report.md",
+        "heatmap.png",
+        "severity_curves.png",
+        "samples.png",
+    }
+
+
+class Uint8NHWC(nn.Module):
+    """The export contract: "IMAGE" uint8 [N, S, S, 3] -> logits."""
+
+    def __init__(self, recognizer: nn.Module) -> None:
+        super().__init__()
+        self.recognizer = recognizer
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.recognizer(image.permute(0, 3, 1, 2).float() / 255.0)
+
+
+def test_cli_onnx_matches_torch(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    model = Uint8NHWC(load_recognizer(tiny_checkpoint)).eval()
+    onnx_path = tmp_path / "recognizer.onnx"
+    torch.onnx.export(
+        model,
+        (torch.zeros(2, 32, 32, 3, dtype=torch.uint8),),
+        str(onnx_path),
+        dynamo=False,
+        input_names=["IMAGE"],
+        output_names=["LOGITS"],
+        dynamic_axes={"IMAGE": {0: "n"}},
+    )
+    args = [*ARGS, "--no-figures"]
+    assert main(["--model", str(onnx_path), *args, "--out", str(tmp_path / "onnx")]) == 0
+    assert main(["--model", str(tiny_checkpoint), *args, "--out", str(tmp_path / "torch")]) == 0
+    onnx_res = json.loads((tmp_path / "onnx" / "report.json").read_text())
+    torch_res = json.loads((tmp_path / "torch" / "report.json").read_text())
+    assert onnx_res["header"]["model"]["kind"] == "onnx"
+    a, b = onnx_res["models"]["recognizer"], torch_res["models"][tiny_checkpoint.name]
+    assert a["clean"]["accuracy"] == b["clean"]["accuracy"]
+    for c, by_s in a["accuracy"].items():  # float rounding may flip at most one image of 48
+        assert all(abs(v - b["accuracy"][c][s]) <= 1 / 48 + 1e-9 for s, v in by_s.items())
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--corruptions", "gausian_noise"], "did you mean 'gaussian_noise'"),
+        (["--severities", "6"], "severities are integers 1 to 5"),
+        (["--reference", "alexnet"], "only for true ImageNet-C"),
+        (["--limit", "0"], "--limit must be a positive"),
+    ],
+)
+def test_cli_errors(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture, extra: list[str], message: str
+) -> None:
+    code = main(["--model", str(tiny_checkpoint), "--data", "fashion-mnist", *extra, "--out", str(tmp_path)])
+    assert code == 2 and message in capsys.readouterr().err
+
+
+def test_cli_missing_model(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["--model", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 2
+    assert "does not exist" in capsys.readouterr().err

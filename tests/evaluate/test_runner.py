@@ -1,0 +1,111 @@
+"""run_report on fake classifiers: hand-checkable accuracies, fairness, progress, batch-size invariance."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dyntta.data import LabelledImages
+from dyntta.evaluate import ReferenceErrors, run_report
+from dyntta.evaluate.report import CLEAN
+from dyntta.evaluate.runner import quantise
+
+CLASSES = ["a", "b", "c"]
+
+
+def tiny_data(n: int = 12, size: int = 32) -> LabelledImages:
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)
+    labels = torch.arange(n) % 3
+    return LabelledImages("toy", "test", images, labels, CLASSES)
+
+
+def constant(cls: int):
+    def classify(images: torch.Tensor) -> torch.Tensor:
+        assert images.dtype == torch.uint8 and images.ndim == 4
+        return torch.nn.functional.one_hot(torch.full((len(images),), cls), len(CLASSES)).float()
+
+    return classify
+
+
+def brightness_rule(images: torch.Tensor) -> np.ndarray:
+    """A classifier whose answer depends on the pixels (mean brightness -> class)."""
+    means = images.float().mean(dim=(1, 2, 3))
+    return torch.nn.functional.one_hot((means / 256 * 3).long().clamp(0, 2), 3).float().numpy()
+
+
+def test_constant_classifier_gives_label_frequency() -> None:
+    data = tiny_data()  # labels 0,1,2 repeating: a constant-0 classifier is right on exactly 1/3
+    fractions: list[float] = []
+    run = run_report(
+        constant(0),
+        data,
+        ["gaussian_noise", "contrast", "saturate"],
+        [1, 5],
+        seed=1,
+        progress_callback=fractions.append,
+        batch_size=5,
+        sample_indices=(0, 11),
+    )
+    res = run.report["models"]["model"]
+    assert res["clean"]["accuracy"] == pytest.approx(1 / 3)
+    assert all(a == pytest.approx(1 / 3) for by_s in res["accuracy"].values() for a in by_s.values())
+    assert res["core"]["mean"] == pytest.approx(1 / 3) and res["extras"]["mean"] == pytest.approx(1 / 3)
+    # 7 conditions x 3 batches; the callback sees a monotone fraction ending at 1
+    assert len(fractions) == 21 and fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
+    assert run.samples[("contrast", 5)].shape == (2, 3, 32, 32) and torch.equal(
+        run.samples[CLEAN][1], data.images[11]
+    )
+    header = run.report["header"]
+    assert header["data"]["n"] == 12 and header["seed"] == 1 and header["corruptions"]["version"]
+    assert header["protocol"]["jpeg_reencode"] is False
+
+
+def test_every_model_sees_the_same_images_and_batch_size_does_not_matter() -> None:
+    seen: dict[str, list[torch.Tensor]] = {"a": [], "b": []}
+
+    def recorder(name: str):
+        def classify(images: torch.Tensor) -> torch.Tensor:
+            seen[name].append(images.clone())
+            return torch.as_tensor(brightness_rule(images))
+
+        return classify
+
+    data = tiny_data()
+    run = run_report({"a": recorder("a"), "b": recorder("b")}, data, ["shot_noise"], [3], batch_size=4)
+    assert all(torch.equal(x, y) for x, y in zip(seen["a"], seen["b"], strict=True))
+    assert list(run.report["models"]) == ["a", "b"]
+    other = run_report(brightness_rule, data, ["shot_noise"], [3], batch_size=7)
+    for condition, predicted in run.predictions.models["a"].predicted.items():
+        assert np.array_equal(predicted, other.predictions.models["model"].predicted[condition])
+
+
+def test_reference_classifier_and_self_reference() -> None:
+    data = tiny_data()
+    run = run_report(brightness_rule, data, ["gaussian_noise", "fog"], [2, 4], reference=brightness_rule)
+    ce = run.report["models"]["model"]["ce"]
+    assert all(v == pytest.approx(1.0) for v in ce["per_corruption"].values() if v is not None)
+    assert run.report["reference"]["name"] == "reference"
+
+
+def test_fixed_reference_needs_every_condition() -> None:
+    reference = ReferenceErrors("r", "test", 0.1, {"gaussian_noise": {1: 0.5}})
+    with pytest.raises(ValueError, match="has no error for"):
+        run_report(constant(0), tiny_data(), ["gaussian_noise"], [1, 2], reference=reference)
+
+
+def test_wrong_number_of_classes_is_an_error() -> None:
+    with pytest.raises(ValueError, match="4 outputs but the data has 3 classes"):
+        run_report(lambda x: torch.zeros(len(x), 4), tiny_data(), ["fog"], [1])
+
+
+def test_bad_condition_fails_before_any_work() -> None:
+    calls = []
+    with pytest.raises(ValueError, match="unknown corruption"):
+        run_report(lambda x: calls.append(1), tiny_data(), ["fgo"], [1])
+    assert not calls
+
+
+def test_quantise_rounds() -> None:
+    assert quantise(torch.tensor([0.0, 0.6 / 255, 0.4 / 255, 1.2, -0.1])).tolist() == [0, 1, 0, 255, 0]
