@@ -35,6 +35,7 @@ import atexit
 import collections
 import contextlib
 import ctypes
+import dataclasses
 import errno
 import json
 import logging
@@ -130,6 +131,20 @@ class TritonURLs:
         return cls(http_url=f"{parts.scheme}://{parts.netloc}",
                    grpc_url=grpc if "://" in grpc else "grpc://" + grpc,
                    metrics_url=metrics_url or f"{parts.scheme}://{parts.hostname}:{port + 2}/metrics")
+
+    @classmethod
+    def from_url(cls, url: str, **others: str | None) -> TritonURLs:
+        """``grpc://host:port`` -> HTTP on port - 1 and metrics on port + 1 (Triton's standard layout);
+        anything else is an HTTP URL (see :meth:`from_http_url`). ``others``: http_url, grpc_url,
+        metrics_url overriding the derived ones."""
+        if url.startswith("grpc://"):
+            parts = urllib.parse.urlsplit(url)
+            if parts.hostname is None or parts.port is None:
+                raise TritonError(f"a gRPC URL needs host and port: {url!r}")
+            derived = cls(f"http://{parts.hostname}:{parts.port - 1}", url,
+                          f"http://{parts.hostname}:{parts.port + 1}/metrics")
+            return dataclasses.replace(derived, **{k: v for k, v in others.items() if v})
+        return cls.from_http_url(url, others.get("grpc_url"), others.get("metrics_url"))
 
     @classmethod
     def local(cls, http_port: int, grpc_port: int, metrics_port: int, host: str = "127.0.0.1") -> TritonURLs:
@@ -482,27 +497,45 @@ def _failed_models(http_url: str) -> dict[str, str]:
 
 
 def connect(
-    http_url: str, *, grpc_url: str | None = None, metrics_url: str | None = None,
+    url: str, *, http_url: str | None = None, grpc_url: str | None = None, metrics_url: str | None = None,
     models: Sequence[str] = (), timeout: float = 30.0,
 ) -> TritonURLs:
     """Use an already running server (e.g. the NGC container): wait until it and ``models`` are ready.
 
-    See :meth:`TritonURLs.from_http_url` for the defaults of the gRPC and metrics URLs.
+    ``url`` is the HTTP URL (``http://host:8000`` or ``host:8000``) or the gRPC one (``grpc://host:8001``);
+    readiness is asked over that protocol. The other URLs follow Triton's standard port layout unless
+    given (see :meth:`TritonURLs.from_url`).
     """
-    urls = TritonURLs.from_http_url(http_url, grpc_url, metrics_url)
+    urls = TritonURLs.from_url(url, http_url=http_url, grpc_url=grpc_url, metrics_url=metrics_url)
+    over_grpc = url.startswith("grpc://")
     deadline = time.monotonic() + timeout
     while True:
-        ready = _http_status(urls.http_url + "/v2/health/ready") == 200 and all(
-            _http_status(f"{urls.http_url}/v2/models/{name}/ready") == 200 for name in models)
+        ready = (_grpc_ready(urls.grpc_address, models) if over_grpc else
+                 _http_status(urls.http_url + "/v2/health/ready") == 200 and all(
+                     _http_status(f"{urls.http_url}/v2/models/{name}/ready") == 200 for name in models))
         if ready:
             return urls
         if time.monotonic() >= deadline:
-            detail = _failed_models(urls.http_url) if _http_status(urls.http_url + "/v2/health/live") else {}
+            live = not over_grpc and _http_status(urls.http_url + "/v2/health/live") == 200
+            detail = _failed_models(urls.http_url) if live else {}
             if detail:
                 raise ModelLoadError(detail)
-            raise TritonError(f"Triton at {urls.http_url} is not ready (models {list(models)}) "
-                              f"after {timeout:.0f} s")
+            raise TritonError(f"Triton at {url} is not ready (models {list(models)}) after {timeout:.0f} s")
         time.sleep(0.2)
+
+
+def _grpc_ready(address: str, models: Sequence[str]) -> bool:
+    import tritonclient.grpc as grpcclient  # only needed for gRPC-only connections
+
+    try:
+        client = grpcclient.InferenceServerClient(address)
+        try:
+            return bool(client.is_server_ready(client_timeout=2)) and all(
+                client.is_model_ready(name, client_timeout=2) for name in models)
+        finally:
+            client.close()
+    except Exception:  # any transport error means "not ready yet"
+        return False
 
 
 @contextlib.contextmanager

@@ -170,6 +170,9 @@ def test_connect_to_a_running_server(server: TritonServer):
     urls = connect(server.urls.http_url, grpc_url=server.urls.grpc_address,
                    metrics_url=server.urls.metrics_url, models=["dyntta"], timeout=10)
     assert urls == server.urls
+    over_grpc = connect(server.urls.grpc_url, http_url=server.urls.http_url,
+                        metrics_url=server.urls.metrics_url, models=["dyntta", "recognizer"], timeout=10)
+    assert over_grpc == server.urls
 
 
 def test_connect_to_nothing_is_a_clear_error():
@@ -178,6 +181,8 @@ def test_connect_to_nothing_is_a_clear_error():
         port = sock.getsockname()[1]  # bound, never listening
         with pytest.raises(TritonError, match="not ready"):
             connect(f"http://127.0.0.1:{port}", timeout=0.5)
+        with pytest.raises(TritonError, match="not ready"):
+            connect(f"grpc://127.0.0.1:{port}", timeout=0.5)
 
 
 def test_urls_dataclass_gives_tritonclient_addresses():
@@ -188,6 +193,7 @@ def test_urls_dataclass_gives_tritonclient_addresses():
         "http://triton:8000", "grpc://triton:8001", "http://triton:8002/metrics")
     external = TritonURLs.from_http_url("https://t.example/", grpc_url="t.example:443")
     assert external.grpc_address == "t.example:443"
+    assert TritonURLs.from_url("grpc://triton:8001") == TritonURLs.from_http_url("triton:8000")
 
 
 def _alive(pid: int) -> bool:
