@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import urllib.parse
 from collections.abc import Sequence
 
 import uvicorn
@@ -36,19 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def external_grpc_address(url: str, wait_s: float, models: Sequence[str]) -> str:
-    """gRPC host:port of an external Triton. ``grpc://host:port`` is used as is; an HTTP URL is checked
-    for readiness (a warning, not a failure: the gateway answers 503 until Triton is ready) and its gRPC
-    port is Triton's standard HTTP port + 1."""
-    if url.startswith("grpc://"):
-        return url[len("grpc://"):]
-    from serve.triton import TritonError, connect
+    """gRPC host:port of an external Triton given by its HTTP or ``grpc://`` URL (Triton's standard port
+    layout). Not being ready yet is a warning, not a failure: the gateway answers 503 until it is."""
+    from serve.triton import TritonError, TritonURLs, connect
 
     try:
         return connect(url, models=models, timeout=wait_s).grpc_address
     except TritonError as exc:
         log.warning("%s; starting anyway (/readyz reports 503 until it is ready)", exc)
-    parts = urllib.parse.urlsplit(url if "://" in url else "http://" + url)
-    return f"{parts.hostname}:{(parts.port or 8000) + 1}"
+    return TritonURLs.from_url(url).grpc_address
 
 
 def serve(settings: Settings, *, triton_log: str | None = None, log_level: str = "info") -> None:

@@ -1,0 +1,53 @@
+"""Helpers shared by the gateway tests: real Fashion-MNIST images and image encoding."""
+
+from __future__ import annotations
+
+import io
+import os
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dyntta.data.datasets import FASHION_MNIST_DEFAULT_DIR, FASHION_MNIST_ENV, read_idx
+
+
+def fmnist_raw(split: str, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``count`` raw 28x28 grayscale images and labels of a Fashion-MNIST split (IDX files)."""
+    prefix = "train" if split == "train" else "t10k"
+    directory = Path(os.environ.get(FASHION_MNIST_ENV) or FASHION_MNIST_DEFAULT_DIR)
+
+    def find(stem: str) -> Path:
+        for candidate in (directory / f"{stem}.gz", directory / stem):
+            if candidate.is_file():
+                return candidate
+        pytest.skip(f"Fashion-MNIST file {stem} not in {directory} (apt-get install dataset-fashion-mnist)")
+
+    images = read_idx(find(f"{prefix}-images-idx3-ubyte"))[:count]
+    return images, read_idx(find(f"{prefix}-labels-idx1-ubyte"))[:count].astype(np.int64)
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def encode(image: Image.Image, fmt: str, **kwargs: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def header_bomb_png(width: int, height: int) -> bytes:
+    """A valid 1x1 PNG whose header claims ``width`` x ``height``: what a decompression bomb looks like to a
+    decoder that trusts the header (checked before any pixel is decoded)."""
+    data = bytearray(png_bytes(np.zeros((1, 1), np.uint8)))
+    ihdr = 8 + 8  # signature, then the IHDR chunk's length and type
+    data[ihdr:ihdr + 8] = width.to_bytes(4, "big") + height.to_bytes(4, "big")
+    crc = zlib.crc32(bytes(data[ihdr - 4:ihdr + 13]))
+    data[ihdr + 13:ihdr + 17] = crc.to_bytes(4, "big")
+    return bytes(data)
