@@ -64,6 +64,29 @@ def mean_loss(model: nn.Module, data: LabelledImages, loss_fn, batch_size: int =
     return total / max(1, len(data))
 
 
+def _hvp(model: nn.Module, params: list[nn.Parameter], x: torch.Tensor, y: torch.Tensor, loss_fn,
+         vector: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    grads = torch.autograd.grad(loss_fn(model(x), y), params, create_graph=True)
+    return torch.autograd.grad(sum((g * v).sum() for g, v in zip(grads, vector, strict=True)), params)
+
+
+def top_eigenvalue(model: nn.Module, train: LabelledImages, loss_fn, *, batch_size: int, iterations: int = 10,
+                   generator: torch.Generator | None = None) -> float:
+    """Power-iteration estimate of the training-loss Hessian's largest |eigenvalue| on one mini-batch."""
+    params = _params(model)
+    index = torch.randint(len(train), (batch_size,), generator=generator)
+    x, y = to_float(train.images[index]).to(params[0].device), train.labels[index].to(params[0].device)
+    v = [torch.randn(p.shape, generator=generator).to(p.device) for p in params]
+    value = 0.0
+    for _ in range(iterations):
+        norm = torch.sqrt(sum((t * t).sum() for t in v))
+        v = [t / norm for t in v]
+        hv = _hvp(model, params, x, y, loss_fn, v)
+        value = sum((a * b).sum() for a, b in zip(hv, v, strict=True)).item()
+        v = [t.detach() for t in hv]
+    return abs(value)
+
+
 def inverse_hvp(
     model: nn.Module, train: LabelledImages, vector: list[torch.Tensor], loss_fn, *, depth: int,
     damping: float, scale: float, batch_size: int, generator: torch.Generator | None = None,
@@ -79,8 +102,7 @@ def inverse_hvp(
         index = torch.randint(len(train), (batch_size,), generator=generator)
         x = to_float(train.images[index]).to(device)
         y = train.labels[index].to(device)
-        grads = torch.autograd.grad(loss_fn(model(x), y), params, create_graph=True)
-        hv = torch.autograd.grad(sum((g * hh).sum() for g, hh in zip(grads, h, strict=True)), params)
+        hv = _hvp(model, params, x, y, loss_fn, h)
         h = [v + (1 - damping) * hh - hvv / scale for v, hh, hvv in zip(vector, h, hv, strict=True)]
         norm = torch.sqrt(sum((hh * hh).sum() for hh in h)).item()
         if not torch.isfinite(torch.tensor(norm)) or norm > 1e6 * max(start_norm, 1e-12):
@@ -188,9 +210,15 @@ class DPL(TrainingStrategy):
         original = self.original if self.original is not None else len(train)
         guide_loss = mean_loss(model, self.guide, self.criterion)
         v_guide = mean_gradient(model, self.guide, self.criterion)
-        s = inverse_hvp(model, train.subset(torch.arange(original)), v_guide, self.criterion,
-                        depth=self.lissa_depth, damping=self.lissa_damping, scale=self.lissa_scale,
-                        batch_size=self.lissa_batch, generator=generator)
+        originals = train.subset(torch.arange(original))
+        # LiSSA converges only if scale exceeds the Hessian's largest eigenvalue (the paper's 25 is too
+        # small for sharp small networks): raise it to twice a power-iteration estimate when needed.
+        top = top_eigenvalue(model, originals, self.criterion, batch_size=self.lissa_batch,
+                             generator=generator)
+        scale = max(self.lissa_scale, 2.0 * top)
+        s = inverse_hvp(model, originals, v_guide, self.criterion, depth=self.lissa_depth,
+                        damping=self.lissa_damping, scale=scale, batch_size=self.lissa_batch,
+                        generator=generator)
         candidates = torch.arange(original)
         if self.amended_indices:  # samples amended in earlier rounds are not amended again
             candidates = candidates[~torch.isin(candidates, torch.cat(self.amended_indices))]
@@ -217,7 +245,8 @@ class DPL(TrainingStrategy):
         self.amended_indices.append(chosen)
         amended = LabelledImages(train.name, train.split, torch.cat([train.images, new_images]),
                                  torch.cat([train.labels, train.labels[chosen]]), train.classes)
-        record = {"guide_loss": guide_loss, "added": len(chosen), "candidates": len(candidates),
+        record = {"guide_loss": guide_loss, "hessian_top_eigenvalue": top, "lissa_scale": scale,
+                  "added": len(chosen), "candidates": len(candidates),
                   "predicted_guide_decrease": scores[order].sum().item() / len(train),
                   "mean_abs_change_levels": changed.float().mean().item() if len(chosen) else 0.0,
                   "train_size": len(amended)}

@@ -217,8 +217,8 @@ class Learn2Perturb(TrainingStrategy):
         logs = {"loss": loss.item()}
         if self.noise_on:
             # 2. noise scales, weights fixed; BatchNorm running statistics are left as step 1 set them
-            bn_state = [(b, b.running_mean.clone(), b.running_var.clone()) for b in model.modules()
-                        if isinstance(b, nn.modules.batchnorm._BatchNorm) and b.running_mean is not None]
+            bn_state = [(b, [t.clone() for t in b.buffers()]) for b in model.modules()
+                        if isinstance(b, nn.modules.batchnorm._BatchNorm)]
             optimizer.zero_grad(set_to_none=True)
             noise_loss = self._loss(model, images, labels, adv) + self.regulariser(model)
             noise_loss.backward()
@@ -226,9 +226,9 @@ class Learn2Perturb(TrainingStrategy):
                 if id(p) not in noise_ids:
                     p.grad = None
             optimizer.step()
-            for bn, mean, var in bn_state:
-                bn.running_mean.copy_(mean)
-                bn.running_var.copy_(var)
+            for bn, saved in bn_state:
+                for buffer, value in zip(bn.buffers(), saved, strict=True):
+                    buffer.copy_(value)
             logs["theta_mean"] = torch.cat([p.detach().flatten() for p in noise_params]).mean().item()
         return logs
 
