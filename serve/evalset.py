@@ -10,17 +10,18 @@ directory can lie).
 from __future__ import annotations
 
 import io
+import os
 import re
 import stat
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
 
-from dyntta.data import LabelledImages, load_dataset, to_model_input
+from dyntta.data import LabelledImages, arrays_to_model_input, to_model_input
 from serve.errors import ApiError, BadRequest, PayloadTooLarge
 from serve.imaging import open_image
 
@@ -129,6 +130,26 @@ def builtin_compatible(labels: Sequence[str]) -> bool:
 
 
 def load_builtin(size: int, num_images: int) -> LabelledImages:
-    """The first ``num_images`` of the Fashion-MNIST test split, through the same contract as training."""
-    data = load_dataset("fashion-mnist", "test", image_size=size)
-    return data.subset(torch.arange(min(num_images, len(data))))
+    """The first ``num_images`` of the Fashion-MNIST test split, converted exactly as ``load_dataset`` does
+    (:func:`arrays_to_model_input`) but only those images, not all 10,000."""
+    from dyntta.data.datasets import (
+        FASHION_MNIST_CLASSES,
+        FASHION_MNIST_DEFAULT_DIR,
+        FASHION_MNIST_ENV,
+        DatasetNotFoundError,
+        read_idx,
+    )
+
+    directory = Path(os.environ.get(FASHION_MNIST_ENV) or FASHION_MNIST_DEFAULT_DIR)
+    found = {}
+    for stem in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        candidates = [directory / f"{stem}.gz", directory / stem]
+        found[stem] = next((c for c in candidates if c.is_file()), None)
+        if found[stem] is None:
+            raise DatasetNotFoundError(f"the built-in evaluation set needs Fashion-MNIST ({stem}[.gz]) in "
+                                       f"{directory}: apt-get install dataset-fashion-mnist or set "
+                                       f"{FASHION_MNIST_ENV}")
+    raw = read_idx(found["t10k-images-idx3-ubyte"])[:num_images]
+    labels = torch.from_numpy(read_idx(found["t10k-labels-idx1-ubyte"])[:num_images].astype(np.int64))
+    return LabelledImages("fashion-mnist", "test", arrays_to_model_input(raw, size), labels,
+                          list(FASHION_MNIST_CLASSES))

@@ -188,6 +188,9 @@ class JobManager:
         self.max_active = max_active
         self.batch_size = batch_size
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="robustness-job")
+        # importing the corruption suite (torchvision) takes seconds: start it before the first job needs
+        # it, in a daemon thread so that a quick shutdown never waits for it
+        threading.Thread(target=_preload, name="preload-report-code", daemon=True).start()
         self._stopping = threading.Event()
         self._pending: dict[str, _Pending] = {}
         self._submit_lock = threading.Lock()
@@ -270,6 +273,14 @@ class JobManager:
         self._executor.shutdown(wait=True, cancel_futures=True)
         self.store.mark_interrupted()
         self.store.close()
+
+
+def _preload() -> None:
+    try:
+        import dyntta.corruptions  # noqa: F401
+        import dyntta.evaluate.runner  # noqa: F401
+    except Exception:  # reported by the first job that needs them
+        log.exception("could not import the corruption suite / report code")
 
 
 def _no_data() -> LabelledImages:
