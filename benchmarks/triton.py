@@ -10,6 +10,11 @@ asyncio gRPC client (``concurrency`` requests in flight). Triton is the bundled 
 ``serve.triton`` unless ``--url`` names a running one. Both sides run on the same machine; the client is
 part of the measured system, as in production.
 
+Each run also records the CPU seconds it consumed (this process, plus for Triton every process of the
+server's process group: tritonserver and its python-backend stubs), giving images per CPU-second. On a
+machine shared with other jobs wall-clock throughput partly measures how much CPU each side wins from
+them (more runnable threads win more); images per CPU-second does not depend on that.
+
 The two sides of a cell are measured back to back, ``--repeats`` times alternately, and the best run of
 each is kept: on a shared machine the background load drifts, and alternating keeps it from favouring the
 side that happened to run in a quiet minute.
@@ -52,15 +57,39 @@ class Cell:
     images_per_s: float
     p50_ms: float
     p99_ms: float
+    cpu_seconds: float
+    images_per_cpu_s: float
 
 
 def summarise(target: str, variant: str, model: str, batch: int, concurrency: int, latencies: list[float],
-              seconds: float) -> Cell:
+              seconds: float, cpu_seconds: float) -> Cell:
     ordered = sorted(latencies)
     p99 = ordered[min(len(ordered) - 1, int(round(0.99 * (len(ordered) - 1))))]
+    images = len(latencies) * batch
     return Cell(target, variant, model, batch, concurrency, len(latencies), round(seconds, 2),
-                round(len(latencies) * batch / seconds, 1), round(statistics.median(ordered) * 1e3, 2),
-                round(p99 * 1e3, 2))
+                round(images / seconds, 1), round(statistics.median(ordered) * 1e3, 2), round(p99 * 1e3, 2),
+                round(cpu_seconds, 2), round(images / max(cpu_seconds, 1e-9), 1))
+
+
+def group_cpu_seconds(pgid: int | None) -> float:
+    """User + system CPU seconds of the live processes in process group ``pgid`` (Linux /proc)."""
+    if pgid is None:
+        return 0.0
+    ticks = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # after "pid (comm)": state ppid pgrp ... utime(12th) stime(13th)
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_now(pgid: int | None) -> float:
+    return time.process_time() + group_cpu_seconds(pgid)
 
 
 def session(path: Path, served: bool) -> ort.InferenceSession:
@@ -143,7 +172,8 @@ async def bench_triton(grpc_address: str, model: str, images: np.ndarray, concur
 def markdown(cells: Sequence[Cell]) -> str:
     base = {(c.model, c.batch, c.concurrency): c for c in cells if c.target == "in-process"}
     lines = ["| model | batch | concurrency | in-process img/s (best variant) | Triton gRPC img/s | ratio | "
-             "in-process p50 / p99 ms | Triton p50 / p99 ms |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "in-process p50 / p99 ms | Triton p50 / p99 ms | img per CPU-s in-process / Triton (ratio) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for cell in cells:
         ref = base.get((cell.model, cell.batch, cell.concurrency))
         if cell.target != "triton-grpc" or ref is None:
@@ -151,7 +181,9 @@ def markdown(cells: Sequence[Cell]) -> str:
         ratio = cell.images_per_s / ref.images_per_s
         lines.append(f"| {cell.model} | {cell.batch} | {cell.concurrency} | "
                      f"{ref.images_per_s} ({ref.variant}) | {cell.images_per_s} | {ratio:.0%} | "
-                     f"{ref.p50_ms} / {ref.p99_ms} | {cell.p50_ms} / {cell.p99_ms} |")
+                     f"{ref.p50_ms} / {ref.p99_ms} | {cell.p50_ms} / {cell.p99_ms} | "
+                     f"{ref.images_per_cpu_s} / {cell.images_per_cpu_s} "
+                     f"({cell.images_per_cpu_s / ref.images_per_cpu_s:.0%}) |")
     return "\n".join(lines)
 
 
@@ -191,13 +223,16 @@ def main(argv: Sequence[str] | None = None) -> None:
                     for _ in range(args.repeats):
                         for target, variant in (("in-process", "ort-defaults"), ("triton-grpc", "grpc-aio"),
                                                 ("in-process", "served-options")):
+                            pgid = server.pid if server is not None and target == "triton-grpc" else None
+                            cpu_start = cpu_now(pgid)
                             if target == "in-process":
                                 measured = bench_in_process(runners[variant], images, concurrency,
                                                             args.seconds)
                             else:
                                 measured = asyncio.run(bench_triton(urls.grpc_address, model, images,
                                                                     concurrency, args.seconds))
-                            cell = summarise(target, variant, model, batch, concurrency, *measured)
+                            cpu = cpu_now(pgid) - cpu_start
+                            cell = summarise(target, variant, model, batch, concurrency, *measured, cpu)
                             if target not in best or cell.images_per_s > best[target].images_per_s:
                                 best[target] = cell
                     for cell in best.values():
