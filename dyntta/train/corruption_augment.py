@@ -1,0 +1,76 @@
+"""Training-time corruption sampling for the enhancer.
+
+Non-blind (DynTTA/URIE recipe): each image is corrupted with probability 15/16 by one of the 15 benchmark
+corruptions at a uniformly drawn severity 1-5, otherwise left clean. Blind: AugMix-style chains of
+torchvision augmentations on clean images only (no benchmark corruption is seen).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.transforms import v2
+
+from dyntta.corruptions import BENCHMARK_NAMES, SEVERITIES, corrupt
+from dyntta.data import LabelledImages, to_float
+
+
+def sample_conditions(n: int, probability: float, generator: torch.Generator | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image: a corruption index into BENCHMARK_NAMES (-1 = clean) and a severity."""
+    corrupted = torch.rand(n, generator=generator) < probability
+    which = torch.randint(len(BENCHMARK_NAMES), (n,), generator=generator)
+    severity = torch.randint(min(SEVERITIES), max(SEVERITIES) + 1, (n,), generator=generator)
+    return torch.where(corrupted, which, torch.full_like(which, -1)), severity
+
+
+def apply_conditions(images: torch.Tensor, which: torch.Tensor, severity: torch.Tensor, seed: int,
+                     indices: torch.Tensor) -> torch.Tensor:
+    """Corrupt each image with its own (corruption, severity); one batched call per distinct pair."""
+    out = images.clone()
+    for c, s in torch.unique(torch.stack([which, severity], 1), dim=0).tolist():
+        if c < 0:
+            continue
+        mask = (which == c) & (severity == s)
+        out[mask] = corrupt(images[mask], BENCHMARK_NAMES[c], int(s), seed=seed, indices=indices[mask])
+    return out
+
+
+class RandomCorruption(nn.Module):
+    """Corrupt a float batch in place of a data augmentation (draws from torch's global RNG)."""
+
+    def __init__(self, probability: float = 15 / 16) -> None:
+        super().__init__()
+        self.probability = probability
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        which, severity = sample_conditions(len(images), self.probability)
+        seed = int(torch.randint(2**31 - 1, (1,)))
+        indices = torch.arange(len(images))
+        return apply_conditions(images.cpu(), which, severity, seed, indices).to(images.device)
+
+
+class RandomAugMix(nn.Module):
+    """AugMix (torchvision, severity 5 as in DynTTA's blind setting), drawn independently per image."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.augmix = v2.AugMix(severity=5, mixture_width=3, chain_depth=-1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        as_bytes = (images * 255).round().to(torch.uint8).cpu()
+        mixed = torch.stack([self.augmix(image) for image in as_bytes])  # AugMix draws one chain per call
+        return to_float(mixed).to(images.device)
+
+
+def corrupted_copy(data: LabelledImages, probability: float, seed: int) -> LabelledImages:
+    """A fixed corrupted version of ``data`` (uint8), e.g. a validation set that stays the same each epoch."""
+    generator = torch.Generator().manual_seed(seed)
+    which, severity = sample_conditions(len(data), probability, generator)
+    out = torch.empty_like(data.images)
+    for start in range(0, len(data), 1000):
+        part = slice(start, start + 1000)
+        index = torch.arange(len(data))[part]
+        images = apply_conditions(to_float(data.images[part]), which[part], severity[part], seed, index)
+        out[part] = (images * 255).round().to(torch.uint8)
+    return LabelledImages(data.name, f"{data.split}-corrupted", out, data.labels, data.classes)
