@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> dict:
     device = pick_device(config.device)
     print(f"training a DynTTA enhancer ({enhancer.num_parameters() / 1e6:.3f} M parameters) for "
           f"{config.recognizer} on {len(train)} {config.data} images "
-          f"({'blind: AugMix' if config.blind else 'corrupted with p=%.3f' % config.corruption_probability}), "
+          f"({'blind: AugMix' if config.blind else f'corrupted with p={config.corruption_probability:.3f}'}), "
           f"device {device}", file=sys.stderr)
     started = time.perf_counter()
     trained, history = fit(model, TrainingStrategy(), train, val_corrupted, loop, out, augment=augment)

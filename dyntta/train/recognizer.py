@@ -38,6 +38,7 @@ class RecognizerTrainConfig:
     device: str = "auto"
     threads: int | None = None
     weights_dtype: str = "float32"
+    augment_policy: str | None = None
     method_args: list[str] | None = None
     init: str | None = None
     small_input_stem: bool = True
@@ -68,12 +69,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--augment-policy", default=None, metavar="FILE",
+                        help="augmentation policy JSON from 'python -m dyntta.enhancer estimate-policy'")
     parser.add_argument("--weights-dtype", default="float32", choices=["float32", "float16"],
                         help="dtype of the saved weights (float16 halves committed files)")
 
 
 def run(args: argparse.Namespace) -> dict:
-    config = RecognizerTrainConfig(**{k: v for k, v in vars(args).items() if k in RecognizerTrainConfig.__dataclass_fields__})
+    fields = RecognizerTrainConfig.__dataclass_fields__
+    config = RecognizerTrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
     if config.threads:
         torch.set_num_threads(config.threads)
     out = Path(config.out)
@@ -98,7 +102,12 @@ def run(args: argparse.Namespace) -> dict:
           f"{len(train)} {config.data} images, validating on {len(val)}, device {pick_device(config.device)}",
           file=sys.stderr)
     started = time.perf_counter()
-    trained, history = fit(model, strategy, train, val, loop, out, augment=standard_augmentation(config.image_size))
+    augment = standard_augmentation(config.image_size)
+    if config.augment_policy:  # an estimated policy (python -m dyntta.enhancer estimate-policy) on top
+        from dyntta.enhancer.policy import PolicyAugment, load_policy
+
+        augment = torch.nn.Sequential(augment, PolicyAugment(load_policy(config.augment_policy), config.image_size))
+    trained, history = fit(model, strategy, train, val, loop, out, augment=augment)
     train_seconds = time.perf_counter() - started
     device = pick_device(config.device)
     final = strategy.inference_model(trained).cpu()
