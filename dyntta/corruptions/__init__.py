@@ -129,9 +129,12 @@ def corrupt(images: Tensor, name: str, severity: int, *, seed: int = 0, table: s
     x = images.detach().to(torch.float32)
     budget = _CHUNK_VALUES_GLASS if name == "glass_blur" else _CHUNK_VALUES
     chunk = max(1, budget // max(1, c * h * w))
-    outputs = [fn(x[i : i + chunk], p, ImageRandom(keys[i : i + chunk]), table) for i in range(0, n, chunk)]
-    out = torch.cat(outputs) if len(outputs) != 1 else outputs[0]
-    return out.to(images.dtype)
+    if chunk >= n:
+        return fn(x, p, ImageRandom(keys), table).to(images.dtype)
+    out = torch.empty_like(images)
+    for i in range(0, n, chunk):
+        out[i : i + chunk] = fn(x[i : i + chunk], p, ImageRandom(keys[i : i + chunk]), table)
+    return out
 
 
 __all__ = [

@@ -122,6 +122,38 @@ def clipped_zoom(x: Tensor, factor: float) -> Tensor:
     return crop[..., th : th + h, tw : tw + w]
 
 
+#: Up to this many pixels, linear corruptions that are not separable are applied as one dense matrix.
+DENSE_OPERATOR_MAX_PIXELS = 64 * 64
+
+
+def clipped_zoom_matrix(n: int, factor: float) -> np.ndarray:
+    """(n, n) matrix of :func:`clipped_zoom` along one axis (crop, aligned-corner linear zoom, trim)."""
+    crop = math.ceil(n / factor)
+    top = (n - crop) // 2
+    out = int(round(crop * factor))
+    trim = (out - n) // 2
+    m = np.zeros((n, n), dtype=np.float64)
+    if out == crop:
+        m[np.arange(n), top + trim + np.arange(n)] = 1.0
+        return m
+    src = (np.arange(n) + trim) * (crop - 1) / (out - 1)
+    lo = np.minimum(np.floor(src).astype(np.int64), crop - 1)
+    hi = np.minimum(lo + 1, crop - 1)
+    frac = src - lo
+    np.add.at(m, (np.arange(n), top + lo), 1 - frac)
+    np.add.at(m, (np.arange(n), top + hi), frac)
+    return m
+
+
+@lru_cache(maxsize=16)
+def zoom_blur_operator(h: int, w: int, zooms: tuple[float, ...]) -> Tensor:
+    """The zoom blur (x + sum_z zoom_z(x)) / (len(zooms) + 1) as one (HW, HW) float32 matrix."""
+    op = np.eye(h * w)
+    for z in zooms:
+        op += np.kron(clipped_zoom_matrix(h, z), clipped_zoom_matrix(w, z))
+    return torch.from_numpy(op / (len(zooms) + 1)).to(torch.float32)
+
+
 def motion_blur(x: Tensor, radius: int, sigma: float, angle_deg: Tensor) -> Tensor:
     """Directional blur with a one-sided Gaussian of width 2 * radius + 1 along a per-image angle.
 

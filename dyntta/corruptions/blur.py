@@ -68,10 +68,10 @@ def glass_blur(x: Tensor, p: tuple[float, int, int], rng: ImageRandom, table: st
         hh = torch.from_numpy(rows[ii.ravel()[order]]).to(dev)
         ww = torch.from_numpy(cols[jj.ravel()[order]]).to(dev)
         target = hh * w + ww
+        # offsets in [-delta, delta): numpy's randint(-delta, delta) excludes the upper bound
+        offsets = rng.randint(-delta, delta, (iterations, 2, len(rows) * len(cols)), stream=10)
         for it in range(iterations):
-            # offsets in [-delta, delta): numpy's randint(-delta, delta) excludes the upper bound
-            d = rng.randint(-delta, delta, (2, len(rows) * len(cols)), stream=10 + it)
-            dxs, dys = d[:, 0, order], d[:, 1, order]
+            dxs, dys = offsets[:, it, 0, order], offsets[:, it, 1, order]
             source = target[None] + dys * w + dxs  # (N, steps)
             for t in range(len(bounds) - 1):
                 a, b = int(bounds[t]), int(bounds[t + 1])
@@ -90,6 +90,10 @@ def motion_blur(x: Tensor, p: tuple[int, float], rng: ImageRandom, table: str) -
 
 
 def zoom_blur(x: Tensor, zooms: tuple[float, ...], rng: ImageRandom, table: str) -> Tensor:
+    n, c, h, w = x.shape
+    if h * w <= _ops.DENSE_OPERATOR_MAX_PIXELS:  # small images: the whole blur is one (HW x HW) matrix
+        op = _ops.zoom_blur_operator(h, w, tuple(zooms)).to(x)
+        return (x.reshape(n * c, h * w) @ op.T).reshape(n, c, h, w).clamp_(0, 1)
     out = x.clone()
     for z in zooms:
         out += _ops.clipped_zoom(x, z)

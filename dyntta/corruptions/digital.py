@@ -55,20 +55,22 @@ def jpeg_compression(x: Tensor, quality: int, rng: ImageRandom, table: str) -> T
     return _ops.rgb_to_gray(decoded) if c == 1 else decoded
 
 
-def _affine_source_coordinates(rng: ImageRandom, h: int, w: int, spread: float) -> tuple[Tensor, Tensor]:
+def _affine_source_coordinates(u: Tensor, h: int, w: int, spread: float) -> tuple[Tensor, Tensor]:
     """Per image, the source pixel coordinates of cv2.warpAffine(M) where M = getAffineTransform(pts1, pts2)
-    and pts2 = pts1 + U(-spread, spread): three points around the centre moved at random."""
+    and pts2 = pts1 + U(-spread, spread): three points around the centre moved at random (``u``: (N, 6)
+    uniforms in [0, 1))."""
+    device, n = u.device, u.shape[0]
     cx, cy, ss = w // 2, h // 2, min(h, w) // 3
     pts1 = torch.tensor([[cx + ss, cy + ss], [cx + ss, cy - ss], [cx - ss, cy - ss]],
-                        dtype=torch.float64, device=rng.device)
-    jitter = (rng.uniform((3, 2), stream=1).to(torch.float64) * 2 - 1) * spread
+                        dtype=torch.float64, device=device)
+    jitter = (u.to(torch.float64).reshape(n, 3, 2) * 2 - 1) * spread
     pts2 = pts1[None] + jitter  # (N, 3, 2)
     # dst = M @ [src, 1]; warpAffine samples src = M^-1 dst.  Solve for the inverse map directly:
     # [pts2, 1] @ A = pts1, with A (3, 2).
-    ones = torch.ones(len(rng), 3, 1, dtype=torch.float64, device=rng.device)
-    inv = torch.linalg.solve(torch.cat([pts2, ones], dim=2), pts1[None].expand(len(rng), 3, 2))
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64, device=rng.device),
-                            torch.arange(w, dtype=torch.float64, device=rng.device), indexing="ij")
+    ones = torch.ones(n, 3, 1, dtype=torch.float64, device=device)
+    inv = torch.linalg.solve(torch.cat([pts2, ones], dim=2), pts1[None].expand(n, 3, 2))
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64, device=device),
+                            torch.arange(w, dtype=torch.float64, device=device), indexing="ij")
     grid = torch.stack([xs, ys, torch.ones_like(xs)], dim=-1).reshape(-1, 3)  # (HW, 3)
     src = grid[None] @ inv  # (N, HW, 2) as (x, y)
     return src[..., 0].reshape(-1, h, w), src[..., 1].reshape(-1, h, w)
@@ -96,9 +98,10 @@ def elastic_transform(x: Tensor, p: tuple[float, float, float], rng: ImageRandom
     n, c, h, w = x.shape
     unit = ELASTIC_UNIT[table] * min(h, w)
     alpha, sigma, spread = (unit * float(v) for v in p)
-    xs, ys = _affine_source_coordinates(rng, h, w, spread)
+    u = rng.uniform((6 + 2 * h * w,), stream=1)  # one draw per image: affine jitter, then the two fields
+    xs, ys = _affine_source_coordinates(u[:, :6], h, w, spread)
     warped = _sample(x, xs, ys, align_corners=True)
-    fields = rng.uniform((2, h, w), stream=2).to(torch.float64) * 2 - 1
+    fields = u[:, 6:].reshape(n, 2, h, w).to(torch.float64) * 2 - 1
     smooth = _ops.gaussian_filter(fields, sigma, mode="reflect", truncate=3.0) * alpha
     smooth = smooth.to(torch.float32).to(torch.float64)  # the reference casts the field to float32
     base_y, base_x = torch.meshgrid(torch.arange(h, dtype=torch.float64, device=x.device),

@@ -23,10 +23,11 @@ from dyntta.corruptions.tables import FROST_TEXTURE_SCALE
 def snow(x: Tensor, p: tuple, rng: ImageRandom, table: str) -> Tensor:
     mean, std, zoom, threshold, radius, sigma, mix = p
     n, _, h, w = x.shape
-    flakes = rng.normal((1, h, w), stream=1, mean=mean, std=std)
+    draws = rng.normal((h * w + 1,), stream=1)  # one draw per image: the layer, then the angle
+    flakes = (draws[:, :-1] * std + mean).reshape(n, 1, h, w)
     flakes = _ops.clipped_zoom(flakes, float(zoom))
     flakes = torch.where(flakes < threshold, 0.0, flakes).clamp_(0, 1)
-    angle = rng.uniform((), stream=2) * 90 - 135  # U(-135, -45) degrees: falling flakes
+    angle = torch.special.ndtr(draws[:, -1]) * 90 - 135  # U(-135, -45) degrees: falling flakes
     flakes = _ops.motion_blur(flakes, int(radius), float(sigma), angle)
     flakes = torch.round(flakes * 255) / 255  # the reference's layer is an 8-bit image
     grey = _ops.rgb_to_gray(x)
@@ -90,38 +91,39 @@ def frost_texture_source() -> str:
 
 
 def _procedural_frost(index: int) -> Tensor:
-    """A synthetic frost texture (3, H, W) in [0, 1]: oriented needle-like ridges (white noise filtered by
-    elongated Gaussians in the Fourier domain, 8 orientations blended by a smooth orientation field) over
-    a 1/f^2 cloudy background, scaled to the moments of the corresponding reference picture."""
+    """A synthetic frost texture (3, H, W) in [0, 1]: needle-like ridges (one white noise filtered by
+    elongated Gaussians in the Fourier domain at 8 orientations, blended by a smooth random orientation
+    field) over a 1/f^2 cloudy background, scaled to the moments of the corresponding reference picture."""
     h, w = _PROCEDURAL_SIZE
     rng = ImageRandom(torch.tensor([0xF0057 + 7919 * index], dtype=torch.int64))
-    fy = torch.fft.fftfreq(h, dtype=torch.float64)[:, None]
-    fx = torch.fft.rfftfreq(w, dtype=torch.float64)[None, :]
+    noise = rng.normal((3, h, w), stream=1)[0]
+    fy = torch.fft.fftfreq(h)[:, None]
+    fx = torch.fft.rfftfreq(w)[None, :]
     radius = torch.sqrt(fx**2 + fy**2).clamp_min(1.0 / max(h, w))
 
-    def filtered(stream: int, response: Tensor) -> Tensor:
-        noise = rng.normal((h, w), stream=stream)[0].to(torch.float64)
-        field = torch.fft.irfft2(torch.fft.rfft2(noise) * response, s=(h, w))
+    def filtered(spectrum: Tensor, response: Tensor) -> Tensor:
+        field = torch.fft.irfft2(spectrum * response, s=(h, w))
         return (field - field.mean()) / field.std()
 
-    background = filtered(1, radius**-2.0)
-    orientation = filtered(2, torch.exp(-((radius / 0.004) ** 2))) * math.pi
-    crystals = torch.zeros(h, w, dtype=torch.float64)
-    weights_total = torch.zeros_like(crystals)
+    spectra = torch.fft.rfft2(noise)
+    background = filtered(spectra[0], radius**-2.0)
+    orientation = filtered(spectra[1], torch.exp(-((radius / 0.004) ** 2))) * math.pi
+    crystals = torch.zeros(h, w)
+    weights_total = torch.zeros(h, w)
     for k in range(8):
         theta = k * math.pi / 8
         along = fx * math.cos(theta) + fy * math.sin(theta)
         across = -fx * math.sin(theta) + fy * math.cos(theta)
         needle = torch.exp(-0.5 * ((along / 0.012) ** 2 + (across / 0.2) ** 2))
-        ridges = filtered(10 + k, needle).clamp_min(0) ** 1.5
+        ridges = filtered(spectra[2], needle).clamp_min(0) ** 1.5
         weight = torch.exp(3.0 * torch.cos(2 * (orientation - theta)))
         crystals += weight * ridges
         weights_total += weight
     crystals /= weights_total
     pattern = 0.75 * (crystals - crystals.mean()) / crystals.std() + 0.45 * background
     pattern = (pattern - pattern.mean()) / pattern.std()
-    mean, std = (torch.tensor(v, dtype=torch.float64)[:, None, None] for v in FROST_TEXTURE_STATS[index])
-    return (mean + std * pattern[None]).clamp(0, 1).to(torch.float32)
+    mean, std = (torch.tensor(v)[:, None, None] for v in FROST_TEXTURE_STATS[index])
+    return (mean + std * pattern[None]).clamp(0, 1)
 
 
 @lru_cache(maxsize=32)
@@ -155,9 +157,10 @@ def frost(x: Tensor, p: tuple[float, float], rng: ImageRandom, table: str) -> Te
     image_weight, frost_weight = p
     n, c, h, w = x.shape
     bank = _frost_bank(_frost_source, FROST_TEXTURE_SCALE[table])
-    choice = rng.randint(0, len(bank), (), stream=1)
+    u = rng.uniform((3,), stream=1).to(torch.float64)  # texture, top, left
+    choice = torch.floor(u[:, 0] * len(bank)).long().clamp_(0, len(bank) - 1)
+    u_top, u_left = u[:, 1], u[:, 2]
     layer = torch.empty(n, 3, h, w, dtype=x.dtype, device=x.device)
-    u_top, u_left = rng.uniform((), stream=2), rng.uniform((), stream=3)
     # a loop over the (five) textures, not over images: textures differ in size so they cannot be stacked
     for k, texture in enumerate(bank):
         sel = (choice == k).nonzero().flatten()
@@ -165,8 +168,8 @@ def frost(x: Tensor, p: tuple[float, float], rng: ImageRandom, table: str) -> Te
             continue
         tex = _fit_texture(texture, h, w).to(x.device, x.dtype)
         th, tw = tex.shape[-2:]
-        top = torch.floor(u_top[sel].double() * (th - h)).long()  # randint(0, th - h)
-        left = torch.floor(u_left[sel].double() * (tw - w)).long()
+        top = torch.floor(u_top[sel] * (th - h)).long()  # randint(0, th - h)
+        left = torch.floor(u_left[sel] * (tw - w)).long()
         rows = (top[:, None] + torch.arange(h, device=x.device))[:, :, None]
         cols = (left[:, None] + torch.arange(w, device=x.device))[:, None, :]
         layer[sel] = tex[:, rows, cols].permute(1, 0, 2, 3)
@@ -182,30 +185,39 @@ def plasma_fractal(rng: ImageRandom, size: int, decay: float, stream: int, dtype
     """Diamond-square height maps (N, size, size) in [0, 1] with wrap-around, one per image, batched.
 
     As the reference: corner value 0, perturbation wibble * U(-wibble, wibble) with wibble starting at 100
-    and divided by ``decay`` at every level, min-max normalised.
+    and divided by ``decay`` at every level, min-max normalised.  All the uniforms of an image are drawn
+    in one call (per-image draws have a fixed cost) and consumed level by level.
     """
     n = len(rng)
     m = torch.zeros(n, size, size, dtype=dtype, device=rng.device)
-    step, wibble, level = size, 100.0, 0
+    counts = []
+    step = size
+    while step >= 2:
+        counts.append((size // step) ** 2)
+        step //= 2
+    u = rng.uniform((3 * sum(counts),), stream=stream).to(dtype) * 2 - 1
+    step, wibble, offset = size, 100.0, 0
 
-    def jitter(shape: tuple[int, ...], s: int) -> Tensor:
-        return (rng.uniform(shape, stream=s).to(dtype) * 2 - 1) * (wibble * wibble)
+    def jitter(k: int) -> Tensor:
+        nonlocal offset
+        part = u[:, offset : offset + k * k].reshape(n, k, k) * (wibble * wibble)
+        offset += k * k
+        return part
 
     while step >= 2:
         half, k = step // 2, size // step
         corners = m[:, 0::step, 0::step]
         acc = corners + torch.roll(corners, -1, dims=1)
         acc = acc + torch.roll(acc, -1, dims=2)
-        m[:, half::step, half::step] = acc / 4 + jitter((k, k), stream + 3 * level)
+        m[:, half::step, half::step] = acc / 4 + jitter(k)
         centres = m[:, half::step, half::step]
         corners = m[:, 0::step, 0::step]
         left = centres + torch.roll(centres, 1, dims=1) + corners + torch.roll(corners, -1, dims=2)
-        m[:, 0::step, half::step] = left / 4 + jitter((k, k), stream + 3 * level + 1)
+        m[:, 0::step, half::step] = left / 4 + jitter(k)
         top = centres + torch.roll(centres, 1, dims=2) + corners + torch.roll(corners, -1, dims=1)
-        m[:, half::step, 0::step] = top / 4 + jitter((k, k), stream + 3 * level + 2)
+        m[:, half::step, 0::step] = top / 4 + jitter(k)
         step //= 2
         wibble /= decay
-        level += 1
     m -= m.amin(dim=(1, 2), keepdim=True)
     return m / m.amax(dim=(1, 2), keepdim=True)
 
@@ -238,14 +250,10 @@ _SOBEL_Y = _SOBEL_X.t().contiguous()
 _TG22 = 13573  # OpenCV's tan(22.5 deg) in 15-bit fixed point
 
 
-def _shift(t: Tensor, dy: int, dx: int, fill: float) -> Tensor:
-    """out[y, x] = t[y + dy, x + dx], ``fill`` outside."""
-    h, w = t.shape[-2:]
-    out = torch.full_like(t, fill)
-    ys, yd = slice(max(dy, 0), h + min(dy, 0)), slice(max(-dy, 0), h + min(-dy, 0))
-    xs, xd = slice(max(dx, 0), w + min(dx, 0)), slice(max(-dx, 0), w + min(-dx, 0))
-    out[..., yd, xd] = t[..., ys, xs]
-    return out
+def _shifted(padded: Tensor, pad: int, dy: int, dx: int) -> Tensor:
+    """View of ``padded`` (padded by ``pad``) such that out[y, x] = original[y + dy, x + dx]."""
+    h, w = padded.shape[-2] - 2 * pad, padded.shape[-1] - 2 * pad
+    return padded[..., pad + dy : pad + dy + h, pad + dx : pad + dx + w]
 
 
 def canny(image: Tensor, low: float = 50, high: float = 150) -> Tensor:
@@ -264,8 +272,10 @@ def canny(image: Tensor, low: float = 50, high: float = 150) -> Tensor:
     diagonal = ~horizontal & ~vertical
     s_neg = (gx ^ gy) < 0
 
+    mag_padded = F.pad(mag, (1, 1, 1, 1), value=0)  # OpenCV keeps a zero border around the magnitudes
+
     def nb(dy: int, dx: int) -> Tensor:
-        return _shift(mag, dy, dx, 0)
+        return _shifted(mag_padded, 1, dy, dx)
 
     keep = torch.where(horizontal, (mag > nb(0, -1)) & (mag >= nb(0, 1)), False)
     keep |= vertical & (mag > nb(-1, 0)) & (mag >= nb(1, 0))
@@ -295,9 +305,10 @@ def chamfer_distance(sources: Tensor, limit: float) -> Tensor:
     inf = 1e6
     d = torch.where(sources, 0.0, inf).to(torch.float32)
     for _ in range(math.ceil(limit)):
-        new = d
+        padded = F.pad(d, (2, 2, 2, 2), value=inf)
+        new = d.clone()
         for dy, dx, cost in _CHAMFER:
-            new = torch.minimum(new, _shift(d, dy, dx, inf) + cost)
+            torch.minimum(new, _shifted(padded, 2, dy, dx) + cost, out=new)
         if torch.equal(new, d):
             break
         d = new
