@@ -33,7 +33,7 @@ from export.tensorrt import TensorRTUnavailableError
 
 def load_enhancer_checkpoint(directory: str) -> tuple[nn.Module, dict[str, Any]]:
     try:
-        from dyntta.enhancer import load_enhancer  # type: ignore[attr-defined]
+        from dyntta.enhancer import load_enhancer
     except ImportError as exc:
         raise SystemExit(f"--enhancer needs dyntta.enhancer.load_enhancer, not available: {exc}") from exc
     meta = read_checkpoint_meta(directory)

@@ -260,8 +260,8 @@ def test_model_that_fails_to_load_surfaces_tritons_message(repository: Path, tmp
     assert not triton.is_alive() and triton.pid is None
 
 
-def test_stop_leaves_no_process_behind(repository: Path):
-    triton = TritonServer(repository)
+def test_stop_leaves_no_process_behind(repository: Path, tmp_path: Path):
+    triton = TritonServer(repository, log_file=tmp_path / "triton.log")
     with triton as urls:
         pid = triton.pid
         assert pid is not None and _alive(pid)
@@ -272,6 +272,8 @@ def test_stop_leaves_no_process_behind(repository: Path):
         os.killpg(pid, 0)
     assert time.monotonic() - started < 1
     triton.stop()  # idempotent
+    log = (tmp_path / "triton.log").read_text()
+    assert "Started GRPCInferenceService" in log and "successfully loaded 'dyntta'" in log
 
 
 def _children(pid: int) -> list[int]:
