@@ -33,7 +33,12 @@ from typing import Any
 import numpy as np
 import torch
 
+# Imported here, in the main thread: importing this package from two threads at once (a job and a request)
+# can observe a partially initialised module.
+import dyntta.corruptions  # noqa: F401  (the suite run_report uses; importing it takes seconds)
 from dyntta.data import LabelledImages
+from dyntta.evaluate.runner import run_report
+from dyntta.evaluate.writers import write_json
 from serve.errors import TooManyJobs
 from serve.report_html import render_report_html
 
@@ -188,9 +193,6 @@ class JobManager:
         self.max_active = max_active
         self.batch_size = batch_size
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="robustness-job")
-        # importing the corruption suite (torchvision) takes seconds: start it before the first job needs
-        # it, in a daemon thread so that a quick shutdown never waits for it
-        threading.Thread(target=_preload, name="preload-report-code", daemon=True).start()
         self._stopping = threading.Event()
         self._pending: dict[str, _Pending] = {}
         self._submit_lock = threading.Lock()
@@ -255,8 +257,6 @@ class JobManager:
             self._on_finish(state)
 
     def _evaluate(self, job: Job, data: LabelledImages) -> dict[str, Any]:
-        from dyntta.evaluate.runner import run_report
-
         classifiers = self._classifiers(job.params.with_enhancer)
         header = {**self._header(), "job": {"id": job.id, "source": job.source, "submitted": job.created},
                   "tta": "DynTTA enhancer before the recognizer (Triton ensemble) vs the recognizer alone"
@@ -275,14 +275,6 @@ class JobManager:
         self.store.close()
 
 
-def _preload() -> None:
-    try:
-        import dyntta.corruptions  # noqa: F401
-        import dyntta.evaluate.runner  # noqa: F401
-    except Exception:  # reported by the first job that needs them
-        log.exception("could not import the corruption suite / report code")
-
-
 def _no_data() -> LabelledImages:
     raise RuntimeError("data already consumed")
 
@@ -293,12 +285,7 @@ def _describe(exc: BaseException) -> str:
 
 
 def _write_json(report: dict[str, Any], path: Path) -> None:
-    try:
-        from dyntta.evaluate.writers import write_json
-
-        write_json(report, path)
-    except ImportError:
-        path.write_text(json.dumps(report, indent=1, default=float), encoding="utf-8")
+    write_json(report, path)
 
 
 def triton_classifiers(backend: Any, loop: asyncio.AbstractEventLoop, *, ensemble: str, recognizer: str,

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, File, Form, Path, Query, UploadFile
 from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
+from dyntta.evaluate.report import resolve_conditions
 from serve.deps import BackendDep, JobsDep, SettingsDep, require_api_key
 from serve.errors import BadRequest, Conflict, NotFound, UnsupportedMediaType
 from serve.evalset import BUILTIN_NAME, ZipLimits, builtin_compatible, load_builtin, read_imagefolder_zip
@@ -62,8 +63,6 @@ async def submit(
                                                                   "(default: by image size)")] = None,
     with_enhancer: Annotated[bool, Form(description="also evaluate enhancer + recognizer")] = True,
 ) -> JobStatus:
-    from dyntta.evaluate.report import resolve_conditions
-
     try:
         names, levels = resolve_conditions(_split(corruptions), _split(severities))
     except ValueError as exc:
