@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from dyntta.models import save_recognizer
 from export.__main__ import main
@@ -55,3 +56,19 @@ def test_tensorrt_needs_the_gpu_flavour(checkpoint: Path, tmp_path: Path):
     with pytest.raises(ValueError, match="gpu flavour"):
         main(["--recognizer", str(checkpoint), "--out", str(tmp_path / "r"), "--tensorrt",
               "--parity-data", "random", "--parity-images", "8"])
+
+
+def test_cli_exports_the_dyntta_enhancer_checkpoint(checkpoint: Path, tmp_path: Path, capsys):
+    from dyntta.enhancer import DynTTAEnhancer, EnhancerConfig, save_enhancer
+
+    torch.manual_seed(0)
+    enhancer_dir = save_enhancer(DynTTAEnhancer(EnhancerConfig(input_size=32)).eval(), tmp_path / "enhancer")
+    out = tmp_path / "model_repository"
+    code = main(["--recognizer", str(checkpoint), "--enhancer", str(enhancer_dir), "--out", str(out),
+                 "--parity-data", "random", "--parity-images", "16"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["enhancer_parity"]["passed"] and summary["enhancer_parity"]["batch_independence_max_diff"] <= 1
+    assert summary["pipeline_parity"]["top1_agreement"] >= 0.99
+    report = json.loads((out / "enhancer" / "export.json").read_text())
+    assert report["identity"] is False and report["source"]["checkpoint"] == str(enhancer_dir)

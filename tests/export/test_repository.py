@@ -10,7 +10,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from export.build import export_repository, random_images
-from export.repository import ServingOptions
+from export.repository import ServingOptions, enhancer_model, recognizer_model, write_repository
 
 KIND_CPU, KIND_GPU = mc.ModelInstanceGroup.KIND_CPU, mc.ModelInstanceGroup.KIND_GPU
 
@@ -110,3 +110,19 @@ def test_rewriting_removes_stale_versions(tiny_recognizer, tmp_path: Path):
                       options=ServingOptions(version=3))
     export_repository(tiny_recognizer, classes, 32, out, parity_images=images)
     assert sorted(p.name for p in (out / "recognizer").iterdir() if p.is_dir()) == ["1"]
+
+
+def test_gpu_flavour_with_tensorrt_plans(tmp_path: Path, tiny_recognizer):
+    # The config side of --tensorrt, without TensorRT: a plan file is only copied.
+    onnx_file = tmp_path / "r.onnx"
+    onnx_file.write_bytes(b"onnx")
+    plan = tmp_path / "r.plan"
+    plan.write_bytes(b"plan")
+    rec = recognizer_model(onnx_file, 32, tiny_recognizer.config.classes, plan_path=plan)
+    enh = enhancer_model(onnx_file, 32, identity=True)
+    out = write_repository(tmp_path / "gpu", enh, rec, "gpu", ServingOptions(), command="test", reports={})
+    config = parse(out / "recognizer" / "config.pbtxt")
+    assert config.platform == "tensorrt_plan" and not config.backend
+    assert (out / "recognizer" / "1" / "model.plan").read_bytes() == b"plan"
+    assert parse(out / "enhancer" / "config.pbtxt").backend == "onnxruntime"  # identity stays on onnxruntime
+    assert not parse(out / "enhancer" / "config.pbtxt").HasField("optimization")
