@@ -49,6 +49,15 @@ class ReportConfig:
     sample_index: int = 0
     title: str | None = None
     no_figures: bool = False
+    cache_dir: str = "runs/evaluate-cache"
+    no_cache: bool = False
+
+
+def classifier_key(classifier: Classifier) -> str:
+    """Identifies a model's predictions in the prediction cache: its kind and weights hash(es)."""
+    info = classifier.info
+    hashes = [c.get("sha256", "") for c in info.components] if info.components else [info.sha256 or ""]
+    return f"{info.kind}:{'+'.join(h[:16] for h in hashes)}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,9 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--model", required=True, help="recognizer checkpoint directory or exported .onnx file"
-    )
+    parser.add_argument("--model", required=True, help="recognizer checkpoint directory or exported .onnx file")
     parser.add_argument(
         "--enhancer",
         default=None,
@@ -71,9 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="CE/mCE reference: a recognizer checkpoint or .onnx evaluated on the same corrupted "
         "images, or 'alexnet' (published errors; only for true ImageNet-C data)",
     )
-    parser.add_argument(
-        "--data", default="fashion-mnist", help="fashion-mnist | cifar10 | cifar100 | imagefolder"
-    )
+    parser.add_argument("--data", default="fashion-mnist", help="fashion-mnist | cifar10 | cifar100 | imagefolder")
     parser.add_argument("--data-dir", default=None, help="where the data set's files are")
     parser.add_argument("--split", default="test", choices=["train", "test"])
     parser.add_argument("--image-size", type=int, default=None, help="default: the model's input size")
@@ -84,9 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"names or groups ({', '.join(CORE_GROUPS)}, extra, core, all); default all 19",
     )
-    parser.add_argument(
-        "--severities", nargs="+", type=int, default=None, help="subset of 1 2 3 4 5 (default all)"
-    )
+    parser.add_argument("--severities", nargs="+", type=int, default=None, help="subset of 1 2 3 4 5 (default all)")
     parser.add_argument("--seed", type=int, default=0, help="corruption seed")
     parser.add_argument(
         "--table",
@@ -101,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sample-index", type=int, default=0, help="test image shown in the sample grid")
     parser.add_argument("--title", default=None, help="Markdown title")
     parser.add_argument("--no-figures", action="store_true", help="write JSON and Markdown only")
+    parser.add_argument(
+        "--cache-dir",
+        default="runs/evaluate-cache",
+        help="predictions are kept here as they are made; a rerun resumes from them",
+    )
+    parser.add_argument("--no-cache", action="store_true", help="neither read nor write the prediction cache")
     return parser
 
 
@@ -123,9 +132,7 @@ def run(config: ReportConfig, argv: list[str] | None = None) -> dict:
         classifiers["recognizer"] = primary
         enhanced = load_enhanced_classifier(config.enhancer, config.model, device=device)
         classifiers["enhancer + recognizer"] = enhanced
-        header["enhancer"] = (
-            enhanced.info.components[0] if enhanced.info.components else enhanced.info.to_dict()
-        )
+        header["enhancer"] = enhanced.info.components[0] if enhanced.info.components else enhanced.info.to_dict()
         header["tta"] = "DynTTA enhancer before the recognizer (second model); the first model has none"
     else:
         classifiers[primary.info.name] = primary
@@ -136,9 +143,7 @@ def run(config: ReportConfig, argv: list[str] | None = None) -> dict:
     if config.limit:
         data = data.subset(torch.arange(min(config.limit, len(data))))
     if primary.info.classes and len(primary.info.classes) != len(data.classes):
-        raise ValueError(
-            f"model has {len(primary.info.classes)} classes, {config.data} has {len(data.classes)}"
-        )
+        raise ValueError(f"model has {len(primary.info.classes)} classes, {config.data} has {len(data.classes)}")
 
     reference = None
     if config.reference and config.reference.lower() == ALEXNET:
@@ -157,6 +162,13 @@ def run(config: ReportConfig, argv: list[str] | None = None) -> dict:
         header["reference"] = reference_classifier.info.to_dict()
         reference = reference_classifier
 
+    reference_name = "reference"
+    if isinstance(reference, Classifier):
+        name = reference.info.name
+        reference_name = name if name not in classifiers else f"reference: {name}"
+    model_keys = {name: classifier_key(c) for name, c in classifiers.items()}
+    if isinstance(reference, Classifier):
+        model_keys[reference_name] = classifier_key(reference)
     header["command"] = "python -m dyntta.evaluate " + shlex.join(argv if argv is not None else sys.argv[1:])
     header["config"] = asdict(config)
     print(
@@ -172,12 +184,14 @@ def run(config: ReportConfig, argv: list[str] | None = None) -> dict:
         seed=config.seed,
         table=config.table,
         reference=reference,
-        reference_name=f"reference: {header['reference']['name']}" if "reference" in header else "reference",
+        reference_name=reference_name,
         header=header,
         batch_size=config.batch_size,
         device=device,
         show_progress=True,
         sample_indices=(config.sample_index,),
+        cache_dir=None if config.no_cache else config.cache_dir,
+        model_keys=model_keys,
     )
     paths = write_outputs(result, config.out, title=config.title, figures=not config.no_figures)
     summary = {"out": config.out, "files": {k: str(v) for k, v in paths.items()}}

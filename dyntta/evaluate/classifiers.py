@@ -38,6 +38,7 @@ class ModelInfo:
     input_size: int | None = None
     classes: list[str] | None = None
     components: list[dict[str, Any]] | None = None  # for composed models: each part's info
+    metadata: dict[str, str] | None = None  # e.g. an ONNX graph's metadata_props (how it was made)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -69,24 +70,18 @@ class TorchClassifier(Classifier):
 class OnnxClassifier(Classifier):
     """An exported graph run with onnxruntime: uint8 NCHW batches are transposed to the graph's NHWC."""
 
-    def __init__(
-        self, path: str | os.PathLike, providers: list[str] | None = None, threads: int | None = None
-    ) -> None:
+    def __init__(self, path: str | os.PathLike, providers: list[str] | None = None, threads: int | None = None) -> None:
         import onnxruntime as ort  # only needed for ONNX models
 
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
         available = ort.get_available_providers()
-        providers = providers or [
-            p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available
-        ]
+        providers = providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
         self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         inputs = self.session.get_inputs()
         names = [i.name for i in inputs]
-        self.input = next(
-            (i for i in inputs if i.name == ONNX_INPUT_NAME), inputs[0] if len(inputs) == 1 else None
-        )
+        self.input = next((i for i in inputs if i.name == ONNX_INPUT_NAME), inputs[0] if len(inputs) == 1 else None)
         if self.input is None:
             raise ValueError(f"{path}: expected one input or one named {ONNX_INPUT_NAME!r}, found {names}")
         if self.input.type != "tensor(uint8)" or len(self.input.shape) != 4:
@@ -107,6 +102,7 @@ class OnnxClassifier(Classifier):
             sha256=file_sha256(path),
             input_size=size,
             num_parameters=onnx_parameter_count(path),
+            metadata=dict(self.session.get_modelmeta().custom_metadata_map) or None,
         )
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
@@ -183,9 +179,7 @@ def torch_enhancer_info(directory: str | os.PathLike) -> tuple[nn.Module, ModelI
     try:
         from dyntta.enhancer import load_enhancer  # built in parallel (issue 4): imported only when asked
     except ImportError as error:
-        raise ValueError(
-            f"--enhancer needs dyntta.enhancer.load_enhancer, which is not available: {error}"
-        ) from error
+        raise ValueError(f"--enhancer needs dyntta.enhancer.load_enhancer, which is not available: {error}") from error
     module = load_enhancer(directory)
     info = ModelInfo(
         name=Path(directory).name,

@@ -162,8 +162,7 @@ class PredictionTable:
                     raise ValueError(f"model {model!r} has no predictions for {condition}")
                 if len(preds.predicted[condition]) != n:
                     raise ValueError(
-                        f"model {model!r}: {len(preds.predicted[condition])} predictions for "
-                        f"{condition}, expected {n}"
+                        f"model {model!r}: {len(preds.predicted[condition])} predictions for {condition}, expected {n}"
                     )
 
 
@@ -293,9 +292,7 @@ def summarise_model(
 def reference_from_results(name: str, source: str, results: Mapping[str, Any]) -> ReferenceErrors:
     """A CE reference from a model evaluated in the same run (on the very same corrupted images)."""
     errors = {c: {int(s): 1.0 - a for s, a in by_s.items()} for c, by_s in results["accuracy"].items()}
-    return ReferenceErrors(
-        name=name, source=source, clean_error=1.0 - results["clean"]["accuracy"], errors=errors
-    )
+    return ReferenceErrors(name=name, source=source, clean_error=1.0 - results["clean"]["accuracy"], errors=errors)
 
 
 def corruption_errors(
@@ -352,8 +349,7 @@ def build_report(
     table.check()
     corruptions, severities = table.corruptions, table.severities
     results = {
-        name: summarise_model(table.labels, preds, corruptions, severities)
-        for name, preds in table.models.items()
+        name: summarise_model(table.labels, preds, corruptions, severities) for name, preds in table.models.items()
     }
     ref_block: dict[str, Any] | None = None
     ref_errors: ReferenceErrors | None = None

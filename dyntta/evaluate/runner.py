@@ -7,12 +7,14 @@ comparison and the CE fair by construction and costs one corruption pass instead
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -56,9 +58,7 @@ class ReportRun:
     classes: list[str] = field(default_factory=list)
 
 
-def corruption_implementation(
-    table: str | None, image_size: int, corruptions: Sequence[str] = ()
-) -> dict[str, Any]:
+def corruption_implementation(table: str | None, image_size: int, corruptions: Sequence[str] = ()) -> dict[str, Any]:
     """Implementation, version, parameter table (name and the values used) of the corruption suite."""
     from dyntta.corruptions import IMPLEMENTATION_VERSION, TABLE_NAMES, TABLES, default_table, describe
 
@@ -71,9 +71,7 @@ def corruption_implementation(
         "table": resolved,
         "table_requested": table,
         "description": describe(table),
-        "parameters": {
-            c: [list(p) if isinstance(p, tuple) else p for p in TABLES[resolved][c]] for c in corruptions
-        },
+        "parameters": {c: [list(p) if isinstance(p, tuple) else p for p in TABLES[resolved][c]] for c in corruptions},
     }
 
 
@@ -86,14 +84,77 @@ def _as_logits(output: torch.Tensor | np.ndarray, n: int, num_classes: int, mode
     logits = torch.as_tensor(output).float()
     if logits.ndim != 2 or logits.shape[0] != n:
         raise ValueError(
-            f"model {model!r} returned shape {tuple(logits.shape)} for {n} images; "
-            "expected logits (N, classes)"
+            f"model {model!r} returned shape {tuple(logits.shape)} for {n} images; expected logits (N, classes)"
         )
     if logits.shape[1] != num_classes:
-        raise ValueError(
-            f"model {model!r} has {logits.shape[1]} outputs but the data has {num_classes} classes"
-        )
+        raise ValueError(f"model {model!r} has {logits.shape[1]} outputs but the data has {num_classes} classes")
     return logits
+
+
+class PredictionStore:
+    """Predictions saved to an ``.npz`` file as they are made, so an interrupted run resumes where it
+    stopped. Entries are keyed by a model key (e.g. the weights' sha256) and the condition; the file name
+    should fingerprint everything else that changes predictions (data, seed, table, implementation)."""
+
+    def __init__(self, path: str | os.PathLike, flush_seconds: float = 60.0) -> None:
+        self.path = Path(path)
+        self.flush_seconds = flush_seconds
+        self.entries: dict[str, np.ndarray] = {}
+        if self.path.is_file():
+            with np.load(self.path) as saved:
+                self.entries = {k: saved[k] for k in saved.files}
+        self._last_flush = time.monotonic()
+
+    @staticmethod
+    def _key(model_key: str, condition: Condition, what: str) -> str:
+        return f"{model_key}|{condition[0]}|{condition[1]}|{what}"
+
+    def get(self, model_key: str, condition: Condition) -> tuple[np.ndarray, np.ndarray] | None:
+        pred = self.entries.get(self._key(model_key, condition, "pred"))
+        conf = self.entries.get(self._key(model_key, condition, "conf"))
+        return None if pred is None or conf is None else (pred.astype(np.int64), conf.astype(np.float32))
+
+    def put(self, model_key: str, condition: Condition, pred: np.ndarray, conf: np.ndarray) -> None:
+        self.entries[self._key(model_key, condition, "pred")] = pred.astype(np.int16)
+        self.entries[self._key(model_key, condition, "conf")] = conf.astype(np.float32)
+        if time.monotonic() - self._last_flush > self.flush_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_suffix(".tmp.npz")
+        np.savez(partial, **self.entries)
+        partial.replace(self.path)  # atomic: a crash mid-write never corrupts the store
+        self._last_flush = time.monotonic()
+
+
+def run_fingerprint(data: LabelledImages, seed: int, table: str | None, corruption_version: str) -> str:
+    """A hash of what, besides the model and the condition, decides a prediction."""
+    digest = hashlib.sha256()
+    digest.update(
+        f"{data.name}|{data.split}|{len(data)}|{data.image_size}|{seed}|{table}|{corruption_version}".encode()
+    )
+    digest.update(data.images.numpy().tobytes())
+    digest.update(data.labels.numpy().tobytes())
+    return digest.hexdigest()[:20]
+
+
+def corrupt_uint8(
+    images: torch.Tensor,
+    condition: Condition,
+    indices: torch.Tensor,
+    *,
+    seed: int,
+    table: str | None,
+    device: torch.device,
+) -> torch.Tensor:
+    """uint8 images -> the same images corrupted and quantised, as every model sees them."""
+    from dyntta.corruptions import corrupt  # imported here so the report maths does not need the suite
+
+    if condition == CLEAN:
+        return images
+    out = corrupt(to_float(images).to(device), condition[0], condition[1], seed=seed, table=table, indices=indices)
+    return quantise(out).cpu()
 
 
 def collect_predictions(
@@ -109,10 +170,14 @@ def collect_predictions(
     progress_callback: ProgressCallback | None = None,
     show_progress: bool = False,
     sample_indices: Sequence[int] = (),
+    store: PredictionStore | None = None,
+    model_keys: Mapping[str, str] | None = None,
 ) -> tuple[PredictionTable, dict[Condition, torch.Tensor]]:
-    """Predictions of every classifier on the clean images and every (corruption, severity)."""
-    from dyntta.corruptions import corrupt  # imported here so the report maths does not need the suite
+    """Predictions of every classifier on the clean images and every (corruption, severity).
 
+    With a ``store`` and a ``model_keys`` entry for a model, its predictions are read from and written to
+    the store (a condition whose every model is stored is not recomputed at all).
+    """
     names, levels = resolve_conditions(corruptions, severities)
     if not classifiers:
         raise ValueError("no classifier to evaluate")
@@ -129,10 +194,9 @@ def collect_predictions(
         severities=levels,
         models={m: ModelPredictions() for m in classifiers},
     )
+    keys = dict(model_keys or {}) if store is not None else {}
     conditions = table_out.conditions()
     starts = list(range(0, n, batch_size))
-    wanted = sorted({i for i in sample_indices if 0 <= i < n})
-    samples: dict[Condition, torch.Tensor] = {}
     device = torch.device(device)
     total = len(conditions) * len(starts)
     bar = tqdm(total=total, desc="report", unit="batch", disable=not show_progress, dynamic_ncols=True)
@@ -140,39 +204,50 @@ def collect_predictions(
     try:
         for condition in conditions:
             bar.set_postfix_str("clean" if condition == CLEAN else f"{condition[0]} s{condition[1]}")
-            preds: dict[str, list[np.ndarray]] = {m: [] for m in classifiers}
-            confs: dict[str, list[np.ndarray]] = {m: [] for m in classifiers}
-            kept: list[torch.Tensor] = []
+            todo = {}
+            for model, classify in classifiers.items():
+                cached = store.get(keys[model], condition) if model in keys else None  # type: ignore[union-attr]
+                if cached is not None and len(cached[0]) == n:
+                    table_out.models[model].predicted[condition] = cached[0]
+                    table_out.models[model].confidence[condition] = cached[1]
+                else:
+                    todo[model] = classify
+            preds: dict[str, list[np.ndarray]] = {m: [] for m in todo}
+            confs: dict[str, list[np.ndarray]] = {m: [] for m in todo}
             for start in starts:
-                batch = data.images[start : start + batch_size]
-                if condition != CLEAN:
+                if todo:
+                    batch = data.images[start : start + batch_size]
                     indices = torch.arange(start, start + len(batch))
-                    corrupted = corrupt(
-                        to_float(batch).to(device),
-                        condition[0],
-                        condition[1],
-                        seed=seed,
-                        table=table,
-                        indices=indices,
-                    )
-                    batch = quantise(corrupted).cpu()
-                for model, classify in classifiers.items():
-                    probs = _as_logits(classify(batch), len(batch), num_classes, model).softmax(dim=1)
-                    confidence, predicted = probs.max(dim=1)
-                    preds[model].append(predicted.numpy().astype(np.int64))
-                    confs[model].append(confidence.numpy().astype(np.float32))
-                kept.extend(batch[i - start] for i in wanted if start <= i < start + len(batch))
+                    batch = corrupt_uint8(batch, condition, indices, seed=seed, table=table, device=device)
+                    for model, classify in todo.items():
+                        probs = _as_logits(classify(batch), len(batch), num_classes, model).softmax(dim=1)
+                        confidence, predicted = probs.max(dim=1)
+                        preds[model].append(predicted.numpy().astype(np.int64))
+                        confs[model].append(confidence.numpy().astype(np.float32))
                 done += 1
                 bar.update(1)
                 if progress_callback is not None:
                     progress_callback(done / total)
-            for model in classifiers:
-                table_out.models[model].predicted[condition] = np.concatenate(preds[model])
-                table_out.models[model].confidence[condition] = np.concatenate(confs[model])
-            if kept:
-                samples[condition] = torch.stack(kept)
+            for model in todo:
+                pred, conf = np.concatenate(preds[model]), np.concatenate(confs[model])
+                table_out.models[model].predicted[condition] = pred
+                table_out.models[model].confidence[condition] = conf
+                if model in keys:
+                    store.put(keys[model], condition, pred, conf)  # type: ignore[union-attr]
     finally:
         bar.close()
+        if store is not None:
+            store.flush()
+    # The sample images are re-made from their indices: corruption is keyed per image, so they are exactly
+    # the images the models saw (also for conditions read from the store).
+    wanted = sorted({i for i in sample_indices if 0 <= i < n})
+    samples: dict[Condition, torch.Tensor] = {}
+    if wanted:
+        index = torch.tensor(wanted)
+        for condition in conditions:
+            samples[condition] = corrupt_uint8(
+                data.images[index], condition, index, seed=seed, table=table, device=device
+            )
     return table_out, samples
 
 
@@ -192,6 +267,8 @@ def run_report(
     device: str | torch.device = "cpu",
     show_progress: bool = False,
     sample_indices: Sequence[int] = (0,),
+    cache_dir: str | os.PathLike | None = None,
+    model_keys: Mapping[str, str] | None = None,
 ) -> ReportRun:
     """Evaluate ``classify_fn`` (uint8 NCHW batch -> logits) on ``data`` clean and corrupted; report.
 
@@ -201,6 +278,8 @@ def run_report(
       :class:`ReferenceErrors` (e.g. AlexNet, for true ImageNet-C only), or ``None`` (no CE).
     - ``progress_callback(fraction)`` is called after every batch, fraction in (0, 1].
     - ``header`` entries (model info, command, ...) are merged over the data/corruption/protocol header.
+    - ``cache_dir`` + ``model_keys`` ({model name: a key identifying its weights}): predictions are kept
+      in ``cache_dir`` as they are made, and a rerun of an interrupted report resumes from them.
     """
     classifiers = dict(classify_fn) if isinstance(classify_fn, Mapping) else {"model": classify_fn}
     reference_key: str | None = None
@@ -211,6 +290,10 @@ def run_report(
         reference_key = reference_name
     names, levels = resolve_conditions(corruptions, severities)
     corruption_info = corruption_implementation(table, data.image_size, names)  # also validates ``table``
+    store = None
+    if cache_dir is not None and model_keys:
+        fingerprint = run_fingerprint(data, seed, corruption_info["table"], corruption_info["version"])
+        store = PredictionStore(Path(cache_dir) / f"predictions-{fingerprint}.npz")
     started = time.perf_counter()
     predictions, samples = collect_predictions(
         classifiers,
@@ -224,6 +307,8 @@ def run_report(
         progress_callback=progress_callback,
         show_progress=show_progress,
         sample_indices=sample_indices,
+        store=store,
+        model_keys=model_keys,
     )
     seconds = time.perf_counter() - started
     full_header: dict[str, Any] = {
@@ -248,6 +333,7 @@ def run_report(
             "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "platform": platform.platform(terse=True),
+            "prediction_cache": str(store.path) if store else None,
         },
     }
     full_header.update(header or {})
@@ -263,6 +349,9 @@ def run_report(
 
 __all__ = [
     "PROTOCOL",
+    "PredictionStore",
+    "corrupt_uint8",
+    "run_fingerprint",
     "ProgressCallback",
     "ReportRun",
     "collect_predictions",

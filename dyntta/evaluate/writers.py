@@ -49,11 +49,7 @@ def read_json(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def pct(value: float | None, digits: int = 1) -> str:
-    return (
-        "–"
-        if value is None or (isinstance(value, float) and math.isnan(value))
-        else f"{100 * value:.{digits}f}"
-    )
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.{digits}f}"
 
 
 def _signed(value: float | None) -> str:
@@ -246,8 +242,7 @@ def render_markdown(
                     c,
                     *[
                         _signed(
-                            sum(models[m]["accuracy"][c][str(s)] - base[str(s)] for s in severities)
-                            / len(severities)
+                            sum(models[m]["accuracy"][c][str(s)] - base[str(s)] for s in severities) / len(severities)
                         )
                         for m in others
                     ],
@@ -256,10 +251,7 @@ def render_markdown(
         rows.append(
             [
                 "clean",
-                *[
-                    _signed(models[m]["clean"]["accuracy"] - models[first]["clean"]["accuracy"])
-                    for m in others
-                ],
+                *[_signed(models[m]["clean"]["accuracy"] - models[first]["clean"]["accuracy"]) for m in others],
             ]
         )
         lines += _table(["corruption (mean over severities)", *others], rows)
@@ -278,9 +270,13 @@ def render_markdown(
         lines += [
             f"## CE reference `{ref['name']}`",
             "",
-            f"Clean accuracy {pct(ref_res['clean']['accuracy'], 2)} %; evaluated {ref['source']}.",
+            f"{_model_line(header.get('reference'))}; {ref['source']}. Clean accuracy "
+            f"{pct(ref_res['clean']['accuracy'], 2)} %.",
             "",
         ]
+        recipe = (header.get("reference") or {}).get("metadata", {}).get("dyntta.reference")
+        if recipe:
+            lines += [f"Reference recipe: `{recipe}`", ""]
         if core:
             lines += accuracy_table_lines(ref_res, core, severities, "core")
     elif ref and ref.get("errors"):
@@ -315,6 +311,8 @@ def render_markdown(
         "- CE_c = sum_s E_model(c, s) / sum_s E_ref(c, s); relative CE_c subtracts S x the clean error "
         "from both sums (Hendrycks & Dietterich 2019). Published ImageNet-C mCE values (AlexNet = 100) are "
         "not comparable with a CE against another reference or on other data.",
+        "- Relative CE is shown as – where the reference's corrupted error does not exceed its clean error "
+        "(the ratio is undefined there); relative mCE averages the defined ones.",
         "- Severity is not monotone for every corruption in the reference parameter tables.",
         "",
     ]

@@ -1,4 +1,4 @@
-"""``python -m dyntta.evaluate`` end to end on a tiny trained checkpoint, torch and ONNX."""
+"""``python -m dyntta.evaluate`` end to end on a tiny checkpoint, torch and ONNX."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ ARGS = [
     "5",
     "--batch-size",
     "20",
+    "--no-cache",  # a real run keeps predictions in runs/evaluate-cache; tests must not
 ]
 
 
@@ -33,9 +34,7 @@ def test_cli_torch_checkpoint_with_self_reference(
     tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     out = tmp_path / "report"
-    code = main(
-        ["--model", str(tiny_checkpoint), "--reference", str(tiny_checkpoint), *ARGS, "--out", str(out)]
-    )
+    code = main(["--model", str(tiny_checkpoint), "--reference", str(tiny_checkpoint), *ARGS, "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     report = json.loads((out / "report.json").read_text())
     res = report["models"][tiny_checkpoint.name]

@@ -107,9 +107,7 @@ def test_alexnet_reference() -> None:
     alex = ALEXNET_IMAGENET_C_ERRORS["gaussian_noise"]
     assert sum(alex) / 5 == pytest.approx(0.886428)
     assert ce["per_corruption"]["gaussian_noise"] == pytest.approx(2.5 / sum(alex))
-    assert ce["relative_per_corruption"]["gaussian_noise"] == pytest.approx(
-        (2.5 - 5 * 0.2) / (sum(alex) - 5 * 0.4348)
-    )
+    assert ce["relative_per_corruption"]["gaussian_noise"] == pytest.approx((2.5 - 5 * 0.2) / (sum(alex) - 5 * 0.4348))
 
 
 def test_wilson_interval() -> None:

@@ -54,9 +54,7 @@ def test_constant_classifier_gives_label_frequency() -> None:
     assert res["core"]["mean"] == pytest.approx(1 / 3) and res["extras"]["mean"] == pytest.approx(1 / 3)
     # 7 conditions x 3 batches; the callback sees a monotone fraction ending at 1
     assert len(fractions) == 21 and fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
-    assert run.samples[("contrast", 5)].shape == (2, 3, 32, 32) and torch.equal(
-        run.samples[CLEAN][1], data.images[11]
-    )
+    assert run.samples[("contrast", 5)].shape == (2, 3, 32, 32) and torch.equal(run.samples[CLEAN][1], data.images[11])
     header = run.report["header"]
     assert header["data"]["n"] == 12 and header["seed"] == 1 and header["corruptions"]["version"]
     assert header["protocol"]["jpeg_reencode"] is False
@@ -109,3 +107,24 @@ def test_bad_condition_fails_before_any_work() -> None:
 
 def test_quantise_rounds() -> None:
     assert quantise(torch.tensor([0.0, 0.6 / 255, 0.4 / 255, 1.2, -0.1])).tolist() == [0, 1, 0, 255, 0]
+
+
+def test_prediction_store_resumes(tmp_path) -> None:
+    data = tiny_data()
+    calls: list[int] = []
+
+    def counting(images: torch.Tensor) -> torch.Tensor:
+        calls.append(len(images))
+        return torch.as_tensor(brightness_rule(images))
+
+    first = run_report({"m": counting}, data, ["fog", "pixelate"], [2], cache_dir=tmp_path, model_keys={"m": "k"})
+    assert sum(calls) == 3 * 12 and len(list(tmp_path.glob("predictions-*.npz"))) == 1
+    calls.clear()
+    again = run_report(
+        {"m": counting}, data, ["fog", "pixelate", "snow"], [2], cache_dir=tmp_path, model_keys={"m": "k"}
+    )
+    assert sum(calls) == 12  # only the new condition (snow) was classified
+    for condition, predicted in first.predictions.models["m"].predicted.items():
+        assert np.array_equal(predicted, again.predictions.models["m"].predicted[condition])
+    other_seed = run_report({"m": counting}, data, ["fog"], [2], seed=5, cache_dir=tmp_path, model_keys={"m": "k"})
+    assert other_seed.report["header"]["run"]["prediction_cache"] != again.report["header"]["run"]["prediction_cache"]
