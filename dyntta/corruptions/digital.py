@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
+
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
-from torchvision.io import decode_jpeg, encode_jpeg
 
 from dyntta.corruptions import _ops
 from dyntta.corruptions._random import ImageRandom
@@ -42,17 +45,23 @@ def pixelate(x: Tensor, factor: float, rng: ImageRandom, table: str) -> Tensor:
 
 
 def jpeg_compression(x: Tensor, quality: int, rng: ImageRandom, table: str) -> Tensor:
-    """libjpeg round trip at the given quality via torchvision (byte-identical to Pillow's save/open, 4:2:0).
+    """Pillow JPEG save/open at the given quality (libjpeg-turbo, 4:2:0), exactly as the reference.
 
-    Inherently per image: the codec runs image by image inside torchvision.  Always on CPU, so CUDA inputs
-    get the same bytes as CPU ones (nvjpeg's encoder differs from libjpeg)."""
+    Inherently per image: a codec round trip per image.  (torchvision.io's encoder gives the same bytes, but
+    its image codecs are deprecated since torchvision 0.29; nvjpeg on CUDA would not match libjpeg.)  Runs
+    on CPU, so CUDA inputs get the same result."""
     n, c, h, w = x.shape
     u8 = torch.round(x.detach().float().cpu() * 255).clamp_(0, 255).to(torch.uint8)
-    if c == 1:
-        u8 = u8.expand(n, 3, h, w)
-    encoded = encode_jpeg(list(u8.contiguous().unbind(0)), quality=int(quality))
-    decoded = torch.stack(decode_jpeg(encoded)).to(x.device, x.dtype) / 255
-    return _ops.rgb_to_gray(decoded) if c == 1 else decoded
+    arrays = u8.expand(n, 3, h, w).permute(0, 2, 3, 1).numpy()  # grey is encoded as RGB, as the reference
+    out = np.empty((n, h, w, 3), dtype=np.uint8)
+    for i, array in enumerate(arrays):
+        buffer = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(array)).save(buffer, "JPEG", quality=int(quality))
+        buffer.seek(0)
+        with Image.open(buffer) as decoded:
+            out[i] = np.asarray(decoded.convert("RGB"))
+    result = torch.from_numpy(out).permute(0, 3, 1, 2).to(x.device, x.dtype) / 255
+    return _ops.rgb_to_gray(result) if c == 1 else result
 
 
 def _affine_source_coordinates(u: Tensor, h: int, w: int, spread: float) -> tuple[Tensor, Tensor]:

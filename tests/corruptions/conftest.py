@@ -3,7 +3,7 @@ colour to work on, and two 224 px images upsampled from them."""
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import pytest
 import torch
@@ -28,7 +28,7 @@ def large_images() -> torch.Tensor:
     return F.interpolate(small_images()[:2], size=224, mode="bilinear", align_corners=False).clamp(0, 1)
 
 
-@lru_cache(maxsize=None)
+@cache
 def batch_output(size: int, name: str, severity: int) -> torch.Tensor:
     """corrupt() of the whole test batch, memoised so several tests can share one (slow at 224 px) call."""
     images = small_images() if size == 32 else large_images()

@@ -94,7 +94,7 @@ def test_dtype_and_grey_inputs() -> None:
     grey = x.mean(dim=1, keepdim=True)
     for name in NAMES:
         out = corrupt(grey, name, 3)
-        assert out.shape == grey.shape and 0 <= float(out.min()) and float(out.max()) <= 1
+        assert out.shape == grey.shape and float(out.min()) >= 0 and float(out.max()) <= 1
     assert corrupt(x[:0], "snow", 1).shape == (0, 3, 32, 32)
 
 
