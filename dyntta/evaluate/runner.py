@@ -93,8 +93,10 @@ def _as_logits(output: torch.Tensor | np.ndarray, n: int, num_classes: int, mode
 
 class PredictionStore:
     """Predictions saved to an ``.npz`` file as they are made, so an interrupted run resumes where it
-    stopped. Entries are keyed by a model key (e.g. the weights' sha256) and the condition; the file name
-    should fingerprint everything else that changes predictions (data, seed, table, implementation)."""
+    stopped. Entries are per (model key, condition, batch): the model key identifies the weights (e.g. their
+    sha256), the batch is named by its index range and a digest of its images, and the file name should
+    fingerprint the rest (data set, seed, table, implementation). Because entries are per batch, a run on
+    the first N images is reused by a later run on more images with the same batch size."""
 
     def __init__(self, path: str | os.PathLike, flush_seconds: float = 60.0) -> None:
         self.path = Path(path)
@@ -104,39 +106,45 @@ class PredictionStore:
             with np.load(self.path) as saved:
                 self.entries = {k: saved[k] for k in saved.files}
         self._last_flush = time.monotonic()
+        self._dirty = False
 
     @staticmethod
-    def _key(model_key: str, condition: Condition, what: str) -> str:
-        return f"{model_key}|{condition[0]}|{condition[1]}|{what}"
+    def _key(model_key: str, condition: Condition, batch: str, what: str) -> str:
+        return f"{model_key}|{condition[0]}|{condition[1]}|{batch}|{what}"
 
-    def get(self, model_key: str, condition: Condition) -> tuple[np.ndarray, np.ndarray] | None:
-        pred = self.entries.get(self._key(model_key, condition, "pred"))
-        conf = self.entries.get(self._key(model_key, condition, "conf"))
+    def get(self, model_key: str, condition: Condition, batch: str) -> tuple[np.ndarray, np.ndarray] | None:
+        pred = self.entries.get(self._key(model_key, condition, batch, "pred"))
+        conf = self.entries.get(self._key(model_key, condition, batch, "conf"))
         return None if pred is None or conf is None else (pred.astype(np.int64), conf.astype(np.float32))
 
-    def put(self, model_key: str, condition: Condition, pred: np.ndarray, conf: np.ndarray) -> None:
-        self.entries[self._key(model_key, condition, "pred")] = pred.astype(np.int16)
-        self.entries[self._key(model_key, condition, "conf")] = conf.astype(np.float32)
+    def put(self, model_key: str, condition: Condition, batch: str, pred: np.ndarray, conf: np.ndarray) -> None:
+        self.entries[self._key(model_key, condition, batch, "pred")] = pred.astype(np.int32)
+        self.entries[self._key(model_key, condition, batch, "conf")] = conf.astype(np.float32)
+        self._dirty = True
         if time.monotonic() - self._last_flush > self.flush_seconds:
             self.flush()
 
     def flush(self) -> None:
+        if not self._dirty:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         partial = self.path.with_suffix(".tmp.npz")
         np.savez(partial, **self.entries)
         partial.replace(self.path)  # atomic: a crash mid-write never corrupts the store
         self._last_flush = time.monotonic()
+        self._dirty = False
 
 
 def run_fingerprint(data: LabelledImages, seed: int, table: str | None, corruption_version: str) -> str:
-    """A hash of what, besides the model and the condition, decides a prediction."""
-    digest = hashlib.sha256()
-    digest.update(
-        f"{data.name}|{data.split}|{len(data)}|{data.image_size}|{seed}|{table}|{corruption_version}".encode()
-    )
-    digest.update(data.images.numpy().tobytes())
-    digest.update(data.labels.numpy().tobytes())
-    return digest.hexdigest()[:20]
+    """A hash of what, besides the model, the condition and the batch's images, decides a prediction."""
+    text = f"{data.name}|{data.split}|{data.image_size}|{seed}|{table}|{corruption_version}"
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def batch_id(images: torch.Tensor, start: int) -> str:
+    """Names a batch by its index range (corruption randomness is keyed by index) and its pixels."""
+    digest = hashlib.sha256(images.contiguous().numpy().tobytes()).hexdigest()[:16]
+    return f"{start}-{start + len(images)}-{digest}"
 
 
 def corrupt_uint8(
@@ -176,7 +184,7 @@ def collect_predictions(
     """Predictions of every classifier on the clean images and every (corruption, severity).
 
     With a ``store`` and a ``model_keys`` entry for a model, its predictions are read from and written to
-    the store (a condition whose every model is stored is not recomputed at all).
+    the store, per batch (a batch that every model has seen is neither corrupted nor classified again).
     """
     names, levels = resolve_conditions(corruptions, severities)
     if not classifiers:
@@ -197,6 +205,7 @@ def collect_predictions(
     keys = dict(model_keys or {}) if store is not None else {}
     conditions = table_out.conditions()
     starts = list(range(0, n, batch_size))
+    batch_ids = [batch_id(data.images[s : s + batch_size], s) for s in starts] if keys else []
     device = torch.device(device)
     total = len(conditions) * len(starts)
     bar = tqdm(total=total, desc="report", unit="batch", disable=not show_progress, dynamic_ncols=True)
@@ -204,36 +213,32 @@ def collect_predictions(
     try:
         for condition in conditions:
             bar.set_postfix_str("clean" if condition == CLEAN else f"{condition[0]} s{condition[1]}")
-            todo = {}
-            for model, classify in classifiers.items():
-                cached = store.get(keys[model], condition) if model in keys else None  # type: ignore[union-attr]
-                if cached is not None and len(cached[0]) == n:
-                    table_out.models[model].predicted[condition] = cached[0]
-                    table_out.models[model].confidence[condition] = cached[1]
-                else:
-                    todo[model] = classify
-            preds: dict[str, list[np.ndarray]] = {m: [] for m in todo}
-            confs: dict[str, list[np.ndarray]] = {m: [] for m in todo}
-            for start in starts:
-                if todo:
-                    batch = data.images[start : start + batch_size]
-                    indices = torch.arange(start, start + len(batch))
-                    batch = corrupt_uint8(batch, condition, indices, seed=seed, table=table, device=device)
-                    for model, classify in todo.items():
-                        probs = _as_logits(classify(batch), len(batch), num_classes, model).softmax(dim=1)
-                        confidence, predicted = probs.max(dim=1)
-                        preds[model].append(predicted.numpy().astype(np.int64))
-                        confs[model].append(confidence.numpy().astype(np.float32))
+            preds: dict[str, list[np.ndarray]] = {m: [] for m in classifiers}
+            confs: dict[str, list[np.ndarray]] = {m: [] for m in classifiers}
+            for b, start in enumerate(starts):
+                images = data.images[start : start + batch_size]
+                cached = {m: store.get(keys[m], condition, batch_ids[b]) for m in keys}  # type: ignore[union-attr]
+                todo = {m: fn for m, fn in classifiers.items() if cached.get(m) is None}
+                if todo:  # corrupt only when some model has not seen this batch yet
+                    indices = torch.arange(start, start + len(images))
+                    batch = corrupt_uint8(images, condition, indices, seed=seed, table=table, device=device)
+                for model in classifiers:
+                    hit = cached.get(model)
+                    if hit is None:
+                        logits = _as_logits(todo[model](batch), len(images), num_classes, model)
+                        confidence, predicted = logits.softmax(dim=1).max(dim=1)
+                        hit = (predicted.numpy().astype(np.int64), confidence.numpy().astype(np.float32))
+                        if model in keys:
+                            store.put(keys[model], condition, batch_ids[b], *hit)  # type: ignore[union-attr]
+                    preds[model].append(hit[0])
+                    confs[model].append(hit[1])
                 done += 1
                 bar.update(1)
                 if progress_callback is not None:
                     progress_callback(done / total)
-            for model in todo:
-                pred, conf = np.concatenate(preds[model]), np.concatenate(confs[model])
-                table_out.models[model].predicted[condition] = pred
-                table_out.models[model].confidence[condition] = conf
-                if model in keys:
-                    store.put(keys[model], condition, pred, conf)  # type: ignore[union-attr]
+            for model in classifiers:
+                table_out.models[model].predicted[condition] = np.concatenate(preds[model])
+                table_out.models[model].confidence[condition] = np.concatenate(confs[model])
     finally:
         bar.close()
         if store is not None:
@@ -350,6 +355,7 @@ def run_report(
 __all__ = [
     "PROTOCOL",
     "PredictionStore",
+    "batch_id",
     "corrupt_uint8",
     "run_fingerprint",
     "ProgressCallback",

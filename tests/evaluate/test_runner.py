@@ -127,4 +127,9 @@ def test_prediction_store_resumes(tmp_path) -> None:
     for condition, predicted in first.predictions.models["m"].predicted.items():
         assert np.array_equal(predicted, again.predictions.models["m"].predicted[condition])
     other_seed = run_report({"m": counting}, data, ["fog"], [2], seed=5, cache_dir=tmp_path, model_keys={"m": "k"})
+    calls.clear()
+    head = data.subset(torch.arange(8))  # a --limit run reuses, and is reused by, the same batches
+    run_report({"m": counting}, head, ["fog"], [2], batch_size=4, cache_dir=tmp_path, model_keys={"m": "k2"})
+    run_report({"m": counting}, data, ["fog"], [2], batch_size=4, cache_dir=tmp_path, model_keys={"m": "k2"})
+    assert sum(calls) == 2 * 8 + 2 * 4  # clean + fog on 8 images, then only the last 4 images
     assert other_seed.report["header"]["run"]["prediction_cache"] != again.report["header"]["run"]["prediction_cache"]
