@@ -106,3 +106,19 @@ def test_cli_errors(
 def test_cli_missing_model(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["--model", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_cli_enhancer_comparison(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    from dyntta.enhancer import DynTTAEnhancer, EnhancerConfig, save_enhancer
+
+    torch.manual_seed(0)
+    enhancer_dir = save_enhancer(DynTTAEnhancer(EnhancerConfig(input_size=32)).eval(), tmp_path / "enhancer")
+    args = ["--limit", "24", "--corruptions", "fog", "--severities", "3", "--no-cache", "--no-figures"]
+    assert (
+        main(["--model", str(tiny_checkpoint), "--enhancer", str(enhancer_dir), *args, "--out", str(tmp_path / "r")])
+        == 0
+    )
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert list(report["models"]) == ["recognizer", "enhancer + recognizer"]
+    assert report["header"]["enhancer"]["role"] == "enhancer" and len(report["header"]["enhancer"]["sha256"]) == 64
+    assert "Difference to `recognizer`" in (tmp_path / "r" / "report.md").read_text()

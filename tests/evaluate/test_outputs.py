@@ -45,3 +45,19 @@ def test_outputs_are_written(tmp_path: Path) -> None:
     assert "Difference to `plain`" in text and "Extra corruptions" in text and "abababababababab" in text
     for kind in ("heatmap", "curves", "samples"):
         assert paths[kind].read_bytes()[:8] == PNG_MAGIC and paths[kind].stat().st_size < 200_000
+
+
+def test_markdown_with_alexnet_reference() -> None:
+    import numpy as np
+
+    from dyntta.evaluate import ModelPredictions, PredictionTable, alexnet_imagenet_c_reference, build_report
+    from dyntta.evaluate.report import CLEAN, CORE_NAMES
+    from dyntta.evaluate.writers import render_markdown
+
+    labels = np.zeros(4, dtype=np.int64)
+    table = PredictionTable(labels, CORE_NAMES, (1, 2, 3, 4, 5))
+    table.models["m"] = ModelPredictions({c: np.array([0, 0, 0, 1]) for c in [CLEAN, *table.conditions()]})
+    report = build_report(table, reference=alexnet_imagenet_c_reference())
+    assert report["models"]["m"]["ce"]["complete"] is True
+    text = render_markdown(report)
+    assert "AlexNet" in text and "| gaussian_noise | 69.53 | 82.54 |" in text
