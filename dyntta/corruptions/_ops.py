@@ -93,7 +93,10 @@ def depthwise_conv2d(x: Tensor, kernel: Tensor, mode: str) -> Tensor:
     """Correlate every channel of (N, C, H, W) with one odd-sized 2-D kernel (OpenCV filter2D semantics)."""
     n, c, h, w = x.shape
     r = kernel.shape[-1] // 2
-    padded = pad_index(x, r, mode).reshape(n * c, 1, h + 2 * r, w + 2 * r)
+    if mode == "reflect101" and r < min(h, w):  # torch's 'reflect' is reflect-101; faster than indexing
+        padded = F.pad(x.reshape(n * c, 1, h, w), (r, r, r, r), mode="reflect")
+    else:
+        padded = pad_index(x, r, mode).reshape(n * c, 1, h + 2 * r, w + 2 * r)
     out = F.conv2d(padded, kernel.to(x)[None, None])
     return out.reshape(n, c, h, w)
 
@@ -159,8 +162,9 @@ def motion_blur(x: Tensor, radius: int, sigma: float, angle_deg: Tensor) -> Tens
 
     Tap i reads the image shifted by (-ceil(i sin a - 0.5), -ceil(i cos a - 0.5)) with edge replication,
     the shift-and-add emulation of ImageMagick's MotionBlurImage used by imagecorruptions; taps whose
-    shift leaves the image are dropped (not renormalised), as there.  One gather per tap, batched over
-    images, each with its own angle.
+    shift leaves the image are dropped (not renormalised), as there.  Each tap is one batched
+    nearest-neighbour grid_sample at exact integer offsets (border padding = edge replication), every
+    image with its own angle.
     """
     n, c, h, w = x.shape
     width = 2 * radius + 1
@@ -168,23 +172,23 @@ def motion_blur(x: Tensor, radius: int, sigma: float, angle_deg: Tensor) -> Tens
     taps /= taps.sum()
     i = torch.arange(width, device=x.device, dtype=torch.float64)
     rad = torch.deg2rad(angle_deg.to(torch.float64))
-    dy = -torch.ceil(i[None] * torch.sin(rad)[:, None] - 0.5).to(torch.int64)  # (N, width)
-    dx = -torch.ceil(i[None] * torch.cos(rad)[:, None] - 0.5).to(torch.int64)
+    dy = -torch.ceil(i[None] * torch.sin(rad)[:, None] - 0.5)  # (N, width), integers
+    dx = -torch.ceil(i[None] * torch.cos(rad)[:, None] - 0.5)
     inside = (dy.abs() < h) & (dx.abs() < w)
     keep = torch.cumprod(inside.to(torch.int64), dim=1).bool()  # the reference stops at the first miss
-    weights = torch.from_numpy(taps).to(x.device)[None] * keep
-    pad = min(width - 1, max(h, w))
-    padded = F.pad(x, (pad, pad, pad, pad), mode="replicate").reshape(n, c, -1)
-    wp = w + 2 * pad
-    grid = (torch.arange(h, device=x.device)[:, None] * wp + torch.arange(w, device=x.device)[None]).flatten()
-    out = torch.zeros(n, c, h * w, dtype=x.dtype, device=x.device)
+    weights = (torch.from_numpy(taps).to(x.device)[None] * keep).to(x.dtype)
+    ys = (2 * torch.arange(h, device=x.device, dtype=x.dtype) + 1) / h - 1  # pixel centres, align_corners=False
+    xs = (2 * torch.arange(w, device=x.device, dtype=x.dtype) + 1) / w - 1
+    base = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)[None]  # (1, H, W, 2) as (x, y)
+    out = torch.zeros_like(x)
     for t in range(width):
         if not bool(keep[:, t].any()):
             break
-        base = (pad - dy[:, t].clamp(-pad, pad)) * wp + (pad - dx[:, t].clamp(-pad, pad))
-        index = (base[:, None] + grid[None]).unsqueeze(1).expand(n, c, h * w)
-        out += weights[:, t].to(x.dtype)[:, None, None] * padded.gather(2, index)
-    return out.reshape(n, c, h, w)
+        shift = torch.stack([-dx[:, t] * 2 / w, -dy[:, t] * 2 / h], dim=-1).to(x.dtype)  # reads (h-dy, w-dx)
+        grid = base + shift[:, None, None, :]
+        tap = F.grid_sample(x, grid, mode="nearest", padding_mode="border", align_corners=False)
+        out += weights[:, t, None, None, None] * tap
+    return out
 
 
 @lru_cache(maxsize=64)

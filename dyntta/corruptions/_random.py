@@ -49,10 +49,11 @@ class ImageRandom:
         return [torch.Generator().manual_seed(_mix32(k ^ salt) << 32 | _mix32(k ^ salt ^ 0x5BD1E995))
                 for k in self._keys]
 
-    def _fill(self, shape: tuple[int, ...], stream: int, draw) -> Tensor:
-        out = torch.empty(len(self), *shape, dtype=torch.float32)
+    def _fill(self, shape: tuple[int, ...], stream: int, draw, dtype: torch.dtype = torch.float32,
+              **kwargs) -> Tensor:
+        out = torch.empty(len(self), *shape, dtype=dtype)
         for row, g in zip(out, self._generators(stream), strict=True):
-            draw(shape, generator=g, out=row)
+            draw(size=shape, generator=g, out=row, **kwargs)
         return out.to(self.device)
 
     def uniform(self, shape: tuple[int, ...] = (), stream: int = 0) -> Tensor:
@@ -65,8 +66,7 @@ class ImageRandom:
 
     def randint(self, low: int, high: int, shape: tuple[int, ...] = (), stream: int = 0) -> Tensor:
         """Integers in [low, high)."""
-        u = self.uniform(shape, stream).to(torch.float64)
-        return (torch.floor(u * (high - low)) + low).to(torch.int64).clamp_(low, high - 1)
+        return self._fill(shape, stream, torch.randint, torch.int64, low=low, high=high)
 
     def poisson(self, rate: Tensor, stream: int) -> Tensor:
         """Poisson samples for a per-element rate tensor of shape (N, ...) (torch's CPU sampler)."""

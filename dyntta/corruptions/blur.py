@@ -54,9 +54,9 @@ def glass_blur(x: Tensor, p: tuple[float, int, int], rng: ImageRandom, table: st
     """
     sigma, delta, iterations = float(p[0]), int(p[1]), int(p[2])
     n, c, h, w = x.shape
-    blurred = _ops.gaussian_filter(x.to(torch.float64), sigma)
-    # np.uint8(float * 255) truncates; the tiny offset absorbs float rounding of exactly representable levels
-    q = torch.floor(blurred * 255 + 1e-7).clamp_(0, 255).to(x.dtype).reshape(n, c, h * w)
+    blurred = _ops.gaussian_filter(x, sigma)
+    # np.uint8(float * 255) truncates; the small offset absorbs float32 rounding of exact 8-bit levels
+    q = torch.floor(blurred * 255 + 1e-3).clamp_(0, 255).reshape(n, c, h * w)
     rows = np.arange(h - delta, delta, -1)  # walk order, as the reference loops
     cols = np.arange(w - delta, delta, -1)
     if len(rows) and len(cols):
@@ -80,8 +80,7 @@ def glass_blur(x: Tensor, p: tuple[float, int, int], rng: ImageRandom, table: st
                 src = source[:, a:b].unsqueeze(1).expand(n, c, b - a)
                 dst = target[a:b].view(1, 1, -1).expand(n, c, b - a)
                 q.scatter_(2, dst, q.gather(2, src))
-    q = q.reshape(n, c, h, w).to(torch.float64) / 255
-    return _ops.gaussian_filter(q, sigma).clamp_(0, 1).to(x.dtype)
+    return _ops.gaussian_filter(q.reshape(n, c, h, w) / 255, sigma).clamp_(0, 1)
 
 
 def motion_blur(x: Tensor, p: tuple[int, float], rng: ImageRandom, table: str) -> Tensor:
