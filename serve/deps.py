@@ -1,4 +1,7 @@
-"""Dependencies: the per-app resources created in ``lifespan``, and the API-key guard."""
+"""Dependencies: the per-app resources created in ``lifespan``, and the API-key guard.
+
+All are ``async def``: FastAPI runs sync dependencies in the thread pool, one thread hop each per request.
+"""
 
 from __future__ import annotations
 
@@ -18,23 +21,23 @@ _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
                                description="required on POST endpoints when the gateway has an API key set")
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_backend(request: Request) -> TritonBackend:
+async def get_backend(request: Request) -> TritonBackend:
     return request.app.state.backend
 
 
-def get_jobs(request: Request) -> JobManager:
+async def get_jobs(request: Request) -> JobManager:
     return request.app.state.jobs
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
-def require_api_key(request: Request, key: Annotated[str | None, Security(_api_key_header)] = None) -> None:
+async def require_api_key(request: Request, key: Annotated[str | None, Security(_api_key_header)] = None) -> None:
     expected = request.app.state.settings.api_key
     if expected and not (key and secrets.compare_digest(key.encode(), expected.encode())):
         raise Unauthorized("missing or wrong X-API-Key header")

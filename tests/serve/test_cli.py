@@ -1,0 +1,99 @@
+"""The commands: ``python -m serve.client`` (batch gRPC straight to Triton) and ``python -m serve`` (Triton +
+gateway, stopped cleanly by Ctrl-C)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dyntta.data import arrays_to_model_input
+from serve import client as batch_client
+from serve.triton import TritonServer, free_port
+from tests.serve.conftest import CLASSES, SIZE, LinearProbe
+from tests.serve.helpers import fmnist_raw, png_bytes
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_batch_client_classifies_a_folder(triton: TritonServer, probe: LinearProbe, tmp_path: Path):
+    raw, labels = fmnist_raw("test", 70)
+    folder = tmp_path / "images"
+    (folder / "sub").mkdir(parents=True)
+    for i, image in enumerate(raw):
+        (folder / ("sub" if i % 2 else "") / f"{i:03d}.png").write_bytes(png_bytes(image))
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnope")
+    (folder / "notes.txt").write_text("ignored: not an image suffix")
+    out_csv, out_jsonl = tmp_path / "pred.csv", tmp_path / "pred.jsonl"
+
+    code = batch_client.main([str(folder), "--url", triton.urls.grpc_address, "--model", "recognizer",
+                              "--batch-size", "16", "--out", str(out_csv)])
+    assert code == 1  # one file failed to decode, the rest were classified
+    rows = {Path(r["path"]).name: r for r in csv.DictReader(out_csv.open())}
+    assert len(rows) == 71 and rows["broken.png"]["error"] and not rows["000.png"]["error"]
+    with torch.no_grad():
+        offline = probe(arrays_to_model_input(raw, SIZE).float() / 255).argmax(1).numpy()
+    served = np.array([int(rows[f"{i:03d}.png"]["index"]) for i in range(len(raw))])
+    np.testing.assert_array_equal(served, offline)
+    assert rows["000.png"]["label"] == CLASSES[offline[0]]
+
+    code = batch_client.main([str(folder / "sub"), "--url", triton.urls.grpc_address, "--model", "dyntta",
+                              "--top-k", "3", "--out", str(out_jsonl)])
+    lines = [json.loads(line) for line in out_jsonl.read_text().splitlines()]
+    assert code == 0 and len(lines) == 35 and all(len(entry["top_k"]) == 3 for entry in lines)
+    assert labels is not None
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.timeout(300)
+def test_python_m_serve_starts_everything_and_ctrl_c_stops_it(gateway_repository: Path, tmp_path: Path):
+    port = free_port()
+    env = {**os.environ, "DYNTTA_PORT": str(port), "DYNTTA_STATE_DIR": str(tmp_path / "var")}
+    process = subprocess.Popen([sys.executable, "-m", "serve", "--model-repository", str(gateway_repository),
+                                "--log-level", "warning"], cwd=REPO_ROOT, env=env)
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert process.poll() is None, "python -m serve exited early"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
+                    if json.loads(response.read())["ready"]:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "not ready in time"
+            time.sleep(0.3)
+        triton_pids = [p for p in _children(process.pid)
+                       if "tritonserver" in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")]
+        assert triton_pids, "the bundled Triton is a child of python -m serve"
+        process.send_signal(signal.SIGINT)  # Ctrl-C
+        assert process.wait(timeout=60) == 0
+        time.sleep(0.5)
+        assert not any(Path(f"/proc/{p}").exists() and "tritonserver" in Path(f"/proc/{p}/cmdline").read_bytes()
+                       .decode(errors="replace") for p in triton_pids), "tritonserver outlived python -m serve"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
