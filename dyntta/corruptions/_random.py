@@ -69,7 +69,8 @@ class ImageRandom:
         return self._fill(shape, stream, torch.randint, torch.int64, low=low, high=high)
 
     def poisson(self, rate: Tensor, stream: int) -> Tensor:
-        """Poisson samples for a per-element rate tensor of shape (N, ...) (torch's CPU sampler)."""
+        """Poisson samples for a per-element rate tensor of shape (N, ...): torch's CPU sampler, image by
+        image with each image's own generator (measured ~17x cheaper than a vectorised PTRS in torch ops)."""
         rates = rate.detach().to("cpu", torch.float32)
         out = torch.empty_like(rates)
         for i, g in enumerate(self._generators(stream)):
