@@ -51,6 +51,7 @@ class ReportConfig:
     no_figures: bool = False
     cache_dir: str = "runs/evaluate-cache"
     no_cache: bool = False
+    optimize: bool = False
 
 
 def classifier_key(classifier: Classifier) -> str:
@@ -110,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="predictions are kept here as they are made; a rerun resumes from them",
     )
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write the prediction cache")
+    parser.add_argument(
+        "--optimize",
+        action="store_true",
+        help="trace + freeze torch recognizers (BatchNorm folded): ~2x faster on CPU, logits equal to ~1e-5",
+    )
     return parser
 
 
@@ -125,7 +131,7 @@ def run(config: ReportConfig, argv: list[str] | None = None) -> dict:
         else ("cpu" if config.device == "auto" else config.device)
     )
 
-    primary = load_classifier(config.model, device=device, threads=config.threads)
+    primary = load_classifier(config.model, device=device, threads=config.threads, optimize=config.optimize)
     classifiers: dict[str, Classifier] = {}
     header: dict = {"model": primary.info.to_dict()}
     if config.enhancer:
@@ -158,7 +164,9 @@ def run(config: ReportConfig, argv: list[str] | None = None) -> dict:
             "corrupts in memory, so CE/mCE are ImageNet-C-style approximations"
         )
     elif config.reference:
-        reference_classifier = load_classifier(config.reference, device=device, threads=config.threads)
+        reference_classifier = load_classifier(
+            config.reference, device=device, threads=config.threads, optimize=config.optimize
+        )
         header["reference"] = reference_classifier.info.to_dict()
         reference = reference_classifier
 

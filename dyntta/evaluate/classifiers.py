@@ -56,15 +56,29 @@ class Classifier:
 class TorchClassifier(Classifier):
     """A torch module taking float [0, 1] NCHW (a Recognizer, or enhancer -> recognizer)."""
 
-    def __init__(self, module: nn.Module, info: ModelInfo, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self, module: nn.Module, info: ModelInfo, device: str | torch.device = "cpu", optimize: bool = False
+    ) -> None:
+        """``optimize``: trace, freeze (BatchNorm folded into convolutions) and ``optimize_for_inference``
+        on the first batch: about 2x faster on CPU, logits equal to ~1e-5. Only for graphs without
+        data-dependent control flow (a plain recognizer); ``info.kind`` records that it was used."""
         self.device = torch.device(device)
         self.module = module.to(self.device).eval()
         self.info = info
+        self.optimize = optimize
+        self._compiled: torch.jit.ScriptModule | None = None
+        if optimize:
+            self.info.kind = f"{info.kind} (traced, frozen)"
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         pixels = images.to(self.device, non_blocking=True).float().div_(255.0)
-        return self.module(pixels).float().cpu()
+        if not self.optimize:
+            return self.module(pixels).float().cpu()
+        if self._compiled is None:
+            traced = torch.jit.trace(self.module, pixels[:2], check_trace=False)
+            self._compiled = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+        return self._compiled(pixels).float().cpu()
 
 
 class OnnxClassifier(Classifier):
@@ -196,7 +210,11 @@ def is_onnx(path: str | os.PathLike) -> bool:
 
 
 def load_classifier(
-    path: str | os.PathLike, *, device: str | torch.device = "cpu", threads: int | None = None
+    path: str | os.PathLike,
+    *,
+    device: str | torch.device = "cpu",
+    threads: int | None = None,
+    optimize: bool = False,
 ) -> Classifier:
     """A torch checkpoint directory or an ``.onnx`` file as a :class:`Classifier`."""
     path = Path(path)
@@ -207,7 +225,7 @@ def load_classifier(
         return OnnxClassifier(path, providers=providers, threads=threads)
     if path.is_dir():
         module, info = torch_recognizer_info(path)
-        return TorchClassifier(module, info, device)
+        return TorchClassifier(module, info, device, optimize=optimize)
     raise ValueError(f"model {path} is neither a checkpoint directory nor an .onnx file")
 
 

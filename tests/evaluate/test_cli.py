@@ -77,7 +77,7 @@ def test_cli_onnx_matches_torch(tiny_checkpoint: Path, tmp_path: Path) -> None:
     )
     args = [*ARGS, "--no-figures"]
     assert main(["--model", str(onnx_path), *args, "--out", str(tmp_path / "onnx")]) == 0
-    assert main(["--model", str(tiny_checkpoint), *args, "--out", str(tmp_path / "torch")]) == 0
+    assert main(["--model", str(tiny_checkpoint), *args, "--optimize", "--out", str(tmp_path / "torch")]) == 0
     onnx_res = json.loads((tmp_path / "onnx" / "report.json").read_text())
     torch_res = json.loads((tmp_path / "torch" / "report.json").read_text())
     assert onnx_res["header"]["model"]["kind"] == "onnx"
@@ -122,3 +122,14 @@ def test_cli_enhancer_comparison(tiny_checkpoint: Path, tmp_path: Path) -> None:
     assert list(report["models"]) == ["recognizer", "enhancer + recognizer"]
     assert report["header"]["enhancer"]["role"] == "enhancer" and len(report["header"]["enhancer"]["sha256"]) == 64
     assert "Difference to `recognizer`" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_optimized_torch_classifier_matches_eager(tiny_checkpoint: Path, fmnist_test) -> None:
+    from dyntta.evaluate import load_classifier
+
+    eager = load_classifier(tiny_checkpoint)
+    fast = load_classifier(tiny_checkpoint, optimize=True)
+    images = fmnist_test.images[:64]
+    torch.testing.assert_close(fast(images), eager(images), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(fast(images[:5]), eager(images[:5]), atol=1e-4, rtol=1e-4)  # any batch size
+    assert "traced" in fast.info.kind
