@@ -90,6 +90,7 @@ def frost_texture_source() -> str:
     return kind if kind == "procedural" else f"{kind}:{','.join(f.name for f in files)}"
 
 
+@lru_cache(maxsize=8)
 def _procedural_frost(index: int) -> Tensor:
     """A synthetic frost texture (3, H, W) in [0, 1]: needle-like ridges (one white noise filtered by
     elongated Gaussians in the Fourier domain at 8 orientations, blended by a smooth random orientation
