@@ -131,7 +131,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from dyntta.corruptions import BENCHMARK_NAMES, IMPLEMENTATION_VERSION, corrupt
 
     torch.set_num_threads(args.threads)
-    names = [n for n in RUNS if finished(n)]
+    names = [n for n in RUNS if finished(n) and n != "erm-pre"]  # erm-pre: only AdvBN's starting point
     models: dict[str, torch.nn.Module] = {n: load_recognizer(ROOT / n) for n in names}
     if "l2p" in models:  # the exported checkpoint is the mean path; the paper's inference keeps noise on
         models["l2p-det"] = models.pop("l2p")
@@ -156,7 +156,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     per_condition: dict[str, dict[str, float]] = {n: {} for n in models}
     conditions = [(c, s) for c in BENCHMARK_NAMES for s in range(1, 6)]
     for corruption, severity in tqdm(conditions, desc="Fashion-MNIST-C", unit="condition"):
-        x = corrupt(subset_x, corruption, severity, seed=0).mul(255).round().div(255)  # stored as 8-bit
+        # stored as 8-bit by truncation, as CIFAR-10-C (and benchmarks/corruptions.py) store it
+        x = corrupt(subset_x, corruption, severity, seed=0).mul(255).floor().div(255)
         for n, model in models.items():
             per_condition[n][f"{corruption}/{severity}"] = accuracy(model, x, subset_y)
     for n in models:
@@ -192,7 +193,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         results[n]["strategy"] = meta["recipe"].get("strategy")
     protocol = {"corruptions": f"dyntta.corruptions v{IMPLEMENTATION_VERSION}, CIFAR table, 15 benchmark "
                                f"corruptions x 5 severities, seed 0, first {args.eval_images} test images, "
-                               "8-bit quantised",
+                               "8-bit (truncated)",
                 "pgd": {"norm": "Linf", "eps": args.pgd_eps, "steps": args.pgd_steps,
                         "step_size": args.pgd_step, "random_start": True, "images": args.pgd_images,
                         "l2p_eot_samples": args.eot},
