@@ -13,10 +13,12 @@ from dyntta.robust.advbn import AdvBN
 from dyntta.robust.damp import DAMP
 from dyntta.robust.dpl import DPL
 from dyntta.robust.l2p import Learn2Perturb
+from dyntta.robust.sam import ASAM, SAM
 from dyntta.robust.strategy import TrainingStrategy
 
 STRATEGIES: dict[str, type[TrainingStrategy]] = {
     "erm": TrainingStrategy, "dpl": DPL, "damp": DAMP, "l2p": Learn2Perturb, "advbn": AdvBN,
+    "sam": SAM, "asam": ASAM,  # reference points for DAMP
 }
 
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
@@ -71,5 +73,5 @@ def parse_method_args(items: list[str] | None) -> dict[str, str]:
     return out
 
 
-__all__ = ["STRATEGIES", "AdvBN", "DAMP", "DPL", "Learn2Perturb", "TrainingStrategy", "create_strategy",
-           "method_parameters", "parse_method_args"]
+__all__ = ["ASAM", "SAM", "STRATEGIES", "AdvBN", "DAMP", "DPL", "Learn2Perturb", "TrainingStrategy",
+           "create_strategy", "method_parameters", "parse_method_args"]

@@ -147,6 +147,23 @@ def test_damp_changes_the_step(fmnist_train: LabelledImages) -> None:
     assert diff > 1e-4
 
 
+@pytest.mark.parametrize("method", ["sam", "asam"])
+def test_sam_asam_rho_zero_is_erm_and_ascent_raises_loss(method: str, fmnist_train: LabelledImages) -> None:
+    x, y = batch(fmnist_train)
+    base = tiny(fmnist_train.classes)
+    erm = one_step(TrainingStrategy(), copy.deepcopy(base), x, y)
+    flat = one_step(create_strategy(method, rho=0.0), copy.deepcopy(base), x, y)
+    assert_same_parameters(erm, flat, atol=1e-6)
+    for b1, b2 in zip(erm.buffers(), flat.buffers(), strict=True):
+        assert torch.allclose(b1.float(), b2.float())
+    strategy = create_strategy(method)
+    model = strategy.prepare_model(copy.deepcopy(base)).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    logs = strategy.training_step(model, x, y, opt)
+    assert logs["sharp_loss"] > logs["loss"]
+    assert_same_parameters(model, base, atol=1e-6)  # the ascent is undone (lr 0: no step)
+
+
 # --- Learn2Perturb --------------------------------------------------------------------------------------
 
 def test_l2p_zero_noise_without_adversary_is_erm(fmnist_train: LabelledImages) -> None:
