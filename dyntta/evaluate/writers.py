@@ -205,7 +205,11 @@ def render_markdown(
         "= 100). Corrupted and severity-5 means are over the evaluated ImageNet-C corruptions only.",
         "",
     ]
-    lines += _table(HEADLINE_HEAD, headline_rows(report))
+    head = [
+        h.replace("15 x 5", f"{len(core)} x {len(severities)}").replace("4 x 5", f"{len(extras)} x {len(severities)}")
+        for h in HEADLINE_HEAD
+    ]
+    lines += _table(head, headline_rows(report))
     if len(models) > 1:
         lines += ["All models above were evaluated on the very same corrupted images.", ""]
 
