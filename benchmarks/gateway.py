@@ -17,8 +17,10 @@ Requests: one real Fashion-MNIST test image (28x28 PNG, resized by the servers) 
 ensemble, top-5) and ``/classify`` (eager); the same image's model input (uint8 [1, 32, 32, 3], binary
 tensor extension) to Triton's ``/v2/models/dyntta/infer``. The load generator is a minimal asyncio HTTP/1.1
 client with pre-encoded requests on keep-alive connections (one per concurrent worker), so its own cost is
-small and equal for all targets. Each cell is measured ``--repeats`` times, targets alternating; the best
-throughput and its latencies are kept (the shared machine's load drifts).
+small and equal for all targets. Each cell is measured ``--repeats`` times, targets alternating within a
+round; the table shows the median over rounds, and the comparisons (gateway p50 minus Triton p50,
+throughput ratios) are taken within each round, then their median, since the shared machine's load drifts
+between rounds.
 """
 
 from __future__ import annotations
@@ -228,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_cells(triton_http: str, gateway_port: int, eager_port: int, png: bytes, pixels: np.ndarray,
-              args: argparse.Namespace) -> dict[str, dict[int, dict[str, float]]]:
+              args: argparse.Namespace) -> dict[str, dict[int, list[dict[str, float]]]]:
     triton_port = int(triton_http.rsplit(":", 1)[1])
     body, content_type = multipart("files", "image.png", png, "image/png")
     eager_body, eager_type = multipart("file", "image.png", png, "image/png")
@@ -242,7 +244,8 @@ def run_cells(triton_http: str, gateway_port: int, eager_port: int, png: bytes, 
             {"Inference-Header-Content-Length": str(len(header))})),
         "eager": (eager_port, http_request("/classify?top_k=5", eager_body, eager_type)),
     }
-    best: dict[str, dict[int, dict[str, float]]] = {name: {} for name in payloads}
+    rounds: dict[str, dict[int, list[dict[str, float]]]] = {
+        name: {c: [] for c in CONCURRENCIES} for name in payloads}
 
     async def run() -> None:
         for port, payload in payloads.values():  # warm-up: connections, caches, lazy inits
@@ -253,31 +256,41 @@ def run_cells(triton_http: str, gateway_port: int, eager_port: int, png: bytes, 
                     result = await measure(port, payload, args.requests, concurrency)
                     if result["errors"]:
                         raise RuntimeError(f"{name}: {result['errors']} failed requests")
-                    kept = best[name].get(concurrency)
-                    if kept is None or result["throughput"] > kept["throughput"]:
-                        best[name][concurrency] = result
+                    rounds[name][concurrency].append(result)
                     print(f"{name:12s} c={concurrency}: {result['throughput']:7.1f} req/s  "
                           f"p50 {result['p50_ms']:6.2f} ms  p99 {result['p99_ms']:6.2f} ms", file=sys.stderr)
 
     asyncio.run(run())
-    return best
+    return rounds
 
 
-def summarise(results: dict[str, dict[int, dict[str, float]]]) -> dict[str, float]:
-    return {
-        "gateway_p50_overhead_ms_c1": results["gateway"][1]["p50_ms"] - results["triton_http"][1]["p50_ms"],
-        "gateway_p50_overhead_ms_c8": results["gateway"][8]["p50_ms"] - results["triton_http"][8]["p50_ms"],
-        "throughput_ratio_vs_eager_c8": results["gateway"][8]["throughput"] / results["eager"][8]["throughput"],
-        "throughput_ratio_vs_eager_c1": results["gateway"][1]["throughput"] / results["eager"][1]["throughput"],
-    }
+def _median(values: list[float]) -> float:
+    return float(np.median(values))
 
 
-def report_markdown(results: dict, summary: dict, meta: dict) -> str:
+def summarise(rounds: dict[str, dict[int, list[dict[str, float]]]]) -> dict[str, float]:
+    """Paired within rounds, then the median over rounds."""
+    out = {}
+    for c in CONCURRENCIES:
+        pairs = zip(rounds["gateway"][c], rounds["triton_http"][c], rounds["eager"][c], strict=True)
+        triples = list(pairs)
+        out[f"gateway_p50_overhead_ms_c{c}"] = _median([g["p50_ms"] - t["p50_ms"] for g, t, _ in triples])
+        out[f"throughput_ratio_vs_eager_c{c}"] = _median([g["throughput"] / e["throughput"]
+                                                          for g, _, e in triples])
+        out[f"throughput_ratio_vs_triton_http_c{c}"] = _median([g["throughput"] / t["throughput"]
+                                                               for g, t, _ in triples])
+    return out
+
+
+def report_markdown(rounds: dict, summary: dict, meta: dict) -> str:
     lines = ["| target | concurrency | req/s | p50 ms | p99 ms |", "|---|---:|---:|---:|---:|"]
-    for name, by_c in results.items():
-        for c, r in sorted(by_c.items()):
-            lines.append(f"| {name} | {c} | {r['throughput']:.1f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} |")
-    lines += ["", f"gateway p50 overhead over direct Triton HTTP: {summary['gateway_p50_overhead_ms_c1']:.2f} ms "
+    for name, by_c in rounds.items():
+        for c, runs in sorted(by_c.items()):
+            cell = {k: _median([r[k] for r in runs]) for k in ("throughput", "p50_ms", "p99_ms")}
+            lines.append(f"| {name} | {c} | {cell['throughput']:.1f} | {cell['p50_ms']:.2f} | "
+                         f"{cell['p99_ms']:.2f} |")
+    lines += ["", "paired within rounds, median over rounds:",
+              f"gateway p50 overhead over direct Triton HTTP: {summary['gateway_p50_overhead_ms_c1']:.2f} ms "
               f"(c=1), {summary['gateway_p50_overhead_ms_c8']:.2f} ms (c=8)",
               f"gateway / eager throughput: {summary['throughput_ratio_vs_eager_c8']:.2f}x (c=8), "
               f"{summary['throughput_ratio_vs_eager_c1']:.2f}x (c=1)", "", json.dumps(meta)]

@@ -18,7 +18,7 @@ from serve.app import create_app
 from serve.config import Settings
 from tests.serve.conftest import GatewayFactory, LiveGateway
 
-EXAMPLES = {GenerationMode.POSITIVE: 20, GenerationMode.NEGATIVE: 10}
+EXAMPLES = {GenerationMode.POSITIVE: 15, GenerationMode.NEGATIVE: 8}
 
 # The schema is the app's own (building the app connects to nothing), so operations are known at collection.
 SCHEMA = schemathesis.openapi.from_dict(create_app(Settings(), "127.0.0.1:1").openapi())
