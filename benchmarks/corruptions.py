@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -20,11 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-# Run as a file, Python would put benchmarks/ first on sys.path, where benchmarks/triton.py shadows the
-# triton package that torchvision imports; drop it (``python -m benchmarks.corruptions`` avoids it too).
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-from dyntta.corruptions import (  # noqa: E402
+from dyntta.corruptions import (
     BENCHMARK_NAMES,
     NAMES,
     _ops,
@@ -32,8 +27,8 @@ from dyntta.corruptions import (  # noqa: E402
     describe,
     set_frost_textures,
 )
-from dyntta.corruptions.tables import IMAGENET  # noqa: E402
-from dyntta.data import load_dataset  # noqa: E402
+from dyntta.corruptions.tables import IMAGENET
+from dyntta.data import load_dataset
 
 RANDOM = {"gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "glass_blur", "motion_blur",
           "snow", "frost", "fog", "elastic_transform", "spatter"}

@@ -1,6 +1,6 @@
 """Throughput and latency through Triton (gRPC) against onnxruntime in-process on the same ONNX files.
 
-    uv run python benchmarks/triton.py [--model-repository model_repository] [--url http://host:8000]
+    uv run python benchmarks/triton_serving.py [--model-repository model_repository] [--url http://host:8000]
         [--batch-sizes 1 16 64] [--concurrency 1 8] [--seconds 5] [--json results.json]
 
 For every model (``dyntta`` ensemble, ``recognizer`` alone), batch size and concurrency it measures
@@ -246,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(table)
     if args.json:
         Path(args.json).write_text(json.dumps({
-            "command": "python benchmarks/triton.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "command": "python benchmarks/triton_serving.py " + " ".join(sys.argv[1:] if argv is None else argv),
             "host": {"cpus": os.cpu_count(), "machine": platform.machine(), "onnxruntime": ort.__version__,
                      "load_average_before": load_before, "load_average_after": os.getloadavg()},
             "triton": args.url or "bundled (serve.triton)", "cells": [asdict(c) for c in cells],
