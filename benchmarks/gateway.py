@@ -42,9 +42,6 @@ import numpy as np
 from fastapi import FastAPI, File, UploadFile
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-if sys.path and Path(sys.path[0]).resolve() == REPO_ROOT / "benchmarks":
-    # run as a script: benchmarks/triton.py would shadow the `triton` package torch probes for
-    sys.path[0] = str(REPO_ROOT)
 CONCURRENCIES = (1, 8)
 
 
