@@ -48,6 +48,10 @@ def read_json(path: str | os.PathLike) -> dict[str, Any]:
 # --- Markdown -------------------------------------------------------------------------------------------
 
 
+#: A reference that loses less accuracy than this under a corruption makes relative CE ill-conditioned.
+ILL_CONDITIONED_DROP = 0.02
+
+
 def pct(value: float | None, digits: int = 1) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.{digits}f}"
 
@@ -283,6 +287,15 @@ def render_markdown(
             lines += [f"Reference recipe: `{recipe}`", ""]
         if core:
             lines += accuracy_table_lines(ref_res, core, severities, "core")
+            clean = ref_res["clean"]["accuracy"]
+            flat = [c for c in core if clean - ref_res["core"]["per_corruption"][c] < ILL_CONDITIONED_DROP]
+            if flat:
+                lines += [
+                    f"The reference loses less than {pct(ILL_CONDITIONED_DROP, 0)} points (mean over severities) "
+                    f"on {', '.join(flat)}: relative CE divides by that small loss, so it is ill-conditioned "
+                    "there and dominates relative mCE; read CE for those corruptions.",
+                    "",
+                ]
     elif ref and ref.get("errors"):
         lines += [
             f"## CE reference: {ref['name']}",
