@@ -408,6 +408,7 @@ class TritonServer:
             if _http_status(urls.http_url + "/v2/health/live") == 200:
                 if _http_status(urls.http_url + "/v2/health/ready") == 200:
                     self._raise_for_port_failure()
+                    self._check_metrics_served(urls)
                     return
                 failures = _failed_models(urls.http_url)
                 if failures:
@@ -415,6 +416,18 @@ class TritonServer:
             time.sleep(0.1)
         raise ServerStartError(f"Triton was not ready after {self.startup_timeout:.0f} s; log tail:\n"
                                f"{self.log_tail()}")
+
+    def _check_metrics_served(self, urls: TritonURLs, wait: float = 3.0) -> None:
+        """Triton runs on without metrics when their port is taken, and under load the log line saying so
+        can arrive after readiness: ask the metrics endpoint itself."""
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if _http_status(urls.metrics_url, timeout=1.0) == 200:
+                return
+            time.sleep(0.2)
+        self._raise_for_port_failure()
+        raise PortInUseError(f"Triton's metrics endpoint {urls.metrics_url} does not answer (port taken?)",
+                             "metrics")
 
     def _raise_for_port_failure(self) -> None:
         for line in list(self._log_tail):

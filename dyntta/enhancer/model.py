@@ -28,7 +28,7 @@ class EnhancerConfig:
     input_size: int = 32
     predictor_width: int = 32
     unet_width: int = 10
-    identity_logit: float = 4.0  # initial preference for the identity op (softmax ~0.8 of the blend)
+    identity_logit: float = 4.0  # initial preference for the identity op (about half of the blend)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
