@@ -30,24 +30,40 @@ def save_recognizer(
 ) -> Path:
     """Save ``model`` to ``directory``. ``weights_dtype="float16"`` halves the file (for committed models);
     floating tensors are rounded on save and loaded back as float32."""
+    return write_checkpoint(model, directory, RECOGNIZER_FORMAT, {"model": model.config.to_dict()},
+                            recipe=recipe, metrics=metrics, weights_dtype=weights_dtype)
+
+
+def write_checkpoint(
+    model: torch.nn.Module, directory: str | os.PathLike, fmt: str, description: dict[str, Any], *,
+    recipe: dict[str, Any] | None, metrics: dict[str, Any] | None, weights_dtype: str,
+) -> Path:
+    """Write ``model.safetensors`` (floating tensors in ``weights_dtype``) and ``config.json`` for any model
+    kind; ``description`` holds what rebuilds the model."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     dtype = getattr(torch, weights_dtype)
     state = {k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous()
              for k, v in model.state_dict().items()}
-    save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": RECOGNIZER_FORMAT})
+    save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": fmt})
     meta = {
-        "format": RECOGNIZER_FORMAT,
+        "format": fmt,
         "dyntta_version": __version__,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "num_parameters": model.num_parameters(),
+        "num_parameters": sum(p.numel() for p in model.parameters()),
         "weights_dtype": weights_dtype,
-        "model": model.config.to_dict(),
+        **description,
         "recipe": recipe or {},
         "metrics": metrics or {},
     }
     (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return directory
+
+
+def read_weights(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors, floating ones as float32 whatever dtype they were stored in."""
+    state = load_file(str(Path(directory) / WEIGHTS_FILE), device=str(map_location))
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
 
 
 def read_checkpoint_meta(directory: str | os.PathLike) -> dict[str, Any]:
@@ -62,6 +78,5 @@ def load_recognizer(directory: str | os.PathLike, map_location: str | torch.devi
     if meta.get("format") != RECOGNIZER_FORMAT:
         raise ValueError(f"{directory} holds {meta.get('format')!r}, not a recognizer ({RECOGNIZER_FORMAT})")
     model = Recognizer(RecognizerConfig.from_dict(meta["model"]))
-    state = load_file(str(Path(directory) / WEIGHTS_FILE), device=str(map_location))
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    model.load_state_dict(read_weights(directory, map_location))
     return model.eval()
