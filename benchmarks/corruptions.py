@@ -30,8 +30,19 @@ from dyntta.corruptions import (
 from dyntta.corruptions.tables import IMAGENET
 from dyntta.data import load_dataset
 
-RANDOM = {"gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "glass_blur", "motion_blur",
-          "snow", "frost", "fog", "elastic_transform", "spatter"}
+RANDOM = {
+    "gaussian_noise",
+    "shot_noise",
+    "impulse_noise",
+    "speckle_noise",
+    "glass_blur",
+    "motion_blur",
+    "snow",
+    "frost",
+    "fog",
+    "elastic_transform",
+    "spatter",
+}
 
 
 def _reference():
@@ -59,13 +70,18 @@ def speed(args: argparse.Namespace) -> None:
     for name in NAMES:  # one-time caches: frost textures, zoom operators, filter matrices
         for s in range(1, 6):
             corrupt(x[:2], name, s)
-    print(f"one-time setup excluded below: ours {time.perf_counter() - t0:.1f} s (95 conditions on 2 images, "
-          f"incl. frost textures), reference {t_ref_setup:.1f} s (numba JIT)")
-    print(f"{args.n} Fashion-MNIST test images at 32 px, torch threads {torch.get_num_threads()}; "
-          f"ours: {describe()}; reference: imagecorruptions-imaug (ImageNet table, its only one)")
+    print(
+        f"one-time setup excluded below: ours {time.perf_counter() - t0:.1f} s (95 conditions on 2 images, "
+        f"incl. frost textures), reference {t_ref_setup:.1f} s (numba JIT)"
+    )
+    print(
+        f"{args.n} Fashion-MNIST test images at 32 px, torch threads {torch.get_num_threads()}; "
+        f"ours: {describe()}; reference: imagecorruptions-imaug (ImageNet table, its only one)"
+    )
     print("ours: default table (cifar at 32 px) and, for an equal-parameters comparison, the imagenet table")
-    print(f"{'corruption':18s} {'ours img/s':>11s} {'ref img/s':>10s} {'ratio':>7s} {'ours-IN img/s':>14s} "
-          f"{'ratio':>7s}")
+    print(
+        f"{'corruption':18s} {'ours img/s':>11s} {'ref img/s':>10s} {'ratio':>7s} {'ours-IN img/s':>14s} {'ratio':>7s}"
+    )
     total_ours = total_ref = total_in = 0.0
     cpu_ours = cpu_ref = 0.0
     for name in NAMES:
@@ -88,13 +104,19 @@ def speed(args: argparse.Namespace) -> None:
         total_ours += t_ours
         total_ref += t_ref
         total_in += t_in
-        print(f"{name:18s} {5 * args.n / t_ours:11.0f} {5 * args.n / t_ref:10.0f} {t_ref / t_ours:7.1f}x "
-              f"{5 * args.n / t_in:14.0f} {t_ref / t_in:7.1f}x")
-    print(f"{'all 95 conditions':18s} {95 * args.n / total_ours:11.0f} {95 * args.n / total_ref:10.0f} "
-          f"{total_ref / total_ours:7.1f}x {95 * args.n / total_in:14.0f} {total_ref / total_in:7.1f}x")
-    print(f"wall time: ours {total_ours:.1f} s (imagenet table {total_in:.1f} s), reference {total_ref:.1f} s; "
-          f"CPU time (all threads): ours {cpu_ours:.1f} s, reference {cpu_ref:.1f} s "
-          f"(ratio {cpu_ref / cpu_ours:.1f}x); load average {os.getloadavg()[0]:.1f}")
+        print(
+            f"{name:18s} {5 * args.n / t_ours:11.0f} {5 * args.n / t_ref:10.0f} {t_ref / t_ours:7.1f}x "
+            f"{5 * args.n / t_in:14.0f} {t_ref / t_in:7.1f}x"
+        )
+    print(
+        f"{'all 95 conditions':18s} {95 * args.n / total_ours:11.0f} {95 * args.n / total_ref:10.0f} "
+        f"{total_ref / total_ours:7.1f}x {95 * args.n / total_in:14.0f} {total_ref / total_in:7.1f}x"
+    )
+    print(
+        f"wall time: ours {total_ours:.1f} s (imagenet table {total_in:.1f} s), reference {total_ref:.1f} s; "
+        f"CPU time (all threads): ours {cpu_ours:.1f} s, reference {cpu_ref:.1f} s "
+        f"(ratio {cpu_ref / cpu_ours:.1f}x); load average {os.getloadavg()[0]:.1f}"
+    )
 
 
 def fmnist_c(args: argparse.Namespace) -> None:
@@ -103,16 +125,19 @@ def fmnist_c(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else None
     if out:
         out.mkdir(parents=True, exist_ok=True)
-    print(f"Fashion-MNIST-C: {len(x)} test images at {x.shape[-1]} px x {len(BENCHMARK_NAMES)} corruptions "
-          f"x 5; torch threads {torch.get_num_threads()}; {describe()}")
+    print(
+        f"Fashion-MNIST-C: {len(x)} test images at {x.shape[-1]} px x {len(BENCHMARK_NAMES)} corruptions "
+        f"x 5; torch threads {torch.get_num_threads()}; {describe()}"
+    )
     start, cpu_start = time.perf_counter(), time.process_time()
     for name in BENCHMARK_NAMES:
         t0, c0 = time.perf_counter(), time.process_time()
         stack = []
         for s in range(1, 6):
             for i in range(0, len(x), args.batch):  # batches share nothing: results do not depend on them
-                y = corrupt(x[i : i + args.batch], name, s, seed=args.seed,
-                            indices=torch.arange(i, min(i + args.batch, len(x))))
+                y = corrupt(
+                    x[i : i + args.batch], name, s, seed=args.seed, indices=torch.arange(i, min(i + args.batch, len(x)))
+                )
                 if out:  # CIFAR-10-C storage: uint8 by truncation, as np.uint8 in make_cifar_c.py
                     stack.append(torch.floor(y * 255 + 1e-4).to(torch.uint8).permute(0, 2, 3, 1).numpy())
         if out:
@@ -120,8 +145,10 @@ def fmnist_c(args: argparse.Namespace) -> None:
         print(f"  {name:18s} {time.perf_counter() - t0:6.1f} s wall {time.process_time() - c0:6.1f} s CPU")
     if out:
         np.save(out / "labels.npy", np.tile(data.labels.numpy().astype(np.uint8), 5))
-    print(f"total {time.perf_counter() - start:.1f} s wall, {time.process_time() - cpu_start:.1f} s CPU "
-          f"(all threads) for {75 * len(x)} corrupted images; load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"total {time.perf_counter() - start:.1f} s wall, {time.process_time() - cpu_start:.1f} s CPU "
+        f"(all threads) for {75 * len(x)} corrupted images; load average {os.getloadavg()[0]:.1f}"
+    )
 
 
 def _natural_images(size: int) -> list[np.ndarray]:
@@ -159,11 +186,16 @@ def fidelity_rows(repeats: int = 3, size: int = 224) -> list[dict]:
                 if name not in RANDOM:
                     break
             o, f = np.stack(ours), np.stack(refs)
-            row = {"name": name, "severity": s, "random": name in RANDOM,
-                   "mad": float(np.abs(o - f).mean()) if name not in RANDOM else None,
-                   "strength_ours": float(np.abs(o - base).mean()),
-                   "strength_ref": float(np.abs(f - base).mean()),
-                   "std_ours": float((o - base).std()), "std_ref": float((f - base).std())}
+            row = {
+                "name": name,
+                "severity": s,
+                "random": name in RANDOM,
+                "mad": float(np.abs(o - f).mean()) if name not in RANDOM else None,
+                "strength_ours": float(np.abs(o - base).mean()),
+                "strength_ref": float(np.abs(f - base).mean()),
+                "std_ours": float((o - base).std()),
+                "std_ref": float((f - base).std()),
+            }
             if name == "motion_blur":  # same angle as the reference drew: isolates the kernel emulation
                 row["mad_same_angle"] = _motion_same_angle(x, arrays, s, ref)
             rows.append(row)
@@ -185,7 +217,7 @@ def _motion_same_angle(x: torch.Tensor, arrays: list[np.ndarray], severity: int,
 
 def fidelity(args: argparse.Namespace) -> None:
     print(f"224 px, ImageNet table, 4 skimage photos; {describe('imagenet')}")
-    for textures in (["procedural", "imagecorruptions"] if args.frost_both else ["procedural"]):
+    for textures in ["procedural", "imagecorruptions"] if args.frost_both else ["procedural"]:
         set_frost_textures(textures)
         rows = fidelity_rows(args.repeats)
         if textures == "imagecorruptions":
@@ -211,8 +243,7 @@ def fidelity(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("speed")

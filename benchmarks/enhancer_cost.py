@@ -1,6 +1,6 @@
 """Enhancer cost relative to its recognizer: FLOPs (torch's FlopCounterMode) and latency, in one run.
 
-    uv run python benchmarks/enhancer_cost.py
+uv run python benchmarks/enhancer_cost.py
 """
 
 from __future__ import annotations

@@ -89,14 +89,25 @@ def eager_app() -> FastAPI:
 
 def multipart(field: str, filename: str, data: bytes, content_type: str) -> tuple[bytes, str]:
     boundary = "benchboundary7MA4YWxkTrZu0gW"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{filename}\"\r\n"
-            f"Content-Type: {content_type}\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
+            f"Content-Type: {content_type}\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     return body, f"multipart/form-data; boundary={boundary}"
 
 
 def http_request(path: str, body: bytes, content_type: str, extra: dict[str, str] | None = None) -> bytes:
-    headers = {"Host": "127.0.0.1", "Content-Type": content_type, "Content-Length": str(len(body)),
-               "Connection": "keep-alive", **(extra or {})}
+    headers = {
+        "Host": "127.0.0.1",
+        "Content-Type": content_type,
+        "Content-Length": str(len(body)),
+        "Connection": "keep-alive",
+        **(extra or {}),
+    }
     head = f"POST {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
     return head.encode() + body
 
@@ -137,8 +148,13 @@ async def measure(port: int, payload: bytes, requests: int, concurrency: int) ->
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     wall = time.perf_counter() - start
     ms = np.array(latencies) * 1e3
-    return {"requests": requests, "errors": errors, "throughput": requests / wall,
-            "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
+    return {
+        "requests": requests,
+        "errors": errors,
+        "throughput": requests / wall,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+    }
 
 
 # --- orchestration ------------------------------------------------------------------------------------
@@ -190,21 +206,57 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
         repo = Path(tmp) / "model_repository"
-        export_repository(recognizer, classes, size, repo, enhancer=enhancer, parity_images=random_images(16, size),
-                          log=lambda message: None)
-        env = {**os.environ, "BENCH_RECOGNIZER": str(Path(args.recognizer).resolve()),
-               "BENCH_ENHANCER": str(Path(args.enhancer).resolve()) if args.enhancer else "",
-               "PYTHONPATH": str(REPO_ROOT)}
+        export_repository(
+            recognizer,
+            classes,
+            size,
+            repo,
+            enhancer=enhancer,
+            parity_images=random_images(16, size),
+            log=lambda message: None,
+        )
+        env = {
+            **os.environ,
+            "BENCH_RECOGNIZER": str(Path(args.recognizer).resolve()),
+            "BENCH_ENHANCER": str(Path(args.enhancer).resolve()) if args.enhancer else "",
+            "PYTHONPATH": str(REPO_ROOT),
+        }
         processes: list[subprocess.Popen] = []
         with TritonServer(repo, startup_timeout=300) as urls:
             try:
                 gateway_port, eager_port = free_port(), free_port()
                 gateway = subprocess.Popen(
-                    [sys.executable, "-m", "serve", "--triton-url", urls.grpc_url, "--port", str(gateway_port),
-                     "--state-dir", str(Path(tmp) / "var"), "--log-level", "warning"], cwd=REPO_ROOT, env=env)
+                    [
+                        sys.executable,
+                        "-m",
+                        "serve",
+                        "--triton-url",
+                        urls.grpc_url,
+                        "--port",
+                        str(gateway_port),
+                        "--state-dir",
+                        str(Path(tmp) / "var"),
+                        "--log-level",
+                        "warning",
+                    ],
+                    cwd=REPO_ROOT,
+                    env=env,
+                )
                 eager = subprocess.Popen(
-                    [sys.executable, "-m", "uvicorn", "benchmarks.gateway:eager_app", "--factory",
-                     "--port", str(eager_port), "--log-level", "warning"], cwd=REPO_ROOT, env=env)
+                    [
+                        sys.executable,
+                        "-m",
+                        "uvicorn",
+                        "benchmarks.gateway:eager_app",
+                        "--factory",
+                        "--port",
+                        str(eager_port),
+                        "--log-level",
+                        "warning",
+                    ],
+                    cwd=REPO_ROOT,
+                    env=env,
+                )
                 processes += [gateway, eager]
                 wait_http(f"http://127.0.0.1:{gateway_port}/readyz", process=gateway)
                 wait_http(f"http://127.0.0.1:{eager_port}/healthz", process=eager)
@@ -215,34 +267,57 @@ def main(argv: list[str] | None = None) -> int:
                 for process in processes:
                     process.wait(timeout=30)
     summary = summarise(results)
-    meta = {"command": "python -m benchmarks.gateway " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "recognizer": args.recognizer, "arch": recognizer.config.arch, "enhancer": args.enhancer or "identity",
-            "input_size": size, "requests_per_cell": args.requests, "repeats": args.repeats,
-            "cpu_count": os.cpu_count(), "platform": platform.platform(terse=True),
-            "loadavg_at_end": os.getloadavg()}
+    meta = {
+        "command": "python -m benchmarks.gateway " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "recognizer": args.recognizer,
+        "arch": recognizer.config.arch,
+        "enhancer": args.enhancer or "identity",
+        "input_size": size,
+        "requests_per_cell": args.requests,
+        "repeats": args.repeats,
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(terse=True),
+        "loadavg_at_end": os.getloadavg(),
+    }
     print(report_markdown(results, summary, meta))
     if args.json:
         Path(args.json).write_text(json.dumps({"meta": meta, "results": results, "summary": summary}, indent=2))
     return 0
 
 
-def run_cells(triton_http: str, gateway_port: int, eager_port: int, png: bytes, pixels: np.ndarray,
-              args: argparse.Namespace) -> dict[str, dict[int, list[dict[str, float]]]]:
+def run_cells(
+    triton_http: str, gateway_port: int, eager_port: int, png: bytes, pixels: np.ndarray, args: argparse.Namespace
+) -> dict[str, dict[int, list[dict[str, float]]]]:
     triton_port = int(triton_http.rsplit(":", 1)[1])
     body, content_type = multipart("files", "image.png", png, "image/png")
     eager_body, eager_type = multipart("file", "image.png", png, "image/png")
-    header = json.dumps({"inputs": [{"name": "IMAGE", "shape": list(pixels.shape), "datatype": "UINT8",
-                                     "parameters": {"binary_data_size": pixels.nbytes}}],
-                         "outputs": [{"name": "LOGITS", "parameters": {"binary_data": True}}]}).encode()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "IMAGE",
+                    "shape": list(pixels.shape),
+                    "datatype": "UINT8",
+                    "parameters": {"binary_data_size": pixels.nbytes},
+                }
+            ],
+            "outputs": [{"name": "LOGITS", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
     payloads = {
         "gateway": (gateway_port, http_request("/v1/classify?enhance=true&top_k=5", body, content_type)),
-        "triton_http": (triton_port, http_request(
-            "/v2/models/dyntta/infer", header + pixels.tobytes(), "application/octet-stream",
-            {"Inference-Header-Content-Length": str(len(header))})),
+        "triton_http": (
+            triton_port,
+            http_request(
+                "/v2/models/dyntta/infer",
+                header + pixels.tobytes(),
+                "application/octet-stream",
+                {"Inference-Header-Content-Length": str(len(header))},
+            ),
+        ),
         "eager": (eager_port, http_request("/classify?top_k=5", eager_body, eager_type)),
     }
-    rounds: dict[str, dict[int, list[dict[str, float]]]] = {
-        name: {c: [] for c in CONCURRENCIES} for name in payloads}
+    rounds: dict[str, dict[int, list[dict[str, float]]]] = {name: {c: [] for c in CONCURRENCIES} for name in payloads}
 
     async def run() -> None:
         for port, payload in payloads.values():  # warm-up: connections, caches, lazy inits
@@ -254,8 +329,11 @@ def run_cells(triton_http: str, gateway_port: int, eager_port: int, png: bytes, 
                     if result["errors"]:
                         raise RuntimeError(f"{name}: {result['errors']} failed requests")
                     rounds[name][concurrency].append(result)
-                    print(f"{name:12s} c={concurrency}: {result['throughput']:7.1f} req/s  "
-                          f"p50 {result['p50_ms']:6.2f} ms  p99 {result['p99_ms']:6.2f} ms", file=sys.stderr)
+                    print(
+                        f"{name:12s} c={concurrency}: {result['throughput']:7.1f} req/s  "
+                        f"p50 {result['p50_ms']:6.2f} ms  p99 {result['p99_ms']:6.2f} ms",
+                        file=sys.stderr,
+                    )
 
     asyncio.run(run())
     return rounds
@@ -272,10 +350,10 @@ def summarise(rounds: dict[str, dict[int, list[dict[str, float]]]]) -> dict[str,
         pairs = zip(rounds["gateway"][c], rounds["triton_http"][c], rounds["eager"][c], strict=True)
         triples = list(pairs)
         out[f"gateway_p50_overhead_ms_c{c}"] = _median([g["p50_ms"] - t["p50_ms"] for g, t, _ in triples])
-        out[f"throughput_ratio_vs_eager_c{c}"] = _median([g["throughput"] / e["throughput"]
-                                                          for g, _, e in triples])
-        out[f"throughput_ratio_vs_triton_http_c{c}"] = _median([g["throughput"] / t["throughput"]
-                                                               for g, t, _ in triples])
+        out[f"throughput_ratio_vs_eager_c{c}"] = _median([g["throughput"] / e["throughput"] for g, _, e in triples])
+        out[f"throughput_ratio_vs_triton_http_c{c}"] = _median(
+            [g["throughput"] / t["throughput"] for g, t, _ in triples]
+        )
     return out
 
 
@@ -284,13 +362,17 @@ def report_markdown(rounds: dict, summary: dict, meta: dict) -> str:
     for name, by_c in rounds.items():
         for c, runs in sorted(by_c.items()):
             cell = {k: _median([r[k] for r in runs]) for k in ("throughput", "p50_ms", "p99_ms")}
-            lines.append(f"| {name} | {c} | {cell['throughput']:.1f} | {cell['p50_ms']:.2f} | "
-                         f"{cell['p99_ms']:.2f} |")
-    lines += ["", "paired within rounds, median over rounds:",
-              f"gateway p50 overhead over direct Triton HTTP: {summary['gateway_p50_overhead_ms_c1']:.2f} ms "
-              f"(c=1), {summary['gateway_p50_overhead_ms_c8']:.2f} ms (c=8)",
-              f"gateway / eager throughput: {summary['throughput_ratio_vs_eager_c8']:.2f}x (c=8), "
-              f"{summary['throughput_ratio_vs_eager_c1']:.2f}x (c=1)", "", json.dumps(meta)]
+            lines.append(f"| {name} | {c} | {cell['throughput']:.1f} | {cell['p50_ms']:.2f} | {cell['p99_ms']:.2f} |")
+    lines += [
+        "",
+        "paired within rounds, median over rounds:",
+        f"gateway p50 overhead over direct Triton HTTP: {summary['gateway_p50_overhead_ms_c1']:.2f} ms "
+        f"(c=1), {summary['gateway_p50_overhead_ms_c8']:.2f} ms (c=8)",
+        f"gateway / eager throughput: {summary['throughput_ratio_vs_eager_c8']:.2f}x (c=8), "
+        f"{summary['throughput_ratio_vs_eager_c1']:.2f}x (c=1)",
+        "",
+        json.dumps(meta),
+    ]
     return "\n".join(lines)
 
 

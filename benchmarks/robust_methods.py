@@ -36,8 +36,21 @@ from dyntta.train import recognizer
 
 ROOT = Path("var/robust-methods")
 EPOCHS, ADVBN_EPOCHS = 4, 1
-COMMON = ["--arch", "test_resnet", "--no-small-input-stem", "--train-subset", "4000",
-          "--val-fraction", "0.05", "--seed", "0", "--threads", "1", "--device", "cpu"]
+COMMON = [
+    "--arch",
+    "test_resnet",
+    "--no-small-input-stem",
+    "--train-subset",
+    "4000",
+    "--val-fraction",
+    "0.05",
+    "--seed",
+    "0",
+    "--threads",
+    "1",
+    "--device",
+    "cpu",
+]
 FINE_TUNE_LR = "0.01"
 RUNS: dict[str, dict[str, Any]] = {
     "erm": {"method": "erm", "epochs": EPOCHS},
@@ -49,8 +62,13 @@ RUNS: dict[str, dict[str, Any]] = {
     "l2p": {"method": "l2p", "epochs": EPOCHS},
     "advbn": {"method": "advbn", "epochs": ADVBN_EPOCHS, "init": "erm-pre", "lr": FINE_TUNE_LR},
     # the same fine-tuning without the adversary: separates AdvBN's effect from the extra fine-tuning
-    "advbn-control": {"method": "advbn", "epochs": ADVBN_EPOCHS, "init": "erm-pre", "lr": FINE_TUNE_LR,
-                      "args": ["adv_weight=0"]},
+    "advbn-control": {
+        "method": "advbn",
+        "epochs": ADVBN_EPOCHS,
+        "init": "erm-pre",
+        "lr": FINE_TUNE_LR,
+        "args": ["adv_weight=0"],
+    },
 }
 
 
@@ -92,13 +110,19 @@ def train(names: list[str]) -> None:
 
 # --- cost: interleaved per-step timing ------------------------------------------------------------------
 
+
 def step_cost(steps: int = 8, warmup: int = 2) -> dict[str, float]:
     """Median seconds per training step of each method over ERM's, steps interleaved on the same batch."""
     torch.set_num_threads(1)
     data = load_dataset("fashion-mnist", "test").subset(torch.arange(128))
     images, labels = to_float(data.images), data.labels
-    methods = {"damp": RUNS["damp"]["args"], "damp_m1": ["sigma=0.2", "micro_batches=1"], "l2p": [],
-               "advbn": [], "dpl": []}
+    methods = {
+        "damp": RUNS["damp"]["args"],
+        "damp_m1": ["sigma=0.2", "micro_batches=1"],
+        "l2p": [],
+        "advbn": [],
+        "dpl": [],
+    }
 
     def fresh(method: str, args: list[str]):
         torch.manual_seed(0)
@@ -127,6 +151,7 @@ def step_cost(steps: int = 8, warmup: int = 2) -> dict[str, float]:
 
 # --- evaluation -----------------------------------------------------------------------------------------
 
+
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from dyntta.corruptions import BENCHMARK_NAMES, IMPLEMENTATION_VERSION, corrupt
 
@@ -143,7 +168,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         correct = 0
         with torch.no_grad():
             for s in range(0, len(images), 500):
-                correct += (model(images[s:s + 500]).argmax(1) == labels[s:s + 500]).sum().item()
+                correct += (model(images[s : s + 500]).argmax(1) == labels[s : s + 500]).sum().item()
         return correct / len(images)
 
     torch.manual_seed(0)
@@ -152,7 +177,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         results[n]["clean"] = accuracy(model, clean_x, clean_y)
     print({n: r["clean"] for n, r in results.items()}, file=sys.stderr)
 
-    subset_x, subset_y = clean_x[:args.eval_images], clean_y[:args.eval_images]
+    subset_x, subset_y = clean_x[: args.eval_images], clean_y[: args.eval_images]
     per_condition: dict[str, dict[str, float]] = {n: {} for n in models}
     conditions = [(c, s) for c in BENCHMARK_NAMES for s in range(1, 6)]
     for corruption, severity in tqdm(conditions, desc="Fashion-MNIST-C", unit="condition"):
@@ -164,22 +189,30 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         values = per_condition[n]
         results[n]["corrupted_mean"] = sum(values.values()) / len(values)
         results[n]["clean_subset"] = accuracy(models[n], subset_x, subset_y)
-        results[n]["per_corruption"] = {c: sum(values[f"{c}/{s}"] for s in range(1, 6)) / 5
-                                        for c in BENCHMARK_NAMES}
-        results[n]["per_severity"] = {s: sum(values[f"{c}/{s}"] for c in BENCHMARK_NAMES)
-                                      / len(BENCHMARK_NAMES) for s in range(1, 6)}
+        results[n]["per_corruption"] = {c: sum(values[f"{c}/{s}"] for s in range(1, 6)) / 5 for c in BENCHMARK_NAMES}
+        results[n]["per_severity"] = {
+            s: sum(values[f"{c}/{s}"] for c in BENCHMARK_NAMES) / len(BENCHMARK_NAMES) for s in range(1, 6)
+        }
 
-    px, py = clean_x[:args.pgd_images], clean_y[:args.pgd_images]
+    px, py = clean_x[: args.pgd_images], clean_y[: args.pgd_images]
     for n, model in tqdm(models.items(), desc="PGD", unit="model"):
         # Learn2Perturb: attack single noise draws with EOT, predict with the k-sample average.
         attacked = model.model if isinstance(model, SampleAveraged) else model
         eot = args.eot if isinstance(model, SampleAveraged) else 1
         correct = 0
         for s in range(0, len(px), 250):
-            adv = pgd_linf(attacked, px[s:s + 250], py[s:s + 250], eps=args.pgd_eps, steps=args.pgd_steps,
-                           step_size=args.pgd_step, random_start=True, eot_samples=eot)
+            adv = pgd_linf(
+                attacked,
+                px[s : s + 250],
+                py[s : s + 250],
+                eps=args.pgd_eps,
+                steps=args.pgd_steps,
+                step_size=args.pgd_step,
+                random_start=True,
+                eot_samples=eot,
+            )
             with torch.no_grad():
-                correct += (model(adv).argmax(1) == py[s:s + 250]).sum().item()
+                correct += (model(adv).argmax(1) == py[s : s + 250]).sum().item()
         results[n]["pgd"] = correct / len(px)
 
     for n in models:
@@ -191,34 +224,42 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         results[n]["seconds_per_epoch"] = meta["metrics"].get("train_seconds") / max(1, len(history))
         results[n]["command"] = meta["recipe"].get("command")
         results[n]["strategy"] = meta["recipe"].get("strategy")
-    protocol = {"corruptions": f"dyntta.corruptions v{IMPLEMENTATION_VERSION}, CIFAR table, 15 benchmark "
-                               f"corruptions x 5 severities, seed 0, first {args.eval_images} test images, "
-                               "8-bit (truncated)",
-                "pgd": {"norm": "Linf", "eps": args.pgd_eps, "steps": args.pgd_steps,
-                        "step_size": args.pgd_step, "random_start": True, "images": args.pgd_images,
-                        "l2p_eot_samples": args.eot},
-                "l2p_inference_samples": args.l2p_samples}
+    protocol = {
+        "corruptions": f"dyntta.corruptions v{IMPLEMENTATION_VERSION}, CIFAR table, 15 benchmark "
+        f"corruptions x 5 severities, seed 0, first {args.eval_images} test images, "
+        "8-bit (truncated)",
+        "pgd": {
+            "norm": "Linf",
+            "eps": args.pgd_eps,
+            "steps": args.pgd_steps,
+            "step_size": args.pgd_step,
+            "random_start": True,
+            "images": args.pgd_images,
+            "l2p_eot_samples": args.eot,
+        },
+        "l2p_inference_samples": args.l2p_samples,
+    }
     return {"protocol": protocol, "results": results}
 
 
 def table(report: dict[str, Any], cost: dict[str, float] | None) -> str:
     res = report["results"]
     erm = res["erm"]
-    rows = ["| model | clean | F-MNIST-C mean | PGD | wall s/epoch (x ERM) | step cost x ERM |",
-            "|---|---|---|---|---|---|"]
+    rows = [
+        "| model | clean | F-MNIST-C mean | PGD | wall s/epoch (x ERM) | step cost x ERM |",
+        "|---|---|---|---|---|---|",
+    ]
     for n, r in res.items():
         base = n.split("-")[0]
         step = (cost or {}).get(base, 1.0 if base == "erm" else None)
-        cells = [f"{100 * r[k]:.2f} ({100 * (r[k] - erm[k]):+.2f})"
-                 for k in ("clean", "corrupted_mean", "pgd")]
+        cells = [f"{100 * r[k]:.2f} ({100 * (r[k] - erm[k]):+.2f})" for k in ("clean", "corrupted_mean", "pgd")]
         wall = f"{r['seconds_per_epoch']:.1f} ({r['seconds_per_epoch'] / erm['seconds_per_epoch']:.2f})"
         rows.append(f"| {n} | {' | '.join(cells)} | {wall} | {'' if step is None else f'{step:.2f}'} |")
     return "\n".join(rows)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["train", "cost", "evaluate", "table"])
     parser.add_argument("runs", nargs="*", default=list(RUNS))
     parser.add_argument("--eval-images", type=int, default=500)

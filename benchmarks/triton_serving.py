@@ -61,14 +61,33 @@ class Cell:
     images_per_cpu_s: float
 
 
-def summarise(target: str, variant: str, model: str, batch: int, concurrency: int, latencies: list[float],
-              seconds: float, cpu_seconds: float) -> Cell:
+def summarise(
+    target: str,
+    variant: str,
+    model: str,
+    batch: int,
+    concurrency: int,
+    latencies: list[float],
+    seconds: float,
+    cpu_seconds: float,
+) -> Cell:
     ordered = sorted(latencies)
     p99 = ordered[min(len(ordered) - 1, int(round(0.99 * (len(ordered) - 1))))]
     images = len(latencies) * batch
-    return Cell(target, variant, model, batch, concurrency, len(latencies), round(seconds, 2),
-                round(images / seconds, 1), round(statistics.median(ordered) * 1e3, 2), round(p99 * 1e3, 2),
-                round(cpu_seconds, 2), round(images / max(cpu_seconds, 1e-9), 1))
+    return Cell(
+        target,
+        variant,
+        model,
+        batch,
+        concurrency,
+        len(latencies),
+        round(seconds, 2),
+        round(images / seconds, 1),
+        round(statistics.median(ordered) * 1e3, 2),
+        round(p99 * 1e3, 2),
+        round(cpu_seconds, 2),
+        round(images / max(cpu_seconds, 1e-9), 1),
+    )
 
 
 def group_cpu_seconds(pgid: int | None) -> float:
@@ -114,8 +133,9 @@ def in_process_runner(repository: Path, model: str, served: bool) -> Callable[[n
     return lambda images: recognizer.run([LOGITS], {IMAGE: enhancer.run([ENHANCED], {IMAGE: images})[0]})[0]
 
 
-def bench_in_process(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray, concurrency: int,
-                     seconds: float) -> tuple[list[float], float]:
+def bench_in_process(
+    run: Callable[[np.ndarray], np.ndarray], images: np.ndarray, concurrency: int, seconds: float
+) -> tuple[list[float], float]:
     for _ in range(3):
         run(images)
     latencies: list[float] = []
@@ -140,8 +160,9 @@ def bench_in_process(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray
     return latencies, time.perf_counter() - started
 
 
-async def bench_triton(grpc_address: str, model: str, images: np.ndarray, concurrency: int,
-                       seconds: float) -> tuple[list[float], float]:
+async def bench_triton(
+    grpc_address: str, model: str, images: np.ndarray, concurrency: int, seconds: float
+) -> tuple[list[float], float]:
     import tritonclient.grpc.aio as aio
     from tritonclient.grpc import InferInput, InferRequestedOutput
 
@@ -171,19 +192,23 @@ async def bench_triton(grpc_address: str, model: str, images: np.ndarray, concur
 
 def markdown(cells: Sequence[Cell]) -> str:
     base = {(c.model, c.batch, c.concurrency): c for c in cells if c.target == "in-process"}
-    lines = ["| model | batch | concurrency | in-process img/s (best variant) | Triton gRPC img/s | ratio | "
-             "in-process p50 / p99 ms | Triton p50 / p99 ms | img per CPU-s in-process / Triton (ratio) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| model | batch | concurrency | in-process img/s (best variant) | Triton gRPC img/s | ratio | "
+        "in-process p50 / p99 ms | Triton p50 / p99 ms | img per CPU-s in-process / Triton (ratio) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for cell in cells:
         ref = base.get((cell.model, cell.batch, cell.concurrency))
         if cell.target != "triton-grpc" or ref is None:
             continue
         ratio = cell.images_per_s / ref.images_per_s
-        lines.append(f"| {cell.model} | {cell.batch} | {cell.concurrency} | "
-                     f"{ref.images_per_s} ({ref.variant}) | {cell.images_per_s} | {ratio:.0%} | "
-                     f"{ref.p50_ms} / {ref.p99_ms} | {cell.p50_ms} / {cell.p99_ms} | "
-                     f"{ref.images_per_cpu_s} / {cell.images_per_cpu_s} "
-                     f"({cell.images_per_cpu_s / ref.images_per_cpu_s:.0%}) |")
+        lines.append(
+            f"| {cell.model} | {cell.batch} | {cell.concurrency} | "
+            f"{ref.images_per_s} ({ref.variant}) | {cell.images_per_s} | {ratio:.0%} | "
+            f"{ref.p50_ms} / {ref.p99_ms} | {cell.p50_ms} / {cell.p99_ms} | "
+            f"{ref.images_per_cpu_s} / {cell.images_per_cpu_s} "
+            f"({cell.images_per_cpu_s / ref.images_per_cpu_s:.0%}) |"
+        )
     return "\n".join(lines)
 
 
@@ -200,8 +225,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--json", help="also write the cells here")
     args = parser.parse_args(argv)
     repository = Path(args.model_repository)
-    size = int(json.loads((repository / "recognizer" / "export.json").read_text())["onnx"]["inputs"][0]
-               ["shape"][1])
+    size = int(json.loads((repository / "recognizer" / "export.json").read_text())["onnx"]["inputs"][0]["shape"][1])
     rng = np.random.default_rng(0)
     cells: list[Cell] = []
     load_before = os.getloadavg()
@@ -214,23 +238,28 @@ def main(argv: Sequence[str] | None = None) -> None:
         urls = server.start()
     try:
         for model in args.models:
-            runners = {"ort-defaults": in_process_runner(repository, model, served=False),
-                       "served-options": in_process_runner(repository, model, served=True)}
+            runners = {
+                "ort-defaults": in_process_runner(repository, model, served=False),
+                "served-options": in_process_runner(repository, model, served=True),
+            }
             for batch in args.batch_sizes:
                 images = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
                 for concurrency in args.concurrency:
                     best: dict[str, Cell] = {}
                     for _ in range(args.repeats):
-                        for target, variant in (("in-process", "ort-defaults"), ("triton-grpc", "grpc-aio"),
-                                                ("in-process", "served-options")):
+                        for target, variant in (
+                            ("in-process", "ort-defaults"),
+                            ("triton-grpc", "grpc-aio"),
+                            ("in-process", "served-options"),
+                        ):
                             pgid = server.pid if server is not None and target == "triton-grpc" else None
                             cpu_start = cpu_now(pgid)
                             if target == "in-process":
-                                measured = bench_in_process(runners[variant], images, concurrency,
-                                                            args.seconds)
+                                measured = bench_in_process(runners[variant], images, concurrency, args.seconds)
                             else:
-                                measured = asyncio.run(bench_triton(urls.grpc_address, model, images,
-                                                                    concurrency, args.seconds))
+                                measured = asyncio.run(
+                                    bench_triton(urls.grpc_address, model, images, concurrency, args.seconds)
+                                )
                             cpu = cpu_now(pgid) - cpu_start
                             cell = summarise(target, variant, model, batch, concurrency, *measured, cpu)
                             if target not in best or cell.images_per_s > best[target].images_per_s:
@@ -245,12 +274,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     table = markdown(cells)
     print(table)
     if args.json:
-        Path(args.json).write_text(json.dumps({
-            "command": "python benchmarks/triton_serving.py " + " ".join(sys.argv[1:] if argv is None else argv),
-            "host": {"cpus": os.cpu_count(), "machine": platform.machine(), "onnxruntime": ort.__version__,
-                     "load_average_before": load_before, "load_average_after": os.getloadavg()},
-            "triton": args.url or "bundled (serve.triton)", "cells": [asdict(c) for c in cells],
-            "table": table}, indent=2) + "\n")
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "command": "python benchmarks/triton_serving.py "
+                    + " ".join(sys.argv[1:] if argv is None else argv),
+                    "host": {
+                        "cpus": os.cpu_count(),
+                        "machine": platform.machine(),
+                        "onnxruntime": ort.__version__,
+                        "load_average_before": load_before,
+                        "load_average_after": os.getloadavg(),
+                    },
+                    "triton": args.url or "bundled (serve.triton)",
+                    "cells": [asdict(c) for c in cells],
+                    "table": table,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

@@ -99,7 +99,8 @@ class Stateless:
 
 def build_methods(recognizer: nn.Module, enhancer: nn.Module) -> dict[str, Callable[[], object]]:
     tta = ttach.ClassificationTTAWrapper(
-        recognizer, ttach.Compose([ttach.HorizontalFlip(), ttach.Multiply([0.9, 1.0, 1.1])]), merge_mode="mean")
+        recognizer, ttach.Compose([ttach.HorizontalFlip(), ttach.Multiply([0.9, 1.0, 1.1])]), merge_mode="mean"
+    )
     return {
         "none": lambda: Stateless(recognizer),
         "ttach (flip x brightness, 6 passes)": lambda: Stateless(tta),
@@ -121,8 +122,9 @@ def corrupted_stream(images: torch.Tensor, severities: list[int], seed: int) -> 
     return torch.cat(out), torch.cat(image_ids), torch.cat(conditions)
 
 
-def run_setting(method, images: torch.Tensor, labels: torch.Tensor, batches: list[torch.Tensor],
-                reset_each_batch: bool, desc: str) -> tuple[float, float]:
+def run_setting(
+    method, images: torch.Tensor, labels: torch.Tensor, batches: list[torch.Tensor], reset_each_batch: bool, desc: str
+) -> tuple[float, float]:
     correct, seen, elapsed = 0, 0, 0.0
     for index in tqdm(batches, desc=desc, leave=False):
         if reset_each_batch:
@@ -158,8 +160,10 @@ def main() -> None:
     settings = {
         "serving: single images": ([shuffled[i : i + 1] for i in range(args.single)], False),
         "serving: mixed batches of 64": (list(shuffled.split(64)), False),
-        "homogeneous batches of 200": ([idx for c in conditions.unique()
-                                        for idx in torch.nonzero(conditions == c).flatten().split(200)], True),
+        "homogeneous batches of 200": (
+            [idx for c in conditions.unique() for idx in torch.nonzero(conditions == c).flatten().split(200)],
+            True,
+        ),
     }
     results: dict[str, dict[str, dict[str, float]]] = {}
     for name, factory in build_methods(recognizer, enhancer).items():

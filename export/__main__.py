@@ -43,8 +43,10 @@ def load_enhancer_checkpoint(directory: str) -> tuple[nn.Module, dict[str, Any]]
 def check_sizes(recognizer_size: int, enhancer_meta: dict[str, Any]) -> None:
     size = (enhancer_meta.get("model") or {}).get("input_size")
     if size is not None and size != recognizer_size:
-        raise SystemExit(f"the enhancer works at {size} px but the recognizer at {recognizer_size} px; "
-                         "both models of the ensemble take the same IMAGE tensor")
+        raise SystemExit(
+            f"the enhancer works at {size} px but the recognizer at {recognizer_size} px; "
+            "both models of the ensemble take the same IMAGE tensor"
+        )
 
 
 def parity_batch(data: str, count: int, size: int, data_dir: str | None) -> tuple[np.ndarray, str]:
@@ -61,21 +63,33 @@ def parity_batch(data: str, count: int, size: int, data_dir: str | None) -> tupl
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m export", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m export",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
     parser.add_argument("--recognizer", required=True, help="recognizer checkpoint directory")
     parser.add_argument("--enhancer", help="enhancer checkpoint directory (default: identity enhancer)")
     parser.add_argument("--out", default="model_repository", help="repository to write (first flavour)")
-    parser.add_argument("--flavour", default="cpu", choices=[*FLAVOURS, "both"],
-                        help="cpu: python backend (bundled Triton); gpu: onnxruntime/tensorrt backends (NGC "
-                             "image); both: cpu to --out, gpu to --gpu-out")
+    parser.add_argument(
+        "--flavour",
+        default="cpu",
+        choices=[*FLAVOURS, "both"],
+        help="cpu: python backend (bundled Triton); gpu: onnxruntime/tensorrt backends (NGC "
+        "image); both: cpu to --out, gpu to --gpu-out",
+    )
     parser.add_argument("--gpu-out", help="the gpu flavour's directory with --flavour both (<out>_gpu)")
     parser.add_argument("--fp16", action="store_true", help="half-precision networks (I/O types unchanged)")
     parser.add_argument("--tensorrt", action="store_true", help="build tensorrt_plan models (gpu flavour)")
-    parser.add_argument("--ort-tensorrt", action="store_true",
-                        help="gpu flavour: onnxruntime's TensorRT execution accelerator (FP16, engine cache)")
-    parser.add_argument("--parity-data", help="data set for the parity batch (default: the checkpoint's "
-                                               "training data set), or 'random'")
+    parser.add_argument(
+        "--ort-tensorrt",
+        action="store_true",
+        help="gpu flavour: onnxruntime's TensorRT execution accelerator (FP16, engine cache)",
+    )
+    parser.add_argument(
+        "--parity-data", help="data set for the parity batch (default: the checkpoint's training data set), or 'random'"
+    )
     parser.add_argument("--data-dir", help="where the parity data set's files are")
     parser.add_argument("--parity-images", type=int, default=512)
     parser.add_argument("--atol", type=float, help="max |logit diff| allowed (default 1e-3, fp16 5e-2)")
@@ -84,8 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size)
     parser.add_argument("--version", type=int, default=defaults.version, help="model version folder")
     parser.add_argument("--cpu-instances", type=int, default=defaults.cpu_instances)
-    parser.add_argument("--cpu-threads", type=int, default=defaults.cpu_threads,
-                        help="onnxruntime intra-op threads per cpu instance (0: one per core)")
+    parser.add_argument(
+        "--cpu-threads",
+        type=int,
+        default=defaults.cpu_threads,
+        help="onnxruntime intra-op threads per cpu instance (0: one per core)",
+    )
     parser.add_argument("--gpu-instances", type=int, default=defaults.gpu_instances)
     return parser
 
@@ -99,25 +117,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     recognizer = load_recognizer(args.recognizer)
     rec_meta = read_checkpoint_meta(args.recognizer)
     config = recognizer.config
-    enhancer, enh_meta = (load_enhancer_checkpoint(args.enhancer) if args.enhancer else (None, {}))
+    enhancer, enh_meta = load_enhancer_checkpoint(args.enhancer) if args.enhancer else (None, {})
     check_sizes(config.input_size, enh_meta)
     data = args.parity_data or (rec_meta.get("recipe") or {}).get("data") or "fashion-mnist"
-    images, described = parity_batch(data, args.parity_images, config.input_size,
-                                     args.data_dir or (rec_meta.get("recipe") or {}).get("data_dir"))
+    images, described = parity_batch(
+        data, args.parity_images, config.input_size, args.data_dir or (rec_meta.get("recipe") or {}).get("data_dir")
+    )
     tolerance = Tolerance.for_dtype(torch.float16 if args.fp16 else torch.float32)
     if args.atol is not None:
         tolerance.atol = args.atol
     if args.min_top1_agreement is not None:
         tolerance.min_top1_agreement = args.min_top1_agreement
     flavours = cast(tuple[Flavour, ...], FLAVOURS if args.flavour == "both" else (args.flavour,))
-    options = ServingOptions(max_batch_size=args.max_batch_size, version=args.version,
-                             cpu_instances=args.cpu_instances, cpu_threads=args.cpu_threads,
-                             gpu_instances=args.gpu_instances, ort_tensorrt=args.ort_tensorrt)
+    options = ServingOptions(
+        max_batch_size=args.max_batch_size,
+        version=args.version,
+        cpu_instances=args.cpu_instances,
+        cpu_threads=args.cpu_threads,
+        gpu_instances=args.gpu_instances,
+        ort_tensorrt=args.ort_tensorrt,
+    )
     try:
         result = export_repository(
-            recognizer, config.classes, config.input_size, args.out, enhancer=enhancer, flavours=flavours,
-            gpu_out=args.gpu_out, fp16=args.fp16, tensorrt=args.tensorrt, options=options,
-            parity_images=images, parity_data=described, tolerance=tolerance, command=command,
+            recognizer,
+            config.classes,
+            config.input_size,
+            args.out,
+            enhancer=enhancer,
+            flavours=flavours,
+            gpu_out=args.gpu_out,
+            fp16=args.fp16,
+            tensorrt=args.tensorrt,
+            options=options,
+            parity_images=images,
+            parity_data=described,
+            tolerance=tolerance,
+            command=command,
             recognizer_source=Source(str(Path(args.recognizer)), rec_meta),
             enhancer_source=Source(args.enhancer, enh_meta) if args.enhancer else None,
         )
@@ -129,8 +164,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 3
     summary = {
         "repositories": {k: str(v) for k, v in result.repositories.items()},
-        "recognizer_parity": {k: result.reports["recognizer"]["parity"][k]
-                              for k in ("max_abs_logit_diff", "top1_agreement", "images", "data", "passed")},
+        "recognizer_parity": {
+            k: result.reports["recognizer"]["parity"][k]
+            for k in ("max_abs_logit_diff", "top1_agreement", "images", "data", "passed")
+        },
         "enhancer_parity": result.reports["enhancer"]["parity"],
         "pipeline_parity": result.pipeline,
     }

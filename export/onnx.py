@@ -73,8 +73,9 @@ def sha256(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def export_module(module: nn.Module, path: str | os.PathLike[str], input_size: int, output_name: str,
-                  *, opset: int = OPSET) -> Path:
+def export_module(
+    module: nn.Module, path: str | os.PathLike[str], input_size: int, output_name: str, *, opset: int = OPSET
+) -> Path:
     """Export a uint8-NHWC serving wrapper to ``path`` with a dynamic batch dimension; run the checker."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -88,8 +89,14 @@ def export_module(module: nn.Module, path: str | os.PathLike[str], input_size: i
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
         torch.onnx.export(
-            module, (example,), str(path), dynamo=False, opset_version=opset, do_constant_folding=True,
-            input_names=[IMAGE], output_names=[output_name],
+            module,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            do_constant_folding=True,
+            input_names=[IMAGE],
+            output_names=[output_name],
             dynamic_axes={IMAGE: {0: BATCH}, output_name: {0: BATCH}},
         )
     model = onnx.load(str(path))
@@ -112,8 +119,12 @@ def export_identity_enhancer(path: str | os.PathLike[str], input_size: int, *, o
         [helper.make_tensor_value_info(IMAGE, TensorProto.UINT8, shape)],
         [helper.make_tensor_value_info(ENHANCED_IMAGE, TensorProto.UINT8, shape)],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
-                              producer_name="dyntta.export", doc_string="identity enhancer (pass-through)")
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", opset)],
+        producer_name="dyntta.export",
+        doc_string="identity enhancer (pass-through)",
+    )
     model.ir_version = 8  # readable by every onnxruntime >= 1.10 (Triton 2.51's python host included)
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(path))
@@ -149,12 +160,17 @@ class Tolerance:
 
 
 def _chunks(images: np.ndarray, size: int = 64) -> list[np.ndarray]:
-    return [images[i:i + size] for i in range(0, len(images), size)]
+    return [images[i : i + size] for i in range(0, len(images), size)]
 
 
 def recognizer_parity(
-    module: nn.Module, onnx_path: str | os.PathLike[str], images: np.ndarray, tolerance: Tolerance, *,
-    data: str = "", raise_on_failure: bool = True,
+    module: nn.Module,
+    onnx_path: str | os.PathLike[str],
+    images: np.ndarray,
+    tolerance: Tolerance,
+    *,
+    data: str = "",
+    raise_on_failure: bool = True,
 ) -> dict[str, Any]:
     """Compare the ONNX recognizer with ``module`` (the serving wrapper) on uint8 NHWC ``images``."""
     session = cpu_session(onnx_path)
@@ -165,20 +181,28 @@ def recognizer_parity(
     scale = float(np.abs(reference).max())
     agreement = float((exported.argmax(1) == reference.argmax(1)).mean())
     report = {
-        "model": "recognizer", "images": int(len(images)), "data": data,
-        "max_abs_logit_diff": diff, "max_abs_logit": scale, "top1_agreement": agreement,
+        "model": "recognizer",
+        "images": int(len(images)),
+        "data": data,
+        "max_abs_logit_diff": diff,
+        "max_abs_logit": scale,
+        "top1_agreement": agreement,
         "tolerance": asdict(tolerance),
     }
-    report["passed"] = diff <= tolerance.atol + tolerance.rtol * scale and \
-        agreement >= tolerance.min_top1_agreement
+    report["passed"] = diff <= tolerance.atol + tolerance.rtol * scale and agreement >= tolerance.min_top1_agreement
     if raise_on_failure and not report["passed"]:
         raise ParityError(f"ONNX recognizer {onnx_path} disagrees with PyTorch: {report}")
     return report
 
 
 def enhancer_parity(
-    module: nn.Module, onnx_path: str | os.PathLike[str], images: np.ndarray, tolerance: Tolerance, *,
-    data: str = "", raise_on_failure: bool = True,
+    module: nn.Module,
+    onnx_path: str | os.PathLike[str],
+    images: np.ndarray,
+    tolerance: Tolerance,
+    *,
+    data: str = "",
+    raise_on_failure: bool = True,
 ) -> dict[str, Any]:
     """Compare the ONNX enhancer with ``module`` (the serving wrapper): uint8 outputs, in levels."""
     session = cpu_session(onnx_path)
@@ -186,12 +210,14 @@ def enhancer_parity(
         reference = np.concatenate([module(torch.from_numpy(c)).numpy() for c in _chunks(images)])
     exported = np.concatenate([session.run([ENHANCED_IMAGE], {IMAGE: c})[0] for c in _chunks(images)])
     if exported.dtype != np.uint8 or exported.shape != images.shape:
-        raise ParityError(f"enhancer output is {exported.dtype} {exported.shape}, "
-                          f"expected uint8 {images.shape}")
+        raise ParityError(f"enhancer output is {exported.dtype} {exported.shape}, expected uint8 {images.shape}")
     diff = np.abs(exported.astype(np.int16) - reference.astype(np.int16))
     report = {
-        "model": "enhancer", "images": int(len(images)), "data": data,
-        "max_abs_pixel_diff": int(diff.max()), "fraction_pixels_differing": float((diff > 0).mean()),
+        "model": "enhancer",
+        "images": int(len(images)),
+        "data": data,
+        "max_abs_pixel_diff": int(diff.max()),
+        "fraction_pixels_differing": float((diff > 0).mean()),
         "tolerance": asdict(tolerance),
     }
     report["passed"] = report["max_abs_pixel_diff"] <= tolerance.max_pixel_diff
@@ -200,8 +226,13 @@ def enhancer_parity(
     return report
 
 
-def pipeline_parity(enhancer: nn.Module, recognizer: nn.Module, enhancer_onnx: str | os.PathLike[str],
-                    recognizer_onnx: str | os.PathLike[str], images: np.ndarray) -> dict[str, Any]:
+def pipeline_parity(
+    enhancer: nn.Module,
+    recognizer: nn.Module,
+    enhancer_onnx: str | os.PathLike[str],
+    recognizer_onnx: str | os.PathLike[str],
+    images: np.ndarray,
+) -> dict[str, Any]:
     """Enhancer then recognizer, ONNX chain vs PyTorch chain (what the ``dyntta`` ensemble computes).
 
     Reported, not enforced on its own: a one-level pixel difference after the enhancer can legitimately
@@ -209,22 +240,36 @@ def pipeline_parity(enhancer: nn.Module, recognizer: nn.Module, enhancer_onnx: s
     """
     enh, rec = cpu_session(enhancer_onnx), cpu_session(recognizer_onnx)
     with torch.no_grad():
-        reference = np.concatenate([recognizer(enhancer(torch.from_numpy(c))).numpy()
-                                    for c in _chunks(images)])
-    exported = np.concatenate([rec.run([LOGITS], {IMAGE: enh.run([ENHANCED_IMAGE], {IMAGE: c})[0]})[0]
-                               for c in _chunks(images)])
-    return {"model": "dyntta (enhancer -> recognizer)", "images": int(len(images)),
-            "max_abs_logit_diff": float(np.abs(exported - reference).max()),
-            "top1_agreement": float((exported.argmax(1) == reference.argmax(1)).mean())}
+        reference = np.concatenate([recognizer(enhancer(torch.from_numpy(c))).numpy() for c in _chunks(images)])
+    exported = np.concatenate(
+        [rec.run([LOGITS], {IMAGE: enh.run([ENHANCED_IMAGE], {IMAGE: c})[0]})[0] for c in _chunks(images)]
+    )
+    return {
+        "model": "dyntta (enhancer -> recognizer)",
+        "images": int(len(images)),
+        "max_abs_logit_diff": float(np.abs(exported - reference).max()),
+        "top1_agreement": float((exported.argmax(1) == reference.argmax(1)).mean()),
+    }
 
 
 def describe_onnx(path: str | os.PathLike[str]) -> dict[str, Any]:
     model = onnx.load(str(path), load_external_data=False)
 
     def io(values: Any) -> list[dict[str, Any]]:
-        return [{"name": v.name, "type": TensorProto.DataType.Name(v.type.tensor_type.elem_type),
-                 "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]} for v in values]
+        return [
+            {
+                "name": v.name,
+                "type": TensorProto.DataType.Name(v.type.tensor_type.elem_type),
+                "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim],
+            }
+            for v in values
+        ]
 
-    return {"file": Path(path).name, "sha256": sha256(path), "bytes": Path(path).stat().st_size,
-            "opset": max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
-            "inputs": io(model.graph.input), "outputs": io(model.graph.output)}
+    return {
+        "file": Path(path).name,
+        "sha256": sha256(path),
+        "bytes": Path(path).stat().st_size,
+        "opset": max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+        "inputs": io(model.graph.input),
+        "outputs": io(model.graph.output),
+    }

@@ -37,8 +37,15 @@ def tensorrt_version() -> str | None:
         return None
 
 
-def build_plan(onnx_path: str | Path, plan_path: str | Path, input_size: int, max_batch_size: int,
-               *, fp16: bool = True, workspace_bytes: int = 1 << 30) -> Path:
+def build_plan(
+    onnx_path: str | Path,
+    plan_path: str | Path,
+    input_size: int,
+    max_batch_size: int,
+    *,
+    fp16: bool = True,
+    workspace_bytes: int = 1 << 30,
+) -> Path:
     """Parse ``onnx_path`` with TensorRT's ONNX parser and serialise an engine to ``plan_path``."""
     trt = _import_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)

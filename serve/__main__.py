@@ -26,8 +26,9 @@ log = logging.getLogger("serve")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m serve", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_arguments(parser)
     parser.add_argument("--triton-log", default=None, help="also write the bundled Triton's log to this file")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -47,8 +48,7 @@ def external_grpc_address(url: str, wait_s: float, models: Sequence[str]) -> str
 
 
 def serve(settings: Settings, *, triton_log: str | None = None, log_level: str = "info") -> None:
-    config = dict(host=settings.host, port=settings.port, log_level=log_level,
-                  timeout_graceful_shutdown=10)
+    config = dict(host=settings.host, port=settings.port, log_level=log_level, timeout_graceful_shutdown=10)
     models = [settings.ensemble_model, settings.recognizer_model, settings.enhancer_model]
     if settings.triton_url:
         address = external_grpc_address(settings.triton_url, 30.0, models)

@@ -46,13 +46,25 @@ def create_app(settings: Settings | None = None, triton_grpc: str | None = None)
 
         jobs = JobManager(
             settings.state_dir,
-            triton_classifiers(backend, loop, ensemble=settings.ensemble_model,
-                               recognizer=settings.recognizer_model, chunk=settings.job_batch_size),
-            max_active=settings.max_queued_jobs, batch_size=256,
-            header=lambda: {"served_by": {"gateway": f"dyntta {__version__}", "triton": backend.url,
-                                          "ensemble": settings.ensemble_model,
-                                          "recognizer": settings.recognizer_model}},
-            on_finish=lambda state: metrics.jobs.labels(state).inc())
+            triton_classifiers(
+                backend,
+                loop,
+                ensemble=settings.ensemble_model,
+                recognizer=settings.recognizer_model,
+                chunk=settings.job_batch_size,
+            ),
+            max_active=settings.max_queued_jobs,
+            batch_size=256,
+            header=lambda: {
+                "served_by": {
+                    "gateway": f"dyntta {__version__}",
+                    "triton": backend.url,
+                    "ensemble": settings.ensemble_model,
+                    "recognizer": settings.recognizer_model,
+                }
+            },
+            on_finish=lambda state: metrics.jobs.labels(state).inc(),
+        )
         app.state.backend, app.state.jobs = backend, jobs
         log.info("gateway ready: Triton gRPC at %s, state in %s", backend.url, settings.state_dir)
         try:
@@ -66,7 +78,7 @@ def create_app(settings: Settings | None = None, triton_grpc: str | None = None)
         title="dyntta gateway",
         version=__version__,
         description="Test-time image enhancement (DynTTA) served by NVIDIA Triton: classify uploads with or "
-                    "without the enhancer, get enhanced images, and run corruption-robustness reports.",
+        "without the enhancer, get enhanced images, and run corruption-robustness reports.",
         lifespan=lifespan,
     )
     app.state.settings = settings

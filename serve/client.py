@@ -48,13 +48,20 @@ def describe(client: grpcclient.InferenceServerClient, name: str) -> Model:
     config = client.get_model_config(name, as_json=True)["config"]
     inp, out = meta["inputs"][0], meta["outputs"][0]
     size, classes = int(inp["shape"][-2]), int(out["shape"][-1])
-    model = Model(name, inp["name"], out["name"], size, int(config.get("max_batch_size", 0) or 0),
-                  [str(i) for i in range(classes)])
+    model = Model(
+        name,
+        inp["name"],
+        out["name"],
+        size,
+        int(config.get("max_batch_size", 0) or 0),
+        [str(i) for i in range(classes)],
+    )
     # labels: one request through the classification extension returns "score:index:label" for each class
     probe = grpcclient.InferInput(model.input_name, [1, size, size, 3], "UINT8")
     probe.set_data_from_numpy(np.zeros((1, size, size, 3), np.uint8))
-    result = client.infer(name, [probe], outputs=[grpcclient.InferRequestedOutput(model.output_name,
-                                                                                 class_count=classes)])
+    result = client.infer(
+        name, [probe], outputs=[grpcclient.InferRequestedOutput(model.output_name, class_count=classes)]
+    )
     for entry in result.as_numpy(model.output_name).reshape(-1):
         parts = entry.decode().split(":", 2)
         if len(parts) == 3 and parts[1].isdigit() and int(parts[1]) < classes:
@@ -82,10 +89,11 @@ def decode(paths: Sequence[Path], size: int) -> tuple[np.ndarray, list[str | Non
     return pixels, errors
 
 
-def batches(paths: Sequence[Path], size: int, batch_size: int,
-            pool: ThreadPoolExecutor) -> Iterator[tuple[Sequence[Path], np.ndarray, list[str | None]]]:
+def batches(
+    paths: Sequence[Path], size: int, batch_size: int, pool: ThreadPoolExecutor
+) -> Iterator[tuple[Sequence[Path], np.ndarray, list[str | None]]]:
     """Decoded batches, one batch ahead (decoding overlaps inference)."""
-    chunks = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
+    chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
     pending: Future | None = pool.submit(decode, chunks[0], size) if chunks else None
     for i, chunk in enumerate(chunks):
         assert pending is not None
@@ -112,15 +120,22 @@ class Writer:
         top: list[dict] = []
         if probs is not None:
             order = np.argsort(-probs, kind="stable")[: self.top_k]
-            top = [{"label": labels[j], "index": int(j), "probability": round(float(probs[j]), 6)}
-                   for j in order]
+            top = [{"label": labels[j], "index": int(j), "probability": round(float(probs[j]), 6)} for j in order]
         if self.jsonl:
             self.handle.write(json.dumps({"path": str(path), "top_k": top, "error": error}) + "\n")
         else:
             best = top[0] if top else {"label": "", "index": "", "probability": ""}
             assert self.csv is not None
-            self.csv.writerow([str(path), best["label"], best["index"], best["probability"],
-                               json.dumps(top) if top else "", error or ""])
+            self.csv.writerow(
+                [
+                    str(path),
+                    best["label"],
+                    best["index"],
+                    best["probability"],
+                    json.dumps(top) if top else "",
+                    error or "",
+                ]
+            )
 
     def close(self) -> None:
         if self.handle is not sys.stdout:
@@ -137,13 +152,16 @@ def run(directory: Path, url: str, model_name: str, batch_size: int, out: Path |
     writer = Writer(out, top_k)
     counts = {"images": len(paths), "classified": 0, "failed": 0}
     try:
-        with ThreadPoolExecutor(max_workers=1) as pool, \
-                tqdm(total=len(paths), unit="img", desc=model_name, file=sys.stderr) as bar:
+        with (
+            ThreadPoolExecutor(max_workers=1) as pool,
+            tqdm(total=len(paths), unit="img", desc=model_name, file=sys.stderr) as bar,
+        ):
             for chunk, pixels, errors in batches(paths, model.size, step, pool):
                 tensor = grpcclient.InferInput(model.input_name, list(pixels.shape), "UINT8")
                 tensor.set_data_from_numpy(pixels)
-                result = client.infer(model.name, [tensor],
-                                      outputs=[grpcclient.InferRequestedOutput(model.output_name)])
+                result = client.infer(
+                    model.name, [tensor], outputs=[grpcclient.InferRequestedOutput(model.output_name)]
+                )
                 probs = softmax(result.as_numpy(model.output_name).astype(np.float64))
                 for path, p, error in zip(chunk, probs, errors, strict=True):
                     writer.write(path, None if error else p, model.labels, error)
@@ -156,15 +174,15 @@ def run(directory: Path, url: str, model_name: str, batch_size: int, out: Path |
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serve.client", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m serve.client", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("directory", type=Path, help="folder of images (searched recursively) or one image")
     parser.add_argument("--url", default="localhost:8001", help="Triton gRPC address host:port")
     parser.add_argument("--model", default="dyntta", help="dyntta (enhancer + recognizer) or recognizer")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--top-k", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=None,
-                        help="output file: .csv or .jsonl (default: CSV on stdout)")
+    parser.add_argument("--out", type=Path, default=None, help="output file: .csv or .jsonl (default: CSV on stdout)")
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.top_k < 1:
         parser.error("--batch-size and --top-k must be positive")

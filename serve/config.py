@@ -15,19 +15,19 @@ MB = 1024 * 1024
 _ENV = {
     "host": ("DYNTTA_HOST", "address the gateway binds (loopback by default: expose it deliberately)"),
     "port": ("DYNTTA_PORT", "gateway port"),
-    "triton_url": ("DYNTTA_TRITON_URL",
-                   "use this running Triton (http://host:port or grpc://host:port), not the bundled one"),
+    "triton_url": (
+        "DYNTTA_TRITON_URL",
+        "use this running Triton (http://host:port or grpc://host:port), not the bundled one",
+    ),
     "model_repository": ("DYNTTA_MODEL_REPOSITORY", "Triton model repository for the bundled server"),
     "state_dir": ("DYNTTA_STATE_DIR", "where robustness jobs (SQLite) and reports are kept"),
     "api_key": ("DYNTTA_API_KEY", "if set, POST endpoints require this value in the X-API-Key header"),
     "max_upload_mb": ("DYNTTA_MAX_UPLOAD_MB", "request body limit for image endpoints (MB)"),
     "max_zip_mb": ("DYNTTA_MAX_ZIP_MB", "request body limit for robustness uploads (MB)"),
     "max_zip_files": ("DYNTTA_MAX_ZIP_FILES", "most files an uploaded evaluation zip may hold"),
-    "max_zip_uncompressed_mb": ("DYNTTA_MAX_ZIP_UNCOMPRESSED_MB",
-                                "most bytes an evaluation zip may inflate to"),
+    "max_zip_uncompressed_mb": ("DYNTTA_MAX_ZIP_UNCOMPRESSED_MB", "most bytes an evaluation zip may inflate to"),
     "max_images": ("DYNTTA_MAX_IMAGES", "most images in one classify request"),
-    "max_image_pixels": ("DYNTTA_MAX_IMAGE_PIXELS",
-                         "decoded images above this pixel count are refused (413)"),
+    "max_image_pixels": ("DYNTTA_MAX_IMAGE_PIXELS", "decoded images above this pixel count are refused (413)"),
     "max_inflight": ("DYNTTA_MAX_INFLIGHT", "requests inferring at once; more wait, then get 503"),
     "triton_timeout_s": ("DYNTTA_TRITON_TIMEOUT_S", "per-call Triton deadline; past it the request gets 504"),
     "max_queued_jobs": ("DYNTTA_MAX_QUEUED_JOBS", "robustness jobs waiting or running before 429"),
@@ -105,7 +105,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         var, help_text = _ENV[f.name]
         kind = {"int": int, "float": float, "Path": Path}.get(str(f.type), str)
         parser.add_argument(
-            "--" + f.name.replace("_", "-"), dest=f.name, default=None, type=kind,
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            default=None,
+            type=kind,
             help=f"{help_text} (env {var}; default {getattr(defaults, f.name)})",
         )
 

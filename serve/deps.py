@@ -17,8 +17,9 @@ from serve.inference import TritonBackend
 from serve.jobs import JobManager
 from serve.middleware import Metrics
 
-_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
-                               description="required on POST endpoints when the gateway has an API key set")
+_api_key_header = APIKeyHeader(
+    name="X-API-Key", auto_error=False, description="required on POST endpoints when the gateway has an API key set"
+)
 
 
 async def get_settings(request: Request) -> Settings:

@@ -65,8 +65,9 @@ def _unsafe(info: zipfile.ZipInfo) -> str | None:
     return None
 
 
-def read_imagefolder_zip(data: bytes, *, size: int, labels: Sequence[str], limits: ZipLimits,
-                         name: str = "upload.zip") -> LabelledImages:
+def read_imagefolder_zip(
+    data: bytes, *, size: int, labels: Sequence[str], limits: ZipLimits, name: str = "upload.zip"
+) -> LabelledImages:
     """Zip of ``[root/]class/image`` files -> uint8 (N, 3, size, size), labelled by the model's classes."""
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
@@ -82,8 +83,7 @@ def read_imagefolder_zip(data: bytes, *, size: int, labels: Sequence[str], limit
                 raise BadRequest(f"{name}: refused entry {info.filename!r}: {reason}")
         declared = sum(info.file_size for info in members)
         if declared > limits.max_uncompressed_bytes:
-            raise PayloadTooLarge(f"{name}: inflates to {declared} bytes; the limit is "
-                                  f"{limits.max_uncompressed_bytes}")
+            raise PayloadTooLarge(f"{name}: inflates to {declared} bytes; the limit is {limits.max_uncompressed_bytes}")
 
         files: list[tuple[zipfile.ZipInfo, int]] = []
         unknown: set[str] = set()
@@ -99,11 +99,12 @@ def read_imagefolder_zip(data: bytes, *, size: int, labels: Sequence[str], limit
             else:
                 files.append((info, label))
         if unknown:
-            raise BadRequest(f"{name}: class folders {sorted(unknown)} match none of the model's labels "
-                             f"{list(labels)}")
+            raise BadRequest(f"{name}: class folders {sorted(unknown)} match none of the model's labels {list(labels)}")
         if not files:
-            raise BadRequest(f"{name}: no images found; expected class_name/image.png entries "
-                             f"({', '.join(sorted(ZIP_IMAGE_SUFFIXES))})")
+            raise BadRequest(
+                f"{name}: no images found; expected class_name/image.png entries "
+                f"({', '.join(sorted(ZIP_IMAGE_SUFFIXES))})"
+            )
 
         images = np.empty((len(files), size, size, 3), dtype=np.uint8)
         budget = limits.max_uncompressed_bytes
@@ -146,10 +147,13 @@ def load_builtin(size: int, num_images: int) -> LabelledImages:
         candidates = [directory / f"{stem}.gz", directory / stem]
         found[stem] = next((c for c in candidates if c.is_file()), None)
         if found[stem] is None:
-            raise DatasetNotFoundError(f"the built-in evaluation set needs Fashion-MNIST ({stem}[.gz]) in "
-                                       f"{directory}: apt-get install dataset-fashion-mnist or set "
-                                       f"{FASHION_MNIST_ENV}")
+            raise DatasetNotFoundError(
+                f"the built-in evaluation set needs Fashion-MNIST ({stem}[.gz]) in "
+                f"{directory}: apt-get install dataset-fashion-mnist or set "
+                f"{FASHION_MNIST_ENV}"
+            )
     raw = read_idx(found["t10k-images-idx3-ubyte"])[:num_images]
     labels = torch.from_numpy(read_idx(found["t10k-labels-idx1-ubyte"])[:num_images].astype(np.int64))
-    return LabelledImages("fashion-mnist", "test", arrays_to_model_input(raw, size), labels,
-                          list(FASHION_MNIST_CLASSES))
+    return LabelledImages(
+        "fashion-mnist", "test", arrays_to_model_input(raw, size), labels, list(FASHION_MNIST_CLASSES)
+    )

@@ -52,16 +52,15 @@ def check_content_type(content_type: str | None, filename: str = "") -> None:
     kind = (content_type or "").split(";")[0].strip().lower()
     if kind not in _GENERIC_TYPES and not kind.startswith("image/"):
         raise UnsupportedMediaType(
-            f"{filename or 'upload'}: content type {kind!r} is not an image; send "
-            f"{', '.join(ALLOWED_FORMATS)} files")
+            f"{filename or 'upload'}: content type {kind!r} is not an image; send {', '.join(ALLOWED_FORMATS)} files"
+        )
 
 
 def open_image(data: bytes, *, max_pixels: int, name: str = "upload") -> Image.Image:
     """Open and fully decode ``data`` after the format and size checks."""
     fmt = sniff_format(data)
     if fmt is None:
-        raise UnsupportedMediaType(
-            f"{name}: not a supported image; allowed formats: {', '.join(ALLOWED_FORMATS)}")
+        raise UnsupportedMediaType(f"{name}: not a supported image; allowed formats: {', '.join(ALLOWED_FORMATS)}")
     try:
         with warnings.catch_warnings():
             # Pillow only warns between MAX_IMAGE_PIXELS and twice that; we refuse on our own limit below
@@ -69,8 +68,7 @@ def open_image(data: bytes, *, max_pixels: int, name: str = "upload") -> Image.I
             image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
             width, height = image.size
             if width * height > max_pixels:
-                raise PayloadTooLarge(
-                    f"{name}: {width}x{height} pixels exceeds the limit of {max_pixels} pixels")
+                raise PayloadTooLarge(f"{name}: {width}x{height} pixels exceeds the limit of {max_pixels} pixels")
             image.load()
     except Image.DecompressionBombError as exc:
         raise PayloadTooLarge(f"{name}: refused as a decompression bomb ({exc})") from None

@@ -64,7 +64,7 @@ def normalise_grpc_url(url: str) -> str:
     """Accept ``host:port`` or ``grpc://host:port``."""
     for prefix in ("grpc://", "dns:///"):
         if url.startswith(prefix):
-            return url[len(prefix):]
+            return url[len(prefix) :]
     if "://" in url:
         raise ValueError(f"--triton-url must be a gRPC address host:port (got {url!r})")
     return url
@@ -123,15 +123,13 @@ class TritonBackend:
     async def _fetch_info(self, name: str) -> ModelInfo:
         try:
             meta = await self._client.get_model_metadata(name, as_json=True, client_timeout=self.timeout_s)
-            config = (await self._client.get_model_config(name, as_json=True,
-                                                          client_timeout=self.timeout_s))["config"]
+            config = (await self._client.get_model_config(name, as_json=True, client_timeout=self.timeout_s))["config"]
         except InferenceServerException as exc:
             raise self._translate(exc, name) from None
         inp, out = meta["inputs"][0], meta["outputs"][0]
         shape = [int(d) for d in inp["shape"]]
         if len(shape) < 3 or shape[-1] != 3 or shape[-2] != shape[-3] or shape[-2] <= 0:
-            raise BackendError(
-                f"model {name!r} input {inp['name']} has shape {shape}; expected [-1, S, S, 3]")
+            raise BackendError(f"model {name!r} input {inp['name']} has shape {shape}; expected [-1, S, S, 3]")
         info = ModelInfo(
             name=name,
             version=str(max((meta.get("versions") or ["1"]), key=lambda v: int(v) if v.isdigit() else 0)),
@@ -168,7 +166,7 @@ class TritonBackend:
             raise BackendError(f"internal: images of shape {images.shape} for model {name!r}")
         start = time.perf_counter()
         step = info.max_batch_size if info.max_batch_size > 0 else 1
-        chunks = [images[i:i + step] for i in range(0, len(images), step)]
+        chunks = [images[i : i + step] for i in range(0, len(images), step)]
         results = await asyncio.gather(*(self._call(info, chunk) for chunk in chunks))
         arrays = [r.as_numpy(info.output_name) for r in results]
         if info.max_batch_size <= 0:
@@ -180,8 +178,7 @@ class TritonBackend:
         """From a worker thread: run :meth:`infer` on the app's loop (the one client stays on its loop)."""
         return asyncio.run_coroutine_threadsafe(self.infer(name, images), loop).result()
 
-    async def _call(self, info: ModelInfo, pixels: np.ndarray,
-                    class_count: int = 0) -> grpcclient.InferResult:
+    async def _call(self, info: ModelInfo, pixels: np.ndarray, class_count: int = 0) -> grpcclient.InferResult:
         batch = pixels if info.max_batch_size > 0 else pixels[0]
         tensor = InferInput(info.input_name, list(batch.shape), "UINT8")
         tensor.set_data_from_numpy(np.ascontiguousarray(batch))
@@ -194,8 +191,9 @@ class TritonBackend:
                 f"gateway overloaded: no inference slot free within {self.timeout_s:g} s; retry later"
             ) from None
         try:
-            return await self._client.infer(info.name, [tensor], outputs=outputs,
-                                            client_timeout=max(deadline - time.monotonic(), 0.001))
+            return await self._client.infer(
+                info.name, [tensor], outputs=outputs, client_timeout=max(deadline - time.monotonic(), 0.001)
+            )
         except InferenceServerException as exc:
             raise self._translate(exc, info.name) from None
         finally:
@@ -208,7 +206,8 @@ class TritonBackend:
         if "UNAVAILABLE" in status or "RESOURCE_EXHAUSTED" in status or "CANCELLED" in status:
             self.forget()
             return BackendUnavailable(
-                f"inference server at {self.url} is unreachable or restarting; retry shortly ({message})")
+                f"inference server at {self.url} is unreachable or restarting; retry shortly ({message})"
+            )
         if "NOT_FOUND" in status or "not ready" in message.lower() or "unavailable" in message.lower():
             self.forget(model)
             return BackendUnavailable(f"model {model!r} is not loaded or not ready on {self.url} ({message})")

@@ -92,10 +92,18 @@ class Job:
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
-        return cls(id=row["id"], status=row["status"], progress=row["progress"], message=row["message"],
-                   created=row["created"], updated=row["updated"], source=row["source"],
-                   num_images=row["num_images"], params=JobParams(**json.loads(row["params"])),
-                   error=row["error"])
+        return cls(
+            id=row["id"],
+            status=row["status"],
+            progress=row["progress"],
+            message=row["message"],
+            created=row["created"],
+            updated=row["updated"],
+            source=row["source"],
+            num_images=row["num_images"],
+            params=JobParams(**json.loads(row["params"])),
+            error=row["error"],
+        )
 
 
 class JobStore:
@@ -115,19 +123,30 @@ class JobStore:
             cursor = self._db.execute(
                 "UPDATE jobs SET status='interrupted', updated=?, "
                 "message='the gateway stopped before this job finished; submit it again' "
-                "WHERE status IN ('queued', 'running')", (_now(),))
+                "WHERE status IN ('queued', 'running')",
+                (_now(),),
+            )
             return cursor.rowcount
 
     def create(self, source: str, num_images: int, params: JobParams) -> Job:
         now = _now()
-        job = Job(uuid.uuid4().hex, "queued", 0.0, "waiting for the worker", now, now, source, num_images,
-                  params)
+        job = Job(uuid.uuid4().hex, "queued", 0.0, "waiting for the worker", now, now, source, num_images, params)
         with self._lock:
             self._db.execute(
                 "INSERT INTO jobs (id, status, progress, message, created, updated, source, num_images, "
                 "params) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (job.id, job.status, job.progress, job.message, now, now, source, num_images,
-                 json.dumps(params.__dict__)))
+                (
+                    job.id,
+                    job.status,
+                    job.progress,
+                    job.message,
+                    now,
+                    now,
+                    source,
+                    num_images,
+                    json.dumps(params.__dict__),
+                ),
+            )
         return job
 
     def update(self, job_id: str, **values: Any) -> None:
@@ -143,14 +162,14 @@ class JobStore:
 
     def list(self, limit: int = 100) -> list[Job]:
         with self._lock:
-            rows = self._db.execute("SELECT * FROM jobs ORDER BY created DESC, rowid DESC LIMIT ?",
-                                    (limit,)).fetchall()
+            rows = self._db.execute("SELECT * FROM jobs ORDER BY created DESC, rowid DESC LIMIT ?", (limit,)).fetchall()
         return [Job.from_row(r) for r in rows]
 
     def count_active(self) -> int:
         with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')")
-                       .fetchone()[0])
+            return int(
+                self._db.execute("SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')").fetchone()[0]
+            )
 
     def close(self) -> None:
         with self._lock:
@@ -177,9 +196,16 @@ class _Pending:
 class JobManager:
     """Owns the store, the report directory and a single worker (reports are CPU-heavy: one at a time)."""
 
-    def __init__(self, state_dir: Path, classifiers: ClassifierFactory, *, max_active: int = 4,
-                 batch_size: int = 256, header: Callable[[], dict[str, Any]] | None = None,
-                 on_finish: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        classifiers: ClassifierFactory,
+        *,
+        max_active: int = 4,
+        batch_size: int = 256,
+        header: Callable[[], dict[str, Any]] | None = None,
+        on_finish: Callable[[str], None] | None = None,
+    ) -> None:
         self.state_dir = state_dir
         self.reports_dir = state_dir / "reports"
         self.reports_dir.mkdir(parents=True, exist_ok=True)
@@ -205,8 +231,9 @@ class JobManager:
             if self._stopping.is_set():
                 raise TooManyJobs("the gateway is shutting down; not accepting jobs")
             if self.store.count_active() >= self.max_active:
-                raise TooManyJobs(f"{self.max_active} robustness jobs are already queued or running; "
-                                  "retry when one finishes")
+                raise TooManyJobs(
+                    f"{self.max_active} robustness jobs are already queued or running; retry when one finishes"
+                )
             job = self.store.create(source, num_images, params)
             pending = _Pending(job, load)
             self._pending[job.id] = pending
@@ -236,8 +263,11 @@ class JobManager:
             data = pending.load()
             pending.load = _no_data  # drop the reference to the upload's bytes early
             conditions = len(job.params.corruptions) * len(job.params.severities)
-            self.store.update(job.id, num_images=len(data),
-                              message=f"classifying {len(data)} images, clean and {conditions} conditions")
+            self.store.update(
+                job.id,
+                num_images=len(data),
+                message=f"classifying {len(data)} images, clean and {conditions} conditions",
+            )
             report = self._evaluate(job, data)
             out = self.report_dir(job.id)
             out.mkdir(parents=True, exist_ok=True)
@@ -247,8 +277,9 @@ class JobManager:
             state = "done"
         except JobCancelled:
             state = "interrupted"
-            self.store.update(job.id, status="interrupted",
-                              message="the gateway stopped before this job finished; submit it again")
+            self.store.update(
+                job.id, status="interrupted", message="the gateway stopped before this job finished; submit it again"
+            )
         except Exception as exc:  # a job must never take the worker down; the error is the job's result
             log.exception("robustness job %s failed", job.id)
             self.store.update(job.id, status="failed", message="failed", error=_describe(exc))
@@ -258,13 +289,24 @@ class JobManager:
 
     def _evaluate(self, job: Job, data: LabelledImages) -> dict[str, Any]:
         classifiers = self._classifiers(job.params.with_enhancer)
-        header = {**self._header(), "job": {"id": job.id, "source": job.source, "submitted": job.created},
-                  "tta": "DynTTA enhancer before the recognizer (Triton ensemble) vs the recognizer alone"
-                  if job.params.with_enhancer else "none"}
-        run = run_report(classifiers, data, job.params.corruptions, job.params.severities,
-                         seed=job.params.seed, table=job.params.table,
-                         progress_callback=self._progress(job.id), header=header,
-                         batch_size=self.batch_size)
+        header = {
+            **self._header(),
+            "job": {"id": job.id, "source": job.source, "submitted": job.created},
+            "tta": "DynTTA enhancer before the recognizer (Triton ensemble) vs the recognizer alone"
+            if job.params.with_enhancer
+            else "none",
+        }
+        run = run_report(
+            classifiers,
+            data,
+            job.params.corruptions,
+            job.params.severities,
+            seed=job.params.seed,
+            table=job.params.table,
+            progress_callback=self._progress(job.id),
+            header=header,
+            batch_size=self.batch_size,
+        )
         return run.report
 
     def shutdown(self) -> None:
@@ -288,15 +330,15 @@ def _write_json(report: dict[str, Any], path: Path) -> None:
     write_json(report, path)
 
 
-def triton_classifiers(backend: Any, loop: asyncio.AbstractEventLoop, *, ensemble: str, recognizer: str,
-                       chunk: int) -> ClassifierFactory:
+def triton_classifiers(
+    backend: Any, loop: asyncio.AbstractEventLoop, *, ensemble: str, recognizer: str, chunk: int
+) -> ClassifierFactory:
     """Classifier callables for run_report that go through Triton: uint8 NCHW -> logits (N, classes)."""
 
     def make(model: str) -> Callable[[torch.Tensor], np.ndarray]:
         def classify(images: torch.Tensor) -> np.ndarray:
             nhwc = np.ascontiguousarray(images.permute(0, 2, 3, 1).numpy())
-            parts = [backend.infer_blocking(model, nhwc[i:i + chunk], loop).array
-                     for i in range(0, len(nhwc), chunk)]
+            parts = [backend.infer_blocking(model, nhwc[i : i + chunk], loop).array for i in range(0, len(nhwc), chunk)]
             return np.concatenate(parts).astype(np.float32, copy=False)
 
         return classify

@@ -24,9 +24,15 @@ class _BodyTooLarge(HTTPException):
 
 def _error_response(status: int, code: str, message: str) -> tuple[Message, Message]:
     body = json.dumps({"error": {"code": code, "message": message}}).encode()
-    start = {"type": "http.response.start", "status": status,
-             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                         (b"connection", b"close")]}
+    start = {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ],
+    }
     return start, {"type": "http.response.body", "body": body}
 
 
@@ -80,24 +86,35 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("dyntta_gateway_requests", "HTTP requests", ["method", "route", "status"],
-                                registry=self.registry)
-        self.errors = Counter("dyntta_gateway_errors", "HTTP responses with status >= 400",
-                              ["route", "status"], registry=self.registry)
+        self.requests = Counter(
+            "dyntta_gateway_requests", "HTTP requests", ["method", "route", "status"], registry=self.registry
+        )
+        self.errors = Counter(
+            "dyntta_gateway_errors", "HTTP responses with status >= 400", ["route", "status"], registry=self.registry
+        )
         self.latency = Histogram(
-            "dyntta_gateway_request_duration_seconds", "HTTP request latency", ["method", "route"],
+            "dyntta_gateway_request_duration_seconds",
+            "HTTP request latency",
+            ["method", "route"],
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-            registry=self.registry)
+            registry=self.registry,
+        )
         self.inference = Histogram(
-            "dyntta_gateway_triton_duration_seconds", "time spent waiting on Triton", ["model"],
+            "dyntta_gateway_triton_duration_seconds",
+            "time spent waiting on Triton",
+            ["model"],
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
-            registry=self.registry)
-        self.images = Counter("dyntta_gateway_images", "images classified or enhanced", ["endpoint"],
-                              registry=self.registry)
-        self.in_flight = Gauge("dyntta_gateway_requests_in_flight", "HTTP requests being handled",
-                               registry=self.registry)
-        self.jobs = Counter("dyntta_gateway_robustness_jobs", "robustness jobs by final state", ["state"],
-                            registry=self.registry)
+            registry=self.registry,
+        )
+        self.images = Counter(
+            "dyntta_gateway_images", "images classified or enhanced", ["endpoint"], registry=self.registry
+        )
+        self.in_flight = Gauge(
+            "dyntta_gateway_requests_in_flight", "HTTP requests being handled", registry=self.registry
+        )
+        self.jobs = Counter(
+            "dyntta_gateway_robustness_jobs", "robustness jobs by final state", ["state"], registry=self.registry
+        )
 
 
 class MetricsMiddleware:

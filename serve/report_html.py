@@ -40,8 +40,10 @@ def _heatmap(res: Mapping[str, Any], names: list[str], severities: list[int]) ->
     head = "".join(f"<th>s{s}</th>" for s in severities)
     rows = []
     clean = res["clean"]["accuracy"]
-    rows.append(f'<tr><th class="name">clean</th><td style="background:{_cell_colour(clean)}" '
-                f'colspan="{len(severities)}">{_pct(clean)}</td><td>{_pct(clean)}</td></tr>')
+    rows.append(
+        f'<tr><th class="name">clean</th><td style="background:{_cell_colour(clean)}" '
+        f'colspan="{len(severities)}">{_pct(clean)}</td><td>{_pct(clean)}</td></tr>'
+    )
     per_corruption = {}
     for block in ("core", "extras"):
         per_corruption.update((res.get(block) or {}).get("per_corruption") or {})
@@ -51,14 +53,17 @@ def _heatmap(res: Mapping[str, Any], names: list[str], severities: list[int]) ->
             value = res["accuracy"].get(name, {}).get(str(s))
             cells.append(f'<td style="background:{_cell_colour(value)}">{_pct(value)}</td>')
         mean = per_corruption.get(name)
-        rows.append(f'<tr><th class="name">{html.escape(name)}</th>{"".join(cells)}'
-                    f'<td style="background:{_cell_colour(mean)}"><b>{_pct(mean)}</b></td></tr>')
-    return (f'<table class="heatmap"><thead><tr><th>corruption</th>{head}<th>mean</th></tr></thead>'
-            f'<tbody>{"".join(rows)}</tbody></table>')
+        rows.append(
+            f'<tr><th class="name">{html.escape(name)}</th>{"".join(cells)}'
+            f'<td style="background:{_cell_colour(mean)}"><b>{_pct(mean)}</b></td></tr>'
+        )
+    return (
+        f'<table class="heatmap"><thead><tr><th>corruption</th>{head}<th>mean</th></tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
 
 
-def _delta_heatmap(new: Mapping[str, Any], base: Mapping[str, Any], names: list[str],
-                   severities: list[int]) -> str:
+def _delta_heatmap(new: Mapping[str, Any], base: Mapping[str, Any], names: list[str], severities: list[int]) -> str:
     head = "".join(f"<th>s{s}</th>" for s in severities)
     rows = []
     for name in names:
@@ -69,8 +74,10 @@ def _delta_heatmap(new: Mapping[str, Any], base: Mapping[str, Any], names: list[
             text = "–" if delta is None else f"{100 * delta:+.1f}"
             cells.append(f'<td style="background:{_delta_colour(delta)}">{text}</td>')
         rows.append(f'<tr><th class="name">{html.escape(name)}</th>{"".join(cells)}</tr>')
-    return (f'<table class="heatmap"><thead><tr><th>corruption</th>{head}</tr></thead>'
-            f'<tbody>{"".join(rows)}</tbody></table>')
+    return (
+        f'<table class="heatmap"><thead><tr><th>corruption</th>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
 
 
 def _summary(models: Mapping[str, Any]) -> str:
@@ -83,10 +90,13 @@ def _summary(models: Mapping[str, Any]) -> str:
         rows.append(
             f"<tr><th>{html.escape(name)}</th><td>{_pct(clean['accuracy'], 2)} "
             f"[{_pct(ci[0], 2)}, {_pct(ci[1], 2)}]</td><td>{_pct(core.get('mean'), 2)}</td>"
-            f"<td>{_pct(core.get('severity5_mean'), 2)}</td><td>{_pct(extras.get('mean'), 2)}</td></tr>")
-    return ("<table class=\"summary\"><thead><tr><th>model</th><th>clean accuracy % [95 % CI]</th>"
-            "<th>corrupted mean % (ImageNet-C set)</th><th>severity-5 mean %</th><th>extras mean %</th>"
-            f"</tr></thead><tbody>{''.join(rows)}</tbody></table>")
+            f"<td>{_pct(core.get('severity5_mean'), 2)}</td><td>{_pct(extras.get('mean'), 2)}</td></tr>"
+        )
+    return (
+        '<table class="summary"><thead><tr><th>model</th><th>clean accuracy % [95 % CI]</th>'
+        "<th>corrupted mean % (ImageNet-C set)</th><th>severity-5 mean %</th><th>extras mean %</th>"
+        f"</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
 
 
 _STYLE = """
@@ -107,22 +117,30 @@ def render_report_html(report: Mapping[str, Any], *, job_id: str | None = None) 
     models = report["models"]
     data = header.get("data", {})
     title = f"Robustness report {job_id}" if job_id else "Robustness report"
-    sections = [f"<h1>{html.escape(title)}</h1>",
-                f"<p>{html.escape(str(data.get('name', '?')))} ({data.get('n', '?')} images, "
-                f"{data.get('image_size', '?')} px); seed {header.get('seed', '?')}; corruptions: "
-                f"{html.escape(json.dumps(header.get('corruptions', {})))}</p>",
-                "<h2>Summary</h2>", _summary(models), "<h2>Accuracy (%) per corruption and severity</h2>",
-                '<div class="heatmaps">']
+    sections = [
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p>{html.escape(str(data.get('name', '?')))} ({data.get('n', '?')} images, "
+        f"{data.get('image_size', '?')} px); seed {header.get('seed', '?')}; corruptions: "
+        f"{html.escape(json.dumps(header.get('corruptions', {})))}</p>",
+        "<h2>Summary</h2>",
+        _summary(models),
+        "<h2>Accuracy (%) per corruption and severity</h2>",
+        '<div class="heatmaps">',
+    ]
     for name, res in models.items():
         sections.append(f"<div><h3>{html.escape(name)}</h3>{_heatmap(res, names, severities)}</div>")
     sections.append("</div>")
     if "recognizer" in models and len(models) > 1:
         for name, res in models.items():
             if name != "recognizer":
-                sections.append(f"<h2>{html.escape(name)} minus recognizer (points)</h2>"
-                                + _delta_heatmap(res, models["recognizer"], names, severities))
+                sections.append(
+                    f"<h2>{html.escape(name)} minus recognizer (points)</h2>"
+                    + _delta_heatmap(res, models["recognizer"], names, severities)
+                )
     dumped = html.escape(json.dumps(header, indent=2, default=str))
     sections.append(f"<h2>Header</h2><pre>{dumped}</pre>")
     body = "\n".join(sections)
-    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{_STYLE}</style></head><body>{body}</body></html>\n")
+    return (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{_STYLE}</style></head><body>{body}</body></html>\n"
+    )

@@ -117,8 +117,7 @@ class TritonURLs:
         return _netloc(self.grpc_url)
 
     @classmethod
-    def from_http_url(cls, http_url: str, grpc_url: str | None = None,
-                      metrics_url: str | None = None) -> TritonURLs:
+    def from_http_url(cls, http_url: str, grpc_url: str | None = None, metrics_url: str | None = None) -> TritonURLs:
         """URLs of a server known by its HTTP URL (``http://host:port`` or ``host:port``). gRPC and
         metrics default to Triton's standard layout: the HTTP port + 1 and + 2 on the same host."""
         if "://" not in http_url:
@@ -128,9 +127,11 @@ class TritonURLs:
             raise TritonError(f"not a URL: {http_url!r}")
         port = parts.port or 8000
         grpc = grpc_url or f"{parts.hostname}:{port + 1}"
-        return cls(http_url=f"{parts.scheme}://{parts.netloc}",
-                   grpc_url=grpc if "://" in grpc else "grpc://" + grpc,
-                   metrics_url=metrics_url or f"{parts.scheme}://{parts.hostname}:{port + 2}/metrics")
+        return cls(
+            http_url=f"{parts.scheme}://{parts.netloc}",
+            grpc_url=grpc if "://" in grpc else "grpc://" + grpc,
+            metrics_url=metrics_url or f"{parts.scheme}://{parts.hostname}:{port + 2}/metrics",
+        )
 
     @classmethod
     def from_url(cls, url: str, **others: str | None) -> TritonURLs:
@@ -141,15 +142,15 @@ class TritonURLs:
             parts = urllib.parse.urlsplit(url)
             if parts.hostname is None or parts.port is None:
                 raise TritonError(f"a gRPC URL needs host and port: {url!r}")
-            derived = cls(f"http://{parts.hostname}:{parts.port - 1}", url,
-                          f"http://{parts.hostname}:{parts.port + 1}/metrics")
+            derived = cls(
+                f"http://{parts.hostname}:{parts.port - 1}", url, f"http://{parts.hostname}:{parts.port + 1}/metrics"
+            )
             return dataclasses.replace(derived, **{k: v for k, v in others.items() if v})
         return cls.from_http_url(url, others.get("grpc_url"), others.get("metrics_url"))
 
     @classmethod
     def local(cls, http_port: int, grpc_port: int, metrics_port: int, host: str = "127.0.0.1") -> TritonURLs:
-        return cls(f"http://{host}:{http_port}", f"grpc://{host}:{grpc_port}",
-                   f"http://{host}:{metrics_port}/metrics")
+        return cls(f"http://{host}:{http_port}", f"grpc://{host}:{grpc_port}", f"http://{host}:{metrics_port}/metrics")
 
 
 def _netloc(url: str) -> str:
@@ -196,8 +197,10 @@ def find_bundled_triton() -> BundledTriton:
     if not bundled.binary.is_file():
         raise TritonError(f"no tritonserver binary at {bundled.binary}")
     if not bundled.stub().is_file():
-        raise TritonError(f"the pytriton wheel has no python-backend stub for Python "
-                          f"{sys.version_info.major}.{sys.version_info.minor} ({bundled.stub()})")
+        raise TritonError(
+            f"the pytriton wheel has no python-backend stub for Python "
+            f"{sys.version_info.major}.{sys.version_info.minor} ({bundled.stub()})"
+        )
     if not bundled.libs.is_dir():  # editable installs keep them beside the binary
         bundled = BundledTriton(root=bundled.root, libs=bundled.root / "external_libs")
     return bundled
@@ -221,8 +224,10 @@ def check_port_free(port: int, host: str = "127.0.0.1") -> None:
 
 _LEVELS = {"I": logging.INFO, "W": logging.WARNING, "E": logging.ERROR}
 # Logged as errors/warnings by the bundled server on every host without a GPU, and harmless there.
-_CPU_HOST_NOISE = re.compile(r"CUDA driver version is insufficient|CudaDriverHelper has not been initialized|"
-                             r"pinned memory")
+_CPU_HOST_NOISE = re.compile(
+    r"CUDA driver version is insufficient|CudaDriverHelper has not been initialized|"
+    r"pinned memory"
+)
 # e.g. 'failed to start Metrics service: Unavailable - Socket '127.0.0.1:8002' already in use'. A busy HTTP or
 # gRPC port stops the server; a busy metrics port does not (it runs on without metrics), so both are checked.
 _SERVICE_FAILED = re.compile(r"failed to start (HTTP|GRPC|Metrics) service[^\n\"]*", re.IGNORECASE)
@@ -252,11 +257,19 @@ class TritonServer:
     """
 
     def __init__(
-        self, model_repository: str | os.PathLike[str], *, http_port: int | None = None,
-        grpc_port: int | None = None, metrics_port: int | None = None, host: str = "127.0.0.1",
-        startup_timeout: float = DEFAULT_STARTUP_TIMEOUT, stop_timeout: float = DEFAULT_STOP_TIMEOUT,
-        log_file: str | os.PathLike[str] | None = None, log_verbose: int = 0,
-        extra_args: Sequence[str] = (), log_lines_kept: int = 400,
+        self,
+        model_repository: str | os.PathLike[str],
+        *,
+        http_port: int | None = None,
+        grpc_port: int | None = None,
+        metrics_port: int | None = None,
+        host: str = "127.0.0.1",
+        startup_timeout: float = DEFAULT_STARTUP_TIMEOUT,
+        stop_timeout: float = DEFAULT_STOP_TIMEOUT,
+        log_file: str | os.PathLike[str] | None = None,
+        log_verbose: int = 0,
+        extra_args: Sequence[str] = (),
+        log_lines_kept: int = 400,
     ) -> None:
         self.model_repository = Path(model_repository).resolve()
         self.host = host
@@ -326,8 +339,9 @@ class TritonServer:
     def __enter__(self) -> TritonURLs:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     # -- internals
@@ -348,13 +362,20 @@ class TritonServer:
         command = [
             str(bundled.binary),
             f"--model-repository={self.model_repository}",
-            "--model-control-mode=explicit", "--load-model=*",
-            "--strict-readiness=true", "--exit-on-error=false", "--disable-auto-complete-config",
-            f"--http-address={self.host}", f"--http-port={ports['http']}",
-            f"--grpc-address={self.host}", f"--grpc-port={ports['grpc']}",
-            f"--metrics-address={self.host}", f"--metrics-port={ports['metrics']}",
+            "--model-control-mode=explicit",
+            "--load-model=*",
+            "--strict-readiness=true",
+            "--exit-on-error=false",
+            "--disable-auto-complete-config",
+            f"--http-address={self.host}",
+            f"--http-port={ports['http']}",
+            f"--grpc-address={self.host}",
+            f"--grpc-port={ports['grpc']}",
+            f"--metrics-address={self.host}",
+            f"--metrics-port={ports['metrics']}",
             "--allow-gpu-metrics=false",
-            f"--backend-directory={backends}", f"--cache-directory={bundled.caches}",
+            f"--backend-directory={backends}",
+            f"--cache-directory={bundled.caches}",
             f"--backend-config=python,shm-region-prefix-name={shm_prefix}",
             "--exit-timeout-secs=5",  # in-flight requests get 5 s on stop, not the default 30
             f"--log-verbose={self.log_verbose}",
@@ -370,12 +391,16 @@ class TritonServer:
         # it cannot fire while this process lives on.
         in_main = threading.current_thread() is threading.main_thread()
         self._process = subprocess.Popen(
-            command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            start_new_session=True, preexec_fn=_parent_death_signal() if in_main else None,
+            command,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_parent_death_signal() if in_main else None,
         )
         atexit.register(self.stop)
-        self._reader = threading.Thread(target=self._forward_log, args=(self._process,),
-                                        name="triton-log", daemon=True)
+        self._reader = threading.Thread(target=self._forward_log, args=(self._process,), name="triton-log", daemon=True)
         self._reader.start()
         self._wait_ready(urls)
         self._urls = urls
@@ -414,8 +439,7 @@ class TritonServer:
                 if failures:
                     raise ModelLoadError(failures, self.log_tail())
             time.sleep(0.1)
-        raise ServerStartError(f"Triton was not ready after {self.startup_timeout:.0f} s; log tail:\n"
-                               f"{self.log_tail()}")
+        raise ServerStartError(f"Triton was not ready after {self.startup_timeout:.0f} s; log tail:\n{self.log_tail()}")
 
     def _check_metrics_served(self, urls: TritonURLs, wait: float = 3.0) -> None:
         """Triton runs on without metrics when their port is taken, and under load the log line saying so
@@ -426,8 +450,7 @@ class TritonServer:
                 return
             time.sleep(0.2)
         self._raise_for_port_failure()
-        raise PortInUseError(f"Triton's metrics endpoint {urls.metrics_url} does not answer (port taken?)",
-                             "metrics")
+        raise PortInUseError(f"Triton's metrics endpoint {urls.metrics_url} does not answer (port taken?)", "metrics")
 
     def _raise_for_port_failure(self) -> None:
         for line in list(self._log_tail):
@@ -486,8 +509,9 @@ def _http_status(url: str, timeout: float = 2.0) -> int | None:
 
 def _http_json(url: str, body: dict[str, Any] | None = None, timeout: float = 5.0) -> Any:
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=data, method="POST" if data is not None else "GET", headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.loads(response.read() or b"null")
 
@@ -502,16 +526,24 @@ def _failed_models(http_url: str) -> dict[str, str]:
         index = repository_index(http_url)
     except (OSError, ValueError):
         return {}
-    return {m["name"]: m.get("reason") or m.get("state", "UNAVAILABLE") for m in index
-            if m.get("state") not in ("READY", "LOADING")}
+    return {
+        m["name"]: m.get("reason") or m.get("state", "UNAVAILABLE")
+        for m in index
+        if m.get("state") not in ("READY", "LOADING")
+    }
 
 
 # --- an external server -------------------------------------------------------------------------------
 
 
 def connect(
-    url: str, *, http_url: str | None = None, grpc_url: str | None = None, metrics_url: str | None = None,
-    models: Sequence[str] = (), timeout: float = 30.0,
+    url: str,
+    *,
+    http_url: str | None = None,
+    grpc_url: str | None = None,
+    metrics_url: str | None = None,
+    models: Sequence[str] = (),
+    timeout: float = 30.0,
 ) -> TritonURLs:
     """Use an already running server (e.g. the NGC container): wait until it and ``models`` are ready.
 
@@ -523,9 +555,12 @@ def connect(
     over_grpc = url.startswith("grpc://")
     deadline = time.monotonic() + timeout
     while True:
-        ready = (_grpc_ready(urls.grpc_address, models) if over_grpc else
-                 _http_status(urls.http_url + "/v2/health/ready") == 200 and all(
-                     _http_status(f"{urls.http_url}/v2/models/{name}/ready") == 200 for name in models))
+        ready = (
+            _grpc_ready(urls.grpc_address, models)
+            if over_grpc
+            else _http_status(urls.http_url + "/v2/health/ready") == 200
+            and all(_http_status(f"{urls.http_url}/v2/models/{name}/ready") == 200 for name in models)
+        )
         if ready:
             return urls
         if time.monotonic() >= deadline:
@@ -544,7 +579,8 @@ def _grpc_ready(address: str, models: Sequence[str]) -> bool:
         client = grpcclient.InferenceServerClient(address)
         try:
             return bool(client.is_server_ready(client_timeout=2)) and all(
-                client.is_model_ready(name, client_timeout=2) for name in models)
+                client.is_model_ready(name, client_timeout=2) for name in models
+            )
         finally:
             client.close()
     except Exception:  # any transport error means "not ready yet"
@@ -552,8 +588,9 @@ def _grpc_ready(address: str, models: Sequence[str]) -> bool:
 
 
 @contextlib.contextmanager
-def triton(model_repository: str | os.PathLike[str] | None = None, *, url: str | None = None,
-           **kwargs: Any) -> Iterator[TritonURLs]:
+def triton(
+    model_repository: str | os.PathLike[str] | None = None, *, url: str | None = None, **kwargs: Any
+) -> Iterator[TritonURLs]:
     """Connect to ``url`` if given, else start the bundled server on ``model_repository``."""
     if url is not None:
         yield connect(url, **kwargs)
@@ -574,14 +611,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--log-verbose", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    server = TritonServer(args.model_repository, http_port=args.http_port, grpc_port=args.grpc_port,
-                          metrics_port=args.metrics_port, log_file=args.log_file,
-                          log_verbose=args.log_verbose)
+    server = TritonServer(
+        args.model_repository,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        log_file=args.log_file,
+        log_verbose=args.log_verbose,
+    )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with server as urls:
-        print(json.dumps({"http_url": urls.http_url, "grpc_url": urls.grpc_url,
-                          "metrics_url": urls.metrics_url}), flush=True)
+        print(
+            json.dumps({"http_url": urls.http_url, "grpc_url": urls.grpc_url, "metrics_url": urls.metrics_url}),
+            flush=True,
+        )
         try:
             while not stop.is_set() and server.is_alive():
                 stop.wait(1.0)

@@ -28,7 +28,21 @@ def tiny_recognizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tiny_recognizer")
     parser = argparse.ArgumentParser()
     recognizer.add_arguments(parser)
-    args = parser.parse_args(["--arch", "test_resnet", "--epochs", "2", "--train-subset", "3000",
-                              "--val-fraction", "0.02", "--lr", "0.05", "--out", str(out)])
+    args = parser.parse_args(
+        [
+            "--arch",
+            "test_resnet",
+            "--epochs",
+            "2",
+            "--train-subset",
+            "3000",
+            "--val-fraction",
+            "0.02",
+            "--lr",
+            "0.05",
+            "--out",
+            str(out),
+        ]
+    )
     recognizer.run(args)
     return out

@@ -73,8 +73,10 @@ _CHUNK_VALUES_GLASS = 1 << 25
 def describe(table: str | None = None) -> str:
     """One line for report headers: implementation, version, table, frost textures."""
     tables = table or "cifar if the longer side <= 64 px, else imagenet"
-    return (f"dyntta.corruptions v{IMPLEMENTATION_VERSION} (hendrycks/robustness algorithms, batched torch); "
-            f"table: {tables}; frost textures: {frost_texture_source()}")
+    return (
+        f"dyntta.corruptions v{IMPLEMENTATION_VERSION} (hendrycks/robustness algorithms, batched torch); "
+        f"table: {tables}; frost textures: {frost_texture_source()}"
+    )
 
 
 def _check(images: Tensor, name: str, severity: int, table: str | None, indices: Tensor | None) -> None:
@@ -83,13 +85,14 @@ def _check(images: Tensor, name: str, severity: int, table: str | None, indices:
     if isinstance(severity, bool) or not isinstance(severity, int) or severity not in SEVERITIES:
         raise ValueError(f"severity must be an int in {SEVERITIES}, got {severity!r}")
     if table is not None and table not in TABLES:
-        raise ValueError(f"unknown parameter table {table!r}; expected None (by image size) or one of "
-                         f"{TABLE_NAMES}")
+        raise ValueError(f"unknown parameter table {table!r}; expected None (by image size) or one of {TABLE_NAMES}")
     if not isinstance(images, Tensor):
         raise ValueError(f"images must be a torch.Tensor, got {type(images).__name__}")
     if not images.is_floating_point():
-        raise ValueError(f"images must be a float tensor in [0, 1], got dtype {images.dtype} "
-                         "(convert uint8 with images.float() / 255)")
+        raise ValueError(
+            f"images must be a float tensor in [0, 1], got dtype {images.dtype} "
+            "(convert uint8 with images.float() / 255)"
+        )
     if images.dim() != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"images must have shape (N, C, H, W) with C in (1, 3), got {tuple(images.shape)}")
     if min(images.shape[-2:]) < MIN_SIZE:
@@ -100,14 +103,17 @@ def _check(images: Tensor, name: str, severity: int, table: str | None, indices:
             raise ValueError(f"image values must lie in [0, 1], got range [{lo:.4g}, {hi:.4g}]")
     if indices is not None:
         if indices.dim() != 1 or indices.shape[0] != images.shape[0] or indices.is_floating_point():
-            raise ValueError(f"indices must be an integer tensor of shape ({images.shape[0]},), "
-                             f"got {indices.dtype} {tuple(indices.shape)}")
+            raise ValueError(
+                f"indices must be an integer tensor of shape ({images.shape[0]},), "
+                f"got {indices.dtype} {tuple(indices.shape)}"
+            )
         if indices.numel() and int(indices.min()) < 0:
             raise ValueError("indices must be non-negative")
 
 
-def corrupt(images: Tensor, name: str, severity: int, *, seed: int = 0, table: str | None = None,
-            indices: Tensor | None = None) -> Tensor:
+def corrupt(
+    images: Tensor, name: str, severity: int, *, seed: int = 0, table: str | None = None, indices: Tensor | None = None
+) -> Tensor:
     """Apply corruption ``name`` at ``severity`` (1-5) to a batch of (N, C, H, W) images in [0, 1].
 
     ``table``: ``"cifar"``, ``"imagenet"`` or None (by image size, see :func:`default_table`).
@@ -124,8 +130,9 @@ def corrupt(images: Tensor, name: str, severity: int, *, seed: int = 0, table: s
     fn = _FUNCTIONS[name]
     if indices is None:
         indices = torch.arange(n, device=images.device)
-    keys = image_keys(int(seed) & 0xFFFFFFFFFFFFFFFF, indices.to(images.device, torch.int64),
-                      NAMES.index(name) + 1, severity)
+    keys = image_keys(
+        int(seed) & 0xFFFFFFFFFFFFFFFF, indices.to(images.device, torch.int64), NAMES.index(name) + 1, severity
+    )
     x = images.detach().to(torch.float32)
     budget = _CHUNK_VALUES_GLASS if name == "glass_blur" else _CHUNK_VALUES
     chunk = max(1, budget // max(1, c * h * w))
@@ -138,6 +145,17 @@ def corrupt(images: Tensor, name: str, severity: int, *, seed: int = 0, table: s
 
 
 __all__ = [
-    "BENCHMARK_NAMES", "EXTRA_NAMES", "GROUPS", "IMPLEMENTATION_VERSION", "NAMES", "SEVERITIES", "TABLES",
-    "TABLE_NAMES", "corrupt", "default_table", "describe", "frost_texture_source", "set_frost_textures",
+    "BENCHMARK_NAMES",
+    "EXTRA_NAMES",
+    "GROUPS",
+    "IMPLEMENTATION_VERSION",
+    "NAMES",
+    "SEVERITIES",
+    "TABLES",
+    "TABLE_NAMES",
+    "corrupt",
+    "default_table",
+    "describe",
+    "frost_texture_source",
+    "set_frost_textures",
 ]

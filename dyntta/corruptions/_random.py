@@ -46,11 +46,11 @@ class ImageRandom:
 
     def _generators(self, stream: int) -> list[torch.Generator]:
         salt = _mix32((stream * 0x9E3779B1 + 0x632BE5AB) & _MASK)
-        return [torch.Generator().manual_seed(_mix32(k ^ salt) << 32 | _mix32(k ^ salt ^ 0x5BD1E995))
-                for k in self._keys]
+        return [
+            torch.Generator().manual_seed(_mix32(k ^ salt) << 32 | _mix32(k ^ salt ^ 0x5BD1E995)) for k in self._keys
+        ]
 
-    def _fill(self, shape: tuple[int, ...], stream: int, draw, dtype: torch.dtype = torch.float32,
-              **kwargs) -> Tensor:
+    def _fill(self, shape: tuple[int, ...], stream: int, draw, dtype: torch.dtype = torch.float32, **kwargs) -> Tensor:
         out = torch.empty(len(self), *shape, dtype=dtype)
         for row, g in zip(out, self._generators(stream), strict=True):
             draw(size=shape, generator=g, out=row, **kwargs)
@@ -60,8 +60,7 @@ class ImageRandom:
         """float32 uniform in [0, 1)."""
         return self._fill(shape, stream, torch.rand)
 
-    def normal(self, shape: tuple[int, ...] = (), stream: int = 0, mean: float = 0.0,
-               std: float = 1.0) -> Tensor:
+    def normal(self, shape: tuple[int, ...] = (), stream: int = 0, mean: float = 0.0, std: float = 1.0) -> Tensor:
         return self._fill(shape, stream, torch.randn) * std + mean
 
     def randint(self, low: int, high: int, shape: tuple[int, ...] = (), stream: int = 0) -> Tensor:

@@ -90,16 +90,20 @@ def _affine_source_coordinates(u: Tensor, h: int, w: int, spread: float) -> tupl
     uniforms in [0, 1))."""
     device, n = u.device, u.shape[0]
     cx, cy, ss = w // 2, h // 2, min(h, w) // 3
-    pts1 = torch.tensor([[cx + ss, cy + ss], [cx + ss, cy - ss], [cx - ss, cy - ss]],
-                        dtype=torch.float64, device=device)
+    pts1 = torch.tensor(
+        [[cx + ss, cy + ss], [cx + ss, cy - ss], [cx - ss, cy - ss]], dtype=torch.float64, device=device
+    )
     jitter = (u.to(torch.float64).reshape(n, 3, 2) * 2 - 1) * spread
     pts2 = pts1[None] + jitter  # (N, 3, 2)
     # dst = M @ [src, 1]; warpAffine samples src = M^-1 dst.  Solve for the inverse map directly:
     # [pts2, 1] @ A = pts1, with A (3, 2).
     ones = torch.ones(n, 3, 1, dtype=torch.float64, device=device)
     inv = torch.linalg.solve(torch.cat([pts2, ones], dim=2), pts1[None].expand(n, 3, 2))
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64, device=device),
-                            torch.arange(w, dtype=torch.float64, device=device), indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(h, dtype=torch.float64, device=device),
+        torch.arange(w, dtype=torch.float64, device=device),
+        indexing="ij",
+    )
     grid = torch.stack([xs, ys, torch.ones_like(xs)], dim=-1).reshape(-1, 3)  # (HW, 3)
     src = grid[None] @ inv  # (N, HW, 2) as (x, y)
     return src[..., 0].reshape(-1, h, w), src[..., 1].reshape(-1, h, w)
@@ -132,8 +136,10 @@ def elastic_transform(x: Tensor, p: tuple[float, float, float], rng: ImageRandom
     warped = _sample(x, xs, ys, align_corners=True)
     fields = u[:, 6:].reshape(n, 2, h, w) * 2 - 1
     smooth = _ops.gaussian_filter(fields, sigma, mode="reflect", truncate=3.0) * alpha  # float32, as there
-    base_y, base_x = torch.meshgrid(torch.arange(h, dtype=torch.float32, device=x.device),
-                                    torch.arange(w, dtype=torch.float32, device=x.device), indexing="ij")
+    base_y, base_x = torch.meshgrid(
+        torch.arange(h, dtype=torch.float32, device=x.device),
+        torch.arange(w, dtype=torch.float32, device=x.device),
+        indexing="ij",
+    )
     out = _sample(warped, base_x[None] + smooth[:, 0], base_y[None] + smooth[:, 1], align_corners=False)
     return out.clamp_(0, 1)
-

@@ -70,12 +70,15 @@ def set_frost_textures(source: str | Sequence[str | Path] | None = None) -> None
             root = importlib.resources.files("imagecorruptions") / "frost"
         except ModuleNotFoundError as exc:
             raise ValueError("frost textures 'imagecorruptions' need the imagecorruptions package") from exc
-        files = tuple(Path(str(root / f)) for f in
-                      ("frost1.png", "frost2.png", "frost3.png", "frost4.jpg", "frost5.jpg"))
+        files = tuple(
+            Path(str(root / f)) for f in ("frost1.png", "frost2.png", "frost3.png", "frost4.jpg", "frost5.jpg")
+        )
         _frost_source = ("imagecorruptions", files)
     elif isinstance(source, str):
-        raise ValueError(f"unknown frost texture source {source!r}; expected None, 'procedural', "
-                         "'imagecorruptions' or a sequence of image paths")
+        raise ValueError(
+            f"unknown frost texture source {source!r}; expected None, 'procedural', "
+            "'imagecorruptions' or a sequence of image paths"
+        )
     else:
         files = tuple(Path(f) for f in source)
         missing = [str(f) for f in files if not f.is_file()]
@@ -136,11 +139,18 @@ def _frost_bank(source: tuple[str, tuple[Path, ...]], scale: float) -> tuple[Ten
         textures = []
         for f in files:
             with Image.open(f) as img:
-                textures.append(torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 255)
-                                .permute(2, 0, 1).contiguous())
+                textures.append(
+                    torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 255)
+                    .permute(2, 0, 1)
+                    .contiguous()
+                )
     if scale != 1.0:  # cv2.resize(fx=fy=scale), INTER_LINEAR: no anti-aliasing, as the reference
-        textures = [F.interpolate(t[None], scale_factor=scale, mode="bilinear", align_corners=False,
-                                  recompute_scale_factor=False)[0] for t in textures]
+        textures = [
+            F.interpolate(
+                t[None], scale_factor=scale, mode="bilinear", align_corners=False, recompute_scale_factor=False
+            )[0]
+            for t in textures
+        ]
     return tuple(textures)
 
 
@@ -293,10 +303,24 @@ def canny(image: Tensor, low: float = 50, high: float = 150) -> Tensor:
     return edges
 
 
-_CHAMFER = ((1, 0, 1.0), (0, 1, 1.0), (-1, 0, 1.0), (0, -1, 1.0),
-            (1, 1, 1.4), (1, -1, 1.4), (-1, 1, 1.4), (-1, -1, 1.4),
-            (1, 2, 2.1969), (2, 1, 2.1969), (-1, 2, 2.1969), (-2, 1, 2.1969),
-            (1, -2, 2.1969), (2, -1, 2.1969), (-1, -2, 2.1969), (-2, -1, 2.1969))
+_CHAMFER = (
+    (1, 0, 1.0),
+    (0, 1, 1.0),
+    (-1, 0, 1.0),
+    (0, -1, 1.0),
+    (1, 1, 1.4),
+    (1, -1, 1.4),
+    (-1, 1, 1.4),
+    (-1, -1, 1.4),
+    (1, 2, 2.1969),
+    (2, 1, 2.1969),
+    (-1, 2, 2.1969),
+    (-2, 1, 2.1969),
+    (1, -2, 2.1969),
+    (2, -1, 2.1969),
+    (-1, -2, 2.1969),
+    (-2, -1, 2.1969),
+)
 
 
 def chamfer_distance(sources: Tensor, limit: float) -> Tensor:
@@ -321,8 +345,7 @@ def equalize_hist(image: Tensor) -> Tensor:
     n = image.shape[0]
     flat = image.reshape(n, -1).to(torch.int64)
     total = flat.shape[1]
-    hist = torch.zeros(n, 256, dtype=torch.int64, device=image.device).scatter_add_(
-        1, flat, torch.ones_like(flat))
+    hist = torch.zeros(n, 256, dtype=torch.int64, device=image.device).scatter_add_(1, flat, torch.ones_like(flat))
     first = (hist > 0).to(torch.int64).argmax(dim=1, keepdim=True)
     first_count = hist.gather(1, first)
     cum = hist.cumsum(dim=1) - first_count

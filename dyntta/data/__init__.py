@@ -10,6 +10,12 @@ from dyntta.data.datasets import (
 from dyntta.data.transforms import arrays_to_model_input, to_float, to_model_input
 
 __all__ = [
-    "DATASETS", "DatasetNotFoundError", "LabelledImages", "load_dataset", "split_validation",
-    "arrays_to_model_input", "to_float", "to_model_input",
+    "DATASETS",
+    "DatasetNotFoundError",
+    "LabelledImages",
+    "load_dataset",
+    "split_validation",
+    "arrays_to_model_input",
+    "to_float",
+    "to_model_input",
 ]

@@ -26,8 +26,16 @@ from tqdm import tqdm
 from dyntta.data.transforms import arrays_to_model_input, to_model_input
 
 FASHION_MNIST_CLASSES = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 ]
 FASHION_MNIST_DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_ENV = "DYNTTA_FASHION_MNIST_DIR"
@@ -87,6 +95,7 @@ def load_dataset(
 
 # --- Fashion-MNIST (IDX) -------------------------------------------------------------------------------
 
+
 def _fashion_mnist(split: str, size: int, root: str | os.PathLike | None) -> LabelledImages:
     directory = Path(root or os.environ.get(FASHION_MNIST_ENV) or FASHION_MNIST_DEFAULT_DIR)
     prefix = "train" if split == "train" else "t10k"
@@ -94,8 +103,7 @@ def _fashion_mnist(split: str, size: int, root: str | os.PathLike | None) -> Lab
     labels_path = _find_idx(directory, f"{prefix}-labels-idx1-ubyte")
     raw = read_idx(images_path)
     labels = torch.from_numpy(read_idx(labels_path).astype(np.int64))
-    return LabelledImages("fashion-mnist", split, arrays_to_model_input(raw, size), labels,
-                          list(FASHION_MNIST_CLASSES))
+    return LabelledImages("fashion-mnist", split, arrays_to_model_input(raw, size), labels, list(FASHION_MNIST_CLASSES))
 
 
 def _find_idx(directory: Path, stem: str) -> Path:
@@ -121,6 +129,7 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 # --- CIFAR-10 / CIFAR-100 python batches ---------------------------------------------------------------
+
 
 def _cifar(key: str, split: str, size: int, root: str | os.PathLike | None) -> LabelledImages:
     default = "cifar-10-batches-py" if key == "cifar10" else "cifar-100-python"
@@ -154,6 +163,7 @@ def _unpickle(path: Path) -> dict:
 
 # --- ImageFolder ---------------------------------------------------------------------------------------
 
+
 def _image_folder(directory: Path, split: str, size: int) -> LabelledImages:
     if not directory.is_dir():
         raise DatasetNotFoundError(f"ImageFolder directory {directory} does not exist")
@@ -163,8 +173,12 @@ def _image_folder(directory: Path, split: str, size: int) -> LabelledImages:
     if not split_dir.is_dir():
         split_dir = directory  # a single folder serves every split (e.g. an evaluation set)
     classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-    files = [(f, label) for label, c in enumerate(classes) for f in sorted((split_dir / c).rglob("*"))
-             if f.suffix.lower() in IMAGE_SUFFIXES]
+    files = [
+        (f, label)
+        for label, c in enumerate(classes)
+        for f in sorted((split_dir / c).rglob("*"))
+        if f.suffix.lower() in IMAGE_SUFFIXES
+    ]
     if not files:
         raise DatasetNotFoundError(f"no images found in class sub-folders of {split_dir}")
     images = np.empty((len(files), size, size, 3), dtype=np.uint8)

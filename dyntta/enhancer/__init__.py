@@ -4,6 +4,11 @@ from dyntta.enhancer.checkpoint import ENHANCER_FORMAT, load_enhancer, save_enha
 from dyntta.enhancer.model import DynTTAEnhancer, EnhancerConfig, blend_names, magnitude_names
 
 __all__ = [
-    "ENHANCER_FORMAT", "DynTTAEnhancer", "EnhancerConfig", "blend_names", "load_enhancer",
-    "magnitude_names", "save_enhancer",
+    "ENHANCER_FORMAT",
+    "DynTTAEnhancer",
+    "EnhancerConfig",
+    "blend_names",
+    "load_enhancer",
+    "magnitude_names",
+    "save_enhancer",
 ]

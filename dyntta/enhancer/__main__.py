@@ -23,8 +23,9 @@ from dyntta.enhancer.policy import make_policy, mean_blend_weights, save_policy
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dyntta.enhancer", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m dyntta.enhancer", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     est = commands.add_parser("estimate-policy", help="estimate a training-time augmentation policy")
     est.add_argument("--enhancer", required=True)
@@ -42,18 +43,25 @@ def main(argv: list[str] | None = None) -> int:
         enhancer = load_enhancer(args.enhancer)
         data = load_dataset(args.data, args.split, image_size=enhancer.config.input_size, root=args.data_dir)
         clean = to_float(data.images[: args.limit])
-        shifted = torch.cat([corrupt(clean, name, args.severity, seed=args.seed)
-                             for name in tqdm(args.corruptions, desc="corrupting")])
+        shifted = torch.cat(
+            [corrupt(clean, name, args.severity, seed=args.seed) for name in tqdm(args.corruptions, desc="corrupting")]
+        )
         weights = mean_blend_weights(enhancer, shifted)
     except (DatasetNotFoundError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    source = {"enhancer": args.enhancer, "data": args.data, "split": args.split, "images_per_corruption": len(clean),
-              "corruptions": args.corruptions, "severity": args.severity, "seed": args.seed}
+    source = {
+        "enhancer": args.enhancer,
+        "data": args.data,
+        "split": args.split,
+        "images_per_corruption": len(clean),
+        "corruptions": args.corruptions,
+        "severity": args.severity,
+        "seed": args.seed,
+    }
     policy = make_policy(weights, args.top_k, source)
     save_policy(policy, args.out)
-    print(json.dumps({"policy": args.out, "ops": policy["ops"],
-                      "top": policy["ranking"][: args.top_k + 2]}, indent=1))
+    print(json.dumps({"policy": args.out, "ops": policy["ops"], "top": policy["ranking"][: args.top_k + 2]}, indent=1))
     return 0
 
 

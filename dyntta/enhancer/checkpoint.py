@@ -15,11 +15,23 @@ from dyntta.models.checkpoint import read_checkpoint_meta, read_weights, write_c
 ENHANCER_FORMAT = "dyntta.enhancer/1"
 
 
-def save_enhancer(model: DynTTAEnhancer, directory: str | os.PathLike, *, recipe: dict[str, Any] | None = None,
-                  metrics: dict[str, Any] | None = None, weights_dtype: str = "float32") -> Path:
-    return write_checkpoint(model, directory, ENHANCER_FORMAT,
-                            {"model": model.config.to_dict(), "blend": blend_names()},
-                            recipe=recipe, metrics=metrics, weights_dtype=weights_dtype)
+def save_enhancer(
+    model: DynTTAEnhancer,
+    directory: str | os.PathLike,
+    *,
+    recipe: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    weights_dtype: str = "float32",
+) -> Path:
+    return write_checkpoint(
+        model,
+        directory,
+        ENHANCER_FORMAT,
+        {"model": model.config.to_dict(), "blend": blend_names()},
+        recipe=recipe,
+        metrics=metrics,
+        weights_dtype=weights_dtype,
+    )
 
 
 def load_enhancer(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> DynTTAEnhancer:

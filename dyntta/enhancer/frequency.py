@@ -56,8 +56,9 @@ class RadialFrequencyFilter(nn.Module):
         response = response + torch.einsum("br,rhw->bhw", highpass_weights, self.highpass_bands)
         return response.unsqueeze(1)
 
-    def forward(self, images: torch.Tensor, lowpass_weights: torch.Tensor,
-                highpass_weights: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, images: torch.Tensor, lowpass_weights: torch.Tensor, highpass_weights: torch.Tensor
+    ) -> torch.Tensor:
         if images.shape[-1] != self.size or images.shape[-2] != self.size:
             raise ValueError(f"frequency filter built for {self.size}x{self.size}, got {tuple(images.shape[-2:])}")
         c, s = self.cos, self.sin

@@ -40,8 +40,9 @@ class EnhancerConfig:
 
 def blend_names() -> list[str]:
     """Names of the softmax blend entries, in order (what the blend weights refer to)."""
-    return ([op.name for op in OPS] + [f"lowpass_{r:.2f}" for r in RADII]
-            + [f"highpass_{r:.2f}" for r in RADII] + ["unet"])
+    return (
+        [op.name for op in OPS] + [f"lowpass_{r:.2f}" for r in RADII] + [f"highpass_{r:.2f}" for r in RADII] + ["unet"]
+    )
 
 
 def magnitude_names() -> list[str]:

@@ -111,7 +111,7 @@ class PolicyAugment(nn.Module):
             low, high = (ring, zeros) if name == "lowpass" else (zeros, ring)
             out = self.frequency(x, low, high)
             return out + x.mean(dim=(2, 3), keepdim=True) * (name == "highpass")  # keep the DC level
-        magnitude = (torch.rand(n, device=x.device) * 3 - 1.5)
+        magnitude = torch.rand(n, device=x.device) * 3 - 1.5
         return self.by_name[name](x, magnitude)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

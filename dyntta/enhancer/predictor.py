@@ -7,8 +7,9 @@ from torch import nn
 
 
 def _conv(cin: int, cout: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout),
-                         nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
 
 
 class Predictor(nn.Module):
@@ -22,10 +23,13 @@ class Predictor(nn.Module):
         super().__init__()
         self.num_weights, self.num_magnitudes = num_weights, num_magnitudes
         self.features = nn.Sequential(
-            _conv(3, width, 2), _conv(width, 2 * width, 2), _conv(2 * width, 4 * width, 2),
+            _conv(3, width, 2),
+            _conv(width, 2 * width, 2),
+            _conv(2 * width, 4 * width, 2),
         )
-        self.head = nn.Sequential(nn.Linear(8 * width, 4 * width), nn.ReLU(inplace=True),
-                                  nn.Linear(4 * width, num_weights + num_magnitudes))
+        self.head = nn.Sequential(
+            nn.Linear(8 * width, 4 * width), nn.ReLU(inplace=True), nn.Linear(4 * width, num_weights + num_magnitudes)
+        )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f = self.features(x - 0.5)

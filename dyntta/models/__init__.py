@@ -9,6 +9,11 @@ from dyntta.models.recognizers import (
 )
 
 __all__ = [
-    "Recognizer", "RecognizerConfig", "adapt_stem_for_small_inputs", "create_recognizer",
-    "load_recognizer", "read_checkpoint_meta", "save_recognizer",
+    "Recognizer",
+    "RecognizerConfig",
+    "adapt_stem_for_small_inputs",
+    "create_recognizer",
+    "load_recognizer",
+    "read_checkpoint_meta",
+    "save_recognizer",
 ]

@@ -25,26 +25,45 @@ RECOGNIZER_FORMAT = "dyntta.recognizer/1"
 
 
 def save_recognizer(
-    model: Recognizer, directory: str | os.PathLike, *, recipe: dict[str, Any] | None = None,
-    metrics: dict[str, Any] | None = None, weights_dtype: str = "float32",
+    model: Recognizer,
+    directory: str | os.PathLike,
+    *,
+    recipe: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    weights_dtype: str = "float32",
 ) -> Path:
     """Save ``model`` to ``directory``. ``weights_dtype="float16"`` halves the file (for committed models);
     floating tensors are rounded on save and loaded back as float32."""
-    return write_checkpoint(model, directory, RECOGNIZER_FORMAT, {"model": model.config.to_dict()},
-                            recipe=recipe, metrics=metrics, weights_dtype=weights_dtype)
+    return write_checkpoint(
+        model,
+        directory,
+        RECOGNIZER_FORMAT,
+        {"model": model.config.to_dict()},
+        recipe=recipe,
+        metrics=metrics,
+        weights_dtype=weights_dtype,
+    )
 
 
 def write_checkpoint(
-    model: torch.nn.Module, directory: str | os.PathLike, fmt: str, description: dict[str, Any], *,
-    recipe: dict[str, Any] | None, metrics: dict[str, Any] | None, weights_dtype: str,
+    model: torch.nn.Module,
+    directory: str | os.PathLike,
+    fmt: str,
+    description: dict[str, Any],
+    *,
+    recipe: dict[str, Any] | None,
+    metrics: dict[str, Any] | None,
+    weights_dtype: str,
 ) -> Path:
     """Write ``model.safetensors`` (floating tensors in ``weights_dtype``) and ``config.json`` for any model
     kind; ``description`` holds what rebuilds the model."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     dtype = getattr(torch, weights_dtype)
-    state = {k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous()
-             for k, v in model.state_dict().items()}
+    state = {
+        k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous()
+        for k, v in model.state_dict().items()
+    }
     save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": fmt})
     meta = {
         "format": fmt,

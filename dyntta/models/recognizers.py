@@ -82,8 +82,7 @@ def create_backbone(config: RecognizerConfig) -> nn.Module:
     """Create the timm model for ``config`` (random init: there is no model hub at run time)."""
     if not timm.is_model(config.arch):
         raise ValueError(f"unknown timm architecture {config.arch!r} (see timm.list_models())")
-    model = timm.create_model(config.arch, pretrained=False, num_classes=config.num_classes,
-                              **config.model_kwargs)
+    model = timm.create_model(config.arch, pretrained=False, num_classes=config.num_classes, **config.model_kwargs)
     if config.uses_small_input_stem:
         adapt_stem_for_small_inputs(model)
     return model

@@ -17,8 +17,13 @@ from dyntta.robust.sam import ASAM, SAM
 from dyntta.robust.strategy import TrainingStrategy
 
 STRATEGIES: dict[str, type[TrainingStrategy]] = {
-    "erm": TrainingStrategy, "dpl": DPL, "damp": DAMP, "l2p": Learn2Perturb, "advbn": AdvBN,
-    "sam": SAM, "asam": ASAM,  # reference points for DAMP
+    "erm": TrainingStrategy,
+    "dpl": DPL,
+    "damp": DAMP,
+    "l2p": Learn2Perturb,
+    "advbn": AdvBN,
+    "sam": SAM,
+    "asam": ASAM,  # reference points for DAMP
 }
 
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
@@ -56,8 +61,10 @@ def create_strategy(method: str, **kwargs: Any) -> TrainingStrategy:
     accepted = method_parameters(method)
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
-        raise ValueError(f"method {method!r} has no parameter(s) {unknown}; it accepts "
-                         + ", ".join(f"{k}={v!r}" for k, v in accepted.items()))
+        raise ValueError(
+            f"method {method!r} has no parameter(s) {unknown}; it accepts "
+            + ", ".join(f"{k}={v!r}" for k, v in accepted.items())
+        )
     values = {k: _convert(method, k, v, accepted[k]) for k, v in kwargs.items()}
     return STRATEGIES[method](**values)
 
@@ -73,5 +80,16 @@ def parse_method_args(items: list[str] | None) -> dict[str, str]:
     return out
 
 
-__all__ = ["ASAM", "SAM", "STRATEGIES", "AdvBN", "DAMP", "DPL", "Learn2Perturb", "TrainingStrategy",
-           "create_strategy", "method_parameters", "parse_method_args"]
+__all__ = [
+    "ASAM",
+    "SAM",
+    "STRATEGIES",
+    "AdvBN",
+    "DAMP",
+    "DPL",
+    "Learn2Perturb",
+    "TrainingStrategy",
+    "create_strategy",
+    "method_parameters",
+    "parse_method_args",
+]

@@ -53,8 +53,9 @@ def split_backbone(backbone: nn.Module, cut: str) -> tuple[list[nn.Module], list
     """Split a backbone whose top-level children run in order (timm ResNet family) after child ``cut``."""
     names = [name for name, _ in backbone.named_children()]
     if cut not in names:
-        raise ValueError(f"AdvBN cut {cut!r} is not a top-level module of {type(backbone).__name__}; "
-                         f"choose one of {names}")
+        raise ValueError(
+            f"AdvBN cut {cut!r} is not a top-level module of {type(backbone).__name__}; choose one of {names}"
+        )
     children = list(backbone.children())
     index = names.index(cut) + 1
     return children[:index], children[index:]
@@ -72,8 +73,15 @@ class AdvBN(TrainingStrategy):
     name = "advbn"
 
     def __init__(
-        self, label_smoothing: float = 0.0, eps: float = 1.1, steps: int = 6, step_size: float = 0.2,
-        adv_weight: float = 1.0, cut: str = "layer1", relu: bool = True, branch: str = "clean",
+        self,
+        label_smoothing: float = 0.0,
+        eps: float = 1.1,
+        steps: int = 6,
+        step_size: float = 0.2,
+        adv_weight: float = 1.0,
+        cut: str = "layer1",
+        relu: bool = True,
+        branch: str = "clean",
     ) -> None:
         super().__init__(label_smoothing)
         if branch not in BRANCHES:
@@ -91,14 +99,17 @@ class AdvBN(TrainingStrategy):
         backbone = model.backbone
         self.front, self.head = split_backbone(backbone, self.cut)
         # The split is only valid if running the children in order is the backbone's forward.
-        probe = torch.rand(2, 3, model.config.input_size, model.config.input_size,
-                           device=next(model.parameters()).device)
+        probe = torch.rand(
+            2, 3, model.config.input_size, model.config.input_size, device=next(model.parameters()).device
+        )
         was_training = model.training
         model.eval()
         with torch.no_grad():
             if not torch.allclose(backbone(probe), run(self.head, run(self.front, probe)), atol=1e-4):
-                raise ValueError(f"{type(backbone).__name__}'s forward is not its children run in order; "
-                                 "AdvBN supports timm ResNet-family backbones")
+                raise ValueError(
+                    f"{type(backbone).__name__}'s forward is not its children run in order; "
+                    "AdvBN supports timm ResNet-family backbones"
+                )
         model.train(was_training)
         for module in self.front:
             module.requires_grad_(False)
@@ -192,9 +203,17 @@ class AdvBN(TrainingStrategy):
         return plain
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "cut_after": self.cut, "eps": self.eps, "steps": self.steps,
-                "step_size": self.step_size, "adv_weight": self.adv_weight, "relu": self.relu,
-                "inference_bn_branch": self.branch, "trained": "head only (front frozen, BN eval)"}
+        return {
+            **super().describe(),
+            "cut_after": self.cut,
+            "eps": self.eps,
+            "steps": self.steps,
+            "step_size": self.step_size,
+            "adv_weight": self.adv_weight,
+            "relu": self.relu,
+            "inference_bn_branch": self.branch,
+            "trained": "head only (front frozen, BN eval)",
+        }
 
 
 class _Seq(nn.Module):

@@ -12,8 +12,16 @@ from torch import nn
 
 
 def pgd_linf(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, eps: float, steps: int, step_size: float,
-    random_start: bool = True, eot_samples: int = 1, eval_mode: bool = True,
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    eps: float,
+    steps: int,
+    step_size: float,
+    random_start: bool = True,
+    eot_samples: int = 1,
+    eval_mode: bool = True,
 ) -> torch.Tensor:
     """Return adversarial images within ``eps`` (L-inf) of ``images`` that raise the cross-entropy.
 

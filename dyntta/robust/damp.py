@@ -59,14 +59,14 @@ class _Perturbed:
 
 def _conv_forward(module: nn.Conv2d, perturbed: _Perturbed, m: int):
     if module.padding_mode != "zeros":
-        raise ValueError("DAMP supports zero-padded convolutions only, "
-                         f"not padding_mode={module.padding_mode!r}")
+        raise ValueError(f"DAMP supports zero-padded convolutions only, not padding_mode={module.padding_mode!r}")
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         weight = perturbed.value.reshape(m * module.out_channels, *module.weight.shape[1:])
         bias = module.bias.repeat(m) if module.bias is not None else None
-        y = F.conv2d(_micro_major(x, m), weight, bias, module.stride, module.padding, module.dilation,
-                     module.groups * m)
+        y = F.conv2d(
+            _micro_major(x, m), weight, bias, module.stride, module.padding, module.dilation, module.groups * m
+        )
         return _batch_major(y, m)
 
     return forward
@@ -93,8 +93,16 @@ def _norm_forward(module: nn.modules.batchnorm._BatchNorm, perturbed: _Perturbed
                 momentum = 1.0 / float(module.num_batches_tracked)
         use_batch = module.training or module.running_mean is None
         track = not module.training or module.track_running_stats
-        y = F.batch_norm(x, module.running_mean if track else None, module.running_var if track else None,
-                         None, None, use_batch, momentum, module.eps)
+        y = F.batch_norm(
+            x,
+            module.running_mean if track else None,
+            module.running_var if track else None,
+            None,
+            None,
+            use_batch,
+            momentum,
+            module.eps,
+        )
         shape = (m, 1, x.shape[1]) + (1,) * (x.dim() - 2)
         y = y.reshape(m, -1, *x.shape[1:]) * perturbed.value.reshape(shape)
         if module.bias is not None:
@@ -106,8 +114,11 @@ def _norm_forward(module: nn.modules.batchnorm._BatchNorm, perturbed: _Perturbed
 
 def perturbable_modules(model: nn.Module) -> list[nn.Module]:
     """Modules whose kernel / scale DAMP perturbs."""
-    return [mod for mod in model.modules()
-            if isinstance(mod, nn.Conv2d | nn.Linear) or (isinstance(mod, NORM_TYPES) and mod.affine)]
+    return [
+        mod
+        for mod in model.modules()
+        if isinstance(mod, nn.Conv2d | nn.Linear) or (isinstance(mod, NORM_TYPES) and mod.affine)
+    ]
 
 
 @contextlib.contextmanager
@@ -159,17 +170,21 @@ class DAMP(TrainingStrategy):
         for p, g in zip(perturbed, grads[: len(perturbed)], strict=True):
             if g is not None and p.param.requires_grad:
                 p.param.grad = g.sum(0)
-        for param, g in zip(_other_params(model, perturbed), grads[len(perturbed):], strict=True):
+        for param, g in zip(_other_params(model, perturbed), grads[len(perturbed) :], strict=True):
             if g is not None:
                 param.grad = g
         optimizer.step()
         return {"loss": loss.item()}
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "sigma": self.sigma, "micro_batches": self.micro_batches,
-                "perturbed": "conv/linear kernels and BatchNorm scales, N(1, sigma^2) per micro-batch",
-                "gradient": "w.r.t. the perturbed tensors (official convention)",
-                "batchnorm": "statistics of the whole batch (synchronised across micro-batches)"}
+        return {
+            **super().describe(),
+            "sigma": self.sigma,
+            "micro_batches": self.micro_batches,
+            "perturbed": "conv/linear kernels and BatchNorm scales, N(1, sigma^2) per micro-batch",
+            "gradient": "w.r.t. the perturbed tensors (official convention)",
+            "batchnorm": "statistics of the whole batch (synchronised across micro-batches)",
+        }
 
 
 def _other_params(model: nn.Module, perturbed: list[_Perturbed]) -> list[nn.Parameter]:

@@ -38,15 +38,19 @@ def _params(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def mean_gradient(model: nn.Module, data: LabelledImages, loss_fn, batch_size: int = 500,
-                  ) -> list[torch.Tensor]:
+def mean_gradient(
+    model: nn.Module,
+    data: LabelledImages,
+    loss_fn,
+    batch_size: int = 500,
+) -> list[torch.Tensor]:
     """Gradient of the mean loss over ``data`` (model in its current mode)."""
     params = _params(model)
     device = params[0].device
     total = [torch.zeros_like(p) for p in params]
     for start in range(0, len(data), batch_size):
-        x = to_float(data.images[start:start + batch_size]).to(device)
-        y = data.labels[start:start + batch_size].to(device)
+        x = to_float(data.images[start : start + batch_size]).to(device)
+        y = data.labels[start : start + batch_size].to(device)
         grads = torch.autograd.grad(loss_fn(model(x), y, reduction="sum"), params)
         for t, g in zip(total, grads, strict=True):
             t += g
@@ -58,20 +62,28 @@ def mean_loss(model: nn.Module, data: LabelledImages, loss_fn, batch_size: int =
     total = 0.0
     with torch.no_grad():
         for start in range(0, len(data), batch_size):
-            x = to_float(data.images[start:start + batch_size]).to(device)
-            y = data.labels[start:start + batch_size].to(device)
+            x = to_float(data.images[start : start + batch_size]).to(device)
+            y = data.labels[start : start + batch_size].to(device)
             total += loss_fn(model(x), y, reduction="sum").item()
     return total / max(1, len(data))
 
 
-def _hvp(model: nn.Module, params: list[nn.Parameter], x: torch.Tensor, y: torch.Tensor, loss_fn,
-         vector: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+def _hvp(
+    model: nn.Module, params: list[nn.Parameter], x: torch.Tensor, y: torch.Tensor, loss_fn, vector: list[torch.Tensor]
+) -> tuple[torch.Tensor, ...]:
     grads = torch.autograd.grad(loss_fn(model(x), y), params, create_graph=True)
     return torch.autograd.grad(sum((g * v).sum() for g, v in zip(grads, vector, strict=True)), params)
 
 
-def top_eigenvalue(model: nn.Module, train: LabelledImages, loss_fn, *, batch_size: int, iterations: int = 10,
-                   generator: torch.Generator | None = None) -> float:
+def top_eigenvalue(
+    model: nn.Module,
+    train: LabelledImages,
+    loss_fn,
+    *,
+    batch_size: int,
+    iterations: int = 10,
+    generator: torch.Generator | None = None,
+) -> float:
     """Power-iteration estimate of the training-loss Hessian's largest |eigenvalue| on one mini-batch."""
     params = _params(model)
     index = torch.randint(len(train), (batch_size,), generator=generator)
@@ -88,8 +100,16 @@ def top_eigenvalue(model: nn.Module, train: LabelledImages, loss_fn, *, batch_si
 
 
 def inverse_hvp(
-    model: nn.Module, train: LabelledImages, vector: list[torch.Tensor], loss_fn, *, depth: int,
-    damping: float, scale: float, batch_size: int, generator: torch.Generator | None = None,
+    model: nn.Module,
+    train: LabelledImages,
+    vector: list[torch.Tensor],
+    loss_fn,
+    *,
+    depth: int,
+    damping: float,
+    scale: float,
+    batch_size: int,
+    generator: torch.Generator | None = None,
     progress: bool = True,
 ) -> list[torch.Tensor]:
     """LiSSA estimate of H^-1 v for the training loss's Hessian H (HVPs by double backward on random
@@ -106,13 +126,19 @@ def inverse_hvp(
         h = [v + (1 - damping) * hh - hvv / scale for v, hh, hvv in zip(vector, h, hv, strict=True)]
         norm = torch.sqrt(sum((hh * hh).sum() for hh in h)).item()
         if not torch.isfinite(torch.tensor(norm)) or norm > 1e6 * max(start_norm, 1e-12):
-            raise FloatingPointError(f"LiSSA diverged at step {step + 1} (|h| = {norm:.3g}): the Hessian has "
-                                     f"eigenvalues above scale={scale}; raise lissa_scale or damping")
+            raise FloatingPointError(
+                f"LiSSA diverged at step {step + 1} (|h| = {norm:.3g}): the Hessian has "
+                f"eigenvalues above scale={scale}; raise lissa_scale or damping"
+            )
     return [hh / scale for hh in h]
 
 
 def influence(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, s: list[torch.Tensor], loss_fn,
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    s: list[torch.Tensor],
+    loss_fn,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per sample: u_i = s . grad_theta L(z_i) and v_i = grad_x u_i, from one double backward of the
     weighted batch loss sum_i w_i L(z_i) (w = 1): d/dw_i gives u_i, d/dx_i gives v_i (BN in eval mode)."""
@@ -132,11 +158,20 @@ class DPL(TrainingStrategy):
     name = "dpl"
 
     def __init__(
-        self, label_smoothing: float = 0.0, rounds: int = 2, fraction: float = 0.04, alpha: float = 8 / 255,
-        normalize: bool = True, guide_fraction: float = 0.05, guide_holdout: bool = True,
-        lissa_depth: int = 100, lissa_damping: float = 0.01, lissa_scale: float = 25.0,
+        self,
+        label_smoothing: float = 0.0,
+        rounds: int = 2,
+        fraction: float = 0.04,
+        alpha: float = 8 / 255,
+        normalize: bool = True,
+        guide_fraction: float = 0.05,
+        guide_holdout: bool = True,
+        lissa_depth: int = 100,
+        lissa_damping: float = 0.01,
+        lissa_scale: float = 25.0,
         lissa_batch: int = 128,
-        batch_size: int = 256, seed: int = 0,
+        batch_size: int = 256,
+        seed: int = 0,
     ) -> None:
         super().__init__(label_smoothing)
         if rounds < 1:
@@ -175,8 +210,8 @@ class DPL(TrainingStrategy):
         correct = 0
         with torch.no_grad():
             for start in range(0, len(self.val), 500):
-                x = to_float(self.val.images[start:start + 500]).to(device)
-                correct += (model(x).argmax(1).cpu() == self.val.labels[start:start + 500]).sum().item()
+                x = to_float(self.val.images[start : start + 500]).to(device)
+                correct += (model(x).argmax(1).cpu() == self.val.labels[start : start + 500]).sum().item()
         return correct / len(self.val)
 
     def amend_data(self, round_index: int, model: nn.Module, train: LabelledImages) -> LabelledImages:
@@ -190,15 +225,18 @@ class DPL(TrainingStrategy):
             val_acc = self._val_accuracy(model)
             if val_acc is not None and val_acc <= self.best_val:
                 self.stopped = True
-                tqdm.write(f"DPL round {round_index}: validation accuracy {val_acc:.4f} did not improve on "
-                           f"{self.best_val:.4f}; no further amendment")
+                tqdm.write(
+                    f"DPL round {round_index}: validation accuracy {val_acc:.4f} did not improve on "
+                    f"{self.best_val:.4f}; no further amendment"
+                )
                 return train
             self.best_val = val_acc if val_acc is not None else self.best_val
             amended, record = self.amend(model, train)
             record.update(round=round_index, val_accuracy=val_acc)
             self.log.append(record)
-            tqdm.write("DPL " + "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                          for k, v in record.items()))
+            tqdm.write(
+                "DPL " + "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
+            )
             return amended
         finally:
             model.train(was_training)
@@ -213,28 +251,34 @@ class DPL(TrainingStrategy):
         originals = train.subset(torch.arange(original))
         # LiSSA converges only if scale exceeds the Hessian's largest eigenvalue (the paper's 25 is too
         # small for sharp small networks): raise it to twice a power-iteration estimate when needed.
-        top = top_eigenvalue(model, originals, self.criterion, batch_size=self.lissa_batch,
-                             generator=generator)
+        top = top_eigenvalue(model, originals, self.criterion, batch_size=self.lissa_batch, generator=generator)
         scale = max(self.lissa_scale, 2.0 * top)
-        s = inverse_hvp(model, originals, v_guide, self.criterion, depth=self.lissa_depth,
-                        damping=self.lissa_damping, scale=scale, batch_size=self.lissa_batch,
-                        generator=generator)
+        s = inverse_hvp(
+            model,
+            originals,
+            v_guide,
+            self.criterion,
+            depth=self.lissa_depth,
+            damping=self.lissa_damping,
+            scale=scale,
+            batch_size=self.lissa_batch,
+            generator=generator,
+        )
         candidates = torch.arange(original)
         if self.amended_indices:  # samples amended in earlier rounds are not amended again
             candidates = candidates[~torch.isin(candidates, torch.cat(self.amended_indices))]
         scores = torch.empty(len(candidates))
         deltas = torch.empty((len(candidates), *train.images.shape[1:]), dtype=torch.float16)
-        for start in tqdm(range(0, len(candidates), self.batch_size), desc="DPL influence", unit="batch",
-                          leave=False):
-            index = candidates[start:start + self.batch_size]
+        for start in tqdm(range(0, len(candidates), self.batch_size), desc="DPL influence", unit="batch", leave=False):
+            index = candidates[start : start + self.batch_size]
             x = to_float(train.images[index]).to(device)
             y = train.labels[index].to(device)
             u, v = influence(model, x, y, s, self.criterion)
             delta = self.perturbation(v)
             # predicted decrease of R_G (times N) from adding (x + delta, y), after rounding to pixel levels
             stored = ((x + delta).clamp(0, 1) * 255).round() / 255 - x
-            scores[start:start + len(index)] = (u + (stored * v).flatten(1).sum(1)).cpu()
-            deltas[start:start + len(index)] = delta.cpu().half()
+            scores[start : start + len(index)] = (u + (stored * v).flatten(1).sum(1)).cpu()
+            deltas[start : start + len(index)] = delta.cpu().half()
         n = int(round(self.fraction * original))
         order = torch.argsort(scores, descending=True)[:n]
         order = order[scores[order] > 0]
@@ -243,13 +287,23 @@ class DPL(TrainingStrategy):
         new_images = (x.clamp(0, 1) * 255).round().to(torch.uint8)
         changed = (new_images.int() - train.images[chosen].int()).abs()
         self.amended_indices.append(chosen)
-        amended = LabelledImages(train.name, train.split, torch.cat([train.images, new_images]),
-                                 torch.cat([train.labels, train.labels[chosen]]), train.classes)
-        record = {"guide_loss": guide_loss, "hessian_top_eigenvalue": top, "lissa_scale": scale,
-                  "added": len(chosen), "candidates": len(candidates),
-                  "predicted_guide_decrease": scores[order].sum().item() / len(train),
-                  "mean_abs_change_levels": changed.float().mean().item() if len(chosen) else 0.0,
-                  "train_size": len(amended)}
+        amended = LabelledImages(
+            train.name,
+            train.split,
+            torch.cat([train.images, new_images]),
+            torch.cat([train.labels, train.labels[chosen]]),
+            train.classes,
+        )
+        record = {
+            "guide_loss": guide_loss,
+            "hessian_top_eigenvalue": top,
+            "lissa_scale": scale,
+            "added": len(chosen),
+            "candidates": len(candidates),
+            "predicted_guide_decrease": scores[order].sum().item() / len(train),
+            "mean_abs_change_levels": changed.float().mean().item() if len(chosen) else 0.0,
+            "train_size": len(amended),
+        }
         return amended, record
 
     def perturbation(self, v: torch.Tensor) -> torch.Tensor:
@@ -259,10 +313,21 @@ class DPL(TrainingStrategy):
         return self.alpha * v / peak
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "rounds": self.rounds, "fraction": self.fraction, "alpha": self.alpha,
-                "normalize": self.normalize, "mode": "augmentation", "guide_fraction": self.guide_fraction,
-                "guide_holdout": self.guide_holdout,
-                "lissa": {"depth": self.lissa_depth, "damping": self.lissa_damping, "scale": self.lissa_scale,
-                          "batch": self.lissa_batch},
-                "stopping": "no further amendment once validation accuracy stops improving",
-                "rounds_log": self.log}
+        return {
+            **super().describe(),
+            "rounds": self.rounds,
+            "fraction": self.fraction,
+            "alpha": self.alpha,
+            "normalize": self.normalize,
+            "mode": "augmentation",
+            "guide_fraction": self.guide_fraction,
+            "guide_holdout": self.guide_holdout,
+            "lissa": {
+                "depth": self.lissa_depth,
+                "damping": self.lissa_damping,
+                "scale": self.lissa_scale,
+                "batch": self.lissa_batch,
+            },
+            "stopping": "no further amendment once validation accuracy stops improving",
+            "rounds_log": self.log,
+        }

@@ -64,21 +64,25 @@ def injection_points(model: nn.Module) -> dict[str, nn.Module]:
         elif isinstance(module, BasicBlock):
             points[name] = module.act2
     if len(points) < 2:
-        raise ValueError("Learn2Perturb needs a timm ResNet-family backbone (stem act1 and residual blocks); "
-                         f"found injection points {sorted(points)} in {type(backbone).__name__}")
+        raise ValueError(
+            "Learn2Perturb needs a timm ResNet-family backbone (stem act1 and residual blocks); "
+            f"found injection points {sorted(points)} in {type(backbone).__name__}"
+        )
     return points
 
 
-def attach_noise(model: nn.Module, input_size: int, init: float,
-                 shapes: dict[str, tuple[int, ...]] | None = None) -> nn.ModuleDict:
+def attach_noise(
+    model: nn.Module, input_size: int, init: float, shapes: dict[str, tuple[int, ...]] | None = None
+) -> nn.ModuleDict:
     """Insert noise modules (as forward pre-hooks on the injection points) and return them; the modules
     live in ``model.l2p_noise`` so they are trained, saved and resumed with the model."""
     points = injection_points(model)
     if shapes is None:
         shapes = {}
-        probes = [point.register_forward_pre_hook(
-            lambda _m, args, key=key: shapes.__setitem__(key, tuple(args[0].shape[1:])))
-            for key, point in points.items()]
+        probes = [
+            point.register_forward_pre_hook(lambda _m, args, key=key: shapes.__setitem__(key, tuple(args[0].shape[1:])))
+            for key, point in points.items()
+        ]
         try:
             device = next(model.parameters()).device
             was_training = model.training
@@ -90,8 +94,9 @@ def attach_noise(model: nn.Module, input_size: int, init: float,
                 probe.remove()
     modules = nn.ModuleDict({key.replace(".", "_"): NoiseInjection(shapes[key], init) for key in points})
     model.l2p_noise = modules
-    model._l2p_hooks = [point.register_forward_pre_hook(_injector(modules[key.replace(".", "_")]))
-                        for key, point in points.items()]
+    model._l2p_hooks = [
+        point.register_forward_pre_hook(_injector(modules[key.replace(".", "_")])) for key, point in points.items()
+    ]
     return modules
 
 
@@ -144,9 +149,18 @@ class Learn2Perturb(TrainingStrategy):
     name = "l2p"
 
     def __init__(
-        self, label_smoothing: float = 0.0, noise_init: float = 0.25, noise_floor: float = 0.01,
-        gamma: float = 1e-4, noise_start: int = 0, adv_start: int = 1, adv_eps: float = 8 / 255,
-        adv_steps: int = 7, adv_step_size: float = 0.01, eval_samples: int = 10, deterministic: bool = False,
+        self,
+        label_smoothing: float = 0.0,
+        noise_init: float = 0.25,
+        noise_floor: float = 0.01,
+        gamma: float = 1e-4,
+        noise_start: int = 0,
+        adv_start: int = 1,
+        adv_eps: float = 8 / 255,
+        adv_steps: int = 7,
+        adv_step_size: float = 0.01,
+        eval_samples: int = 10,
+        deterministic: bool = False,
         input_size: int = 32,
     ) -> None:
         super().__init__(label_smoothing)
@@ -183,8 +197,9 @@ class Learn2Perturb(TrainingStrategy):
         return self.epoch >= self.adv_start and self.adv_steps > 0 and self.adv_eps > 0
 
     # -- training ---------------------------------------------------------------------------------------
-    def _loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-              adv: torch.Tensor | None) -> torch.Tensor:
+    def _loss(
+        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, adv: torch.Tensor | None
+    ) -> torch.Tensor:
         if adv is None:
             return self.loss(model, images, labels)
         return 0.5 * self.loss(model, images, labels) + 0.5 * self.loss(model, adv, labels)
@@ -205,8 +220,15 @@ class Learn2Perturb(TrainingStrategy):
                 was = model.training
                 predicted = model.eval()(images).argmax(1)  # attack the prediction (no label leaking)
                 model.train(was)
-            adv = pgd_linf(model, images, predicted, eps=self.adv_eps, steps=self.adv_steps,
-                           step_size=self.adv_step_size, random_start=True)
+            adv = pgd_linf(
+                model,
+                images,
+                predicted,
+                eps=self.adv_eps,
+                steps=self.adv_steps,
+                step_size=self.adv_step_size,
+                random_start=True,
+            )
         # 1. weights, noise scales fixed
         optimizer.zero_grad(set_to_none=True)
         loss = self._loss(model, images, labels, adv)
@@ -217,8 +239,11 @@ class Learn2Perturb(TrainingStrategy):
         logs = {"loss": loss.item()}
         if self.noise_on:
             # 2. noise scales, weights fixed; BatchNorm running statistics are left as step 1 set them
-            bn_state = [(b, [t.clone() for t in b.buffers()]) for b in model.modules()
-                        if isinstance(b, nn.modules.batchnorm._BatchNorm)]
+            bn_state = [
+                (b, [t.clone() for t in b.buffers()])
+                for b in model.modules()
+                if isinstance(b, nn.modules.batchnorm._BatchNorm)
+            ]
             optimizer.zero_grad(set_to_none=True)
             noise_loss = self._loss(model, images, labels, adv) + self.regulariser(model)
             noise_loss.backward()
@@ -254,19 +279,34 @@ class Learn2Perturb(TrainingStrategy):
         if not hasattr(model, "l2p_noise"):
             return []
         tensors = {k: m.theta.detach().cpu().contiguous() for k, m in model.l2p_noise.items()}
-        save_file(tensors, str(Path(directory) / NOISE_FILE),
-                  metadata={"eval_samples": str(self.eval_samples), "points": json.dumps(list(tensors))})
+        save_file(
+            tensors,
+            str(Path(directory) / NOISE_FILE),
+            metadata={"eval_samples": str(self.eval_samples), "points": json.dumps(list(tensors))},
+        )
         return [NOISE_FILE]
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "noise_init": self.noise_init, "noise_floor": self.noise_floor,
-                "gamma": self.gamma, "noise_start_epoch": self.noise_start, "adv_start_epoch": self.adv_start,
-                "adv": {"eps": self.adv_eps, "steps": self.adv_steps, "step_size": self.adv_step_size,
-                        "labels": "predicted", "random_start": True},
-                "updates": "alternating: weights (theta fixed), then theta (weights fixed) + regulariser",
-                "eval": "deterministic mean path" if self.deterministic
-                else f"noise on, softmax averaged over {self.eval_samples} draws",
-                "export": f"mean path (noise off); noise scales in {NOISE_FILE}"}
+        return {
+            **super().describe(),
+            "noise_init": self.noise_init,
+            "noise_floor": self.noise_floor,
+            "gamma": self.gamma,
+            "noise_start_epoch": self.noise_start,
+            "adv_start_epoch": self.adv_start,
+            "adv": {
+                "eps": self.adv_eps,
+                "steps": self.adv_steps,
+                "step_size": self.adv_step_size,
+                "labels": "predicted",
+                "random_start": True,
+            },
+            "updates": "alternating: weights (theta fixed), then theta (weights fixed) + regulariser",
+            "eval": "deterministic mean path"
+            if self.deterministic
+            else f"noise on, softmax averaged over {self.eval_samples} draws",
+            "export": f"mean path (noise off); noise scales in {NOISE_FILE}",
+        }
 
 
 def plain_copy(model: nn.Module, drop_prefix: str) -> nn.Module:
@@ -297,7 +337,7 @@ def load_noisy_recognizer(directory: str | os.PathLike, k: int | None = None) ->
     keys = [key.replace(".", "_") for key in points]
     if sorted(keys) != sorted(thetas):
         raise ValueError(f"{path} holds noise maps {sorted(thetas)}, the model has points {sorted(keys)}")
-    shapes = {key: tuple(thetas[key.replace('.', '_')].shape) for key in points}
+    shapes = {key: tuple(thetas[key.replace(".", "_")].shape) for key in points}
     modules = attach_noise(model, model.config.input_size, 0.0, shapes=shapes)
     with torch.no_grad():
         for key, module in modules.items():

@@ -43,8 +43,11 @@ class SAM(TrainingStrategy):
                     continue
                 ascent.append(g * (p.abs() + self.eta) ** 2 if self.adaptive else g.clone())
             # |T g| for ASAM (T = |w| + eta), |g| for SAM: the denominator of e
-            norms = [(g * (p.abs() + self.eta)) if self.adaptive else g
-                     for p, g in zip(params, grads, strict=True) if g is not None and id(p) in scaled]
+            norms = [
+                (g * (p.abs() + self.eta)) if self.adaptive else g
+                for p, g in zip(params, grads, strict=True)
+                if g is not None and id(p) in scaled
+            ]
             norm = torch.sqrt(sum((t * t).sum() for t in norms)).clamp_min(1e-12)
             for p, e in zip(params, ascent, strict=True):
                 if e is not None:
@@ -63,8 +66,12 @@ class SAM(TrainingStrategy):
         return {"loss": loss.item(), "sharp_loss": sharp_loss.item()}
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "rho": self.rho, "eta": self.eta,
-                "perturbed": "conv/linear kernels and BatchNorm scales"}
+        return {
+            **super().describe(),
+            "rho": self.rho,
+            "eta": self.eta,
+            "perturbed": "conv/linear kernels and BatchNorm scales",
+        }
 
 
 class ASAM(SAM):

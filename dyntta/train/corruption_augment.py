@@ -15,8 +15,9 @@ from dyntta.corruptions import BENCHMARK_NAMES, SEVERITIES, corrupt
 from dyntta.data import LabelledImages, to_float
 
 
-def sample_conditions(n: int, probability: float, generator: torch.Generator | None = None
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_conditions(
+    n: int, probability: float, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per image: a corruption index into BENCHMARK_NAMES (-1 = clean) and a severity."""
     corrupted = torch.rand(n, generator=generator) < probability
     which = torch.randint(len(BENCHMARK_NAMES), (n,), generator=generator)
@@ -24,8 +25,9 @@ def sample_conditions(n: int, probability: float, generator: torch.Generator | N
     return torch.where(corrupted, which, torch.full_like(which, -1)), severity
 
 
-def apply_conditions(images: torch.Tensor, which: torch.Tensor, severity: torch.Tensor, seed: int,
-                     indices: torch.Tensor) -> torch.Tensor:
+def apply_conditions(
+    images: torch.Tensor, which: torch.Tensor, severity: torch.Tensor, seed: int, indices: torch.Tensor
+) -> torch.Tensor:
     """Corrupt each image with its own (corruption, severity); one batched call per distinct pair."""
     out = images.clone()
     for c, s in torch.unique(torch.stack([which, severity], 1), dim=0).tolist():

@@ -75,8 +75,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate (cosine schedule)")
     parser.add_argument("--weight-decay", type=float, default=1e-4)
-    parser.add_argument("--blind", action="store_true",
-                        help="train on AugMix augmentations of clean images only (no benchmark corruption)")
+    parser.add_argument(
+        "--blind",
+        action="store_true",
+        help="train on AugMix augmentations of clean images only (no benchmark corruption)",
+    )
     parser.add_argument("--corruption-probability", type=float, default=15 / 16)
     parser.add_argument("--train-subset", type=int, default=None, help="use only N training images")
     parser.add_argument("--val-size", type=int, default=2000, help="held-out training images for validation")
@@ -88,8 +91,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    config = EnhancerTrainConfig(**{k: v for k, v in vars(args).items()
-                                    if k in EnhancerTrainConfig.__dataclass_fields__})
+    config = EnhancerTrainConfig(
+        **{k: v for k, v in vars(args).items() if k in EnhancerTrainConfig.__dataclass_fields__}
+    )
     if config.threads:
         torch.set_num_threads(config.threads)
     out = Path(config.out)
@@ -108,13 +112,24 @@ def run(args: argparse.Namespace) -> dict:
     model = EnhancedRecognizer(enhancer, recognizer)
     shift = RandomAugMix() if config.blind else RandomCorruption(config.corruption_probability)
     augment = nn.Sequential(standard_augmentation(size), shift)
-    loop = LoopConfig(epochs=config.epochs, batch_size=config.batch_size, optimizer="adamw", lr=config.lr,
-                      weight_decay=config.weight_decay, warmup_epochs=0.2, seed=config.seed, device=config.device)
+    loop = LoopConfig(
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        optimizer="adamw",
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        warmup_epochs=0.2,
+        seed=config.seed,
+        device=config.device,
+    )
     device = pick_device(config.device)
-    print(f"training a DynTTA enhancer ({enhancer.num_parameters() / 1e6:.3f} M parameters) for "
-          f"{config.recognizer} on {len(train)} {config.data} images "
-          f"({'blind: AugMix' if config.blind else f'corrupted with p={config.corruption_probability:.3f}'}), "
-          f"device {device}", file=sys.stderr)
+    print(
+        f"training a DynTTA enhancer ({enhancer.num_parameters() / 1e6:.3f} M parameters) for "
+        f"{config.recognizer} on {len(train)} {config.data} images "
+        f"({'blind: AugMix' if config.blind else f'corrupted with p={config.corruption_probability:.3f}'}), "
+        f"device {device}",
+        file=sys.stderr,
+    )
     started = time.perf_counter()
     trained, history = fit(model, TrainingStrategy(), train, val_corrupted, loop, out, augment=augment)
     train_seconds = time.perf_counter() - started
@@ -122,20 +137,27 @@ def run(args: argparse.Namespace) -> dict:
     trained.eval()
     metrics = {
         "val_corrupted_accuracy_recognizer_alone": round(
-            evaluate_accuracy(trained.recognizer, val_corrupted, device), 4),
+            evaluate_accuracy(trained.recognizer, val_corrupted, device), 4
+        ),
         "val_corrupted_accuracy_enhanced": round(evaluate_accuracy(trained, val_corrupted, device), 4),
         "val_clean_accuracy_recognizer_alone": round(evaluate_accuracy(trained.recognizer, val, device), 4),
         "val_clean_accuracy_enhanced": round(evaluate_accuracy(trained, val, device), 4),
         "train_seconds": round(train_seconds, 1),
         "history": history,
     }
-    recipe = {"command": "python -m dyntta.train enhancer " + " ".join(sys.argv[2:]), **asdict(config),
-              "recognizer_meta": {k: read_checkpoint_meta(config.recognizer).get(k)
-                                  for k in ("format", "created", "num_parameters")},
-              "loss": "cross-entropy of the frozen recognizer on enhanced images",
-              "shift": "AugMix (torchvision, severity 5)" if config.blind else
-              "one of the 15 benchmark corruptions, severity U{1..5}, with the given probability",
-              "optimizer": "AdamW, cosine schedule", "device": str(device)}
+    recipe = {
+        "command": "python -m dyntta.train enhancer " + " ".join(sys.argv[2:]),
+        **asdict(config),
+        "recognizer_meta": {
+            k: read_checkpoint_meta(config.recognizer).get(k) for k in ("format", "created", "num_parameters")
+        },
+        "loss": "cross-entropy of the frozen recognizer on enhanced images",
+        "shift": "AugMix (torchvision, severity 5)"
+        if config.blind
+        else "one of the 15 benchmark corruptions, severity U{1..5}, with the given probability",
+        "optimizer": "AdamW, cosine schedule",
+        "device": str(device),
+    }
     save_enhancer(trained.enhancer.cpu(), out, recipe=recipe, metrics=metrics, weights_dtype=config.weights_dtype)
     print(json.dumps({"checkpoint": str(out), **{k: v for k, v in metrics.items() if k != "history"}}))
     return metrics

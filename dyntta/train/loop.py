@@ -51,8 +51,13 @@ class LoopConfig:
 
 
 @torch.no_grad()
-def evaluate_accuracy(model: nn.Module, data: LabelledImages, device: torch.device, batch_size: int = 500,
-                      transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
+def evaluate_accuracy(
+    model: nn.Module,
+    data: LabelledImages,
+    device: torch.device,
+    batch_size: int = 500,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> float:
     """Top-1 accuracy of ``model`` on ``data`` (uint8 images); ``transform`` acts on [0, 1] batches."""
     correct = 0
     for start in range(0, len(data), batch_size):
@@ -66,8 +71,9 @@ def evaluate_accuracy(model: nn.Module, data: LabelledImages, device: torch.devi
 
 def make_optimizer(config: LoopConfig, groups: list[dict]) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True,
-                               weight_decay=config.weight_decay)
+        return torch.optim.SGD(
+            groups, lr=config.lr, momentum=config.momentum, nesterov=True, weight_decay=config.weight_decay
+        )
     if config.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     raise ValueError(f"unknown optimizer {config.optimizer!r}; expected sgd or adamw")
@@ -103,8 +109,9 @@ def fit(
     train = strategy.bind_data(train, val)  # e.g. DPL sets its guide set aside
     optimizer = make_optimizer(config, strategy.parameter_groups(model))
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
-        config.epochs * steps_per_epoch, int(config.warmup_epochs * steps_per_epoch)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(config.epochs * steps_per_epoch, int(config.warmup_epochs * steps_per_epoch))
+    )
     history: list[dict] = []
     start_epoch = 0
     state_path = out_dir / STATE_FILE
@@ -129,8 +136,12 @@ def fit(
         started = time.perf_counter()
         order = torch.randperm(len(train))
         running, seen = 0.0, 0
-        bar = tqdm(range(0, len(train), config.batch_size), desc=f"epoch {epoch + 1}/{config.epochs}",
-                   unit="batch", leave=False)
+        bar = tqdm(
+            range(0, len(train), config.batch_size),
+            desc=f"epoch {epoch + 1}/{config.epochs}",
+            unit="batch",
+            leave=False,
+        )
         for start in bar:
             index = order[start : start + config.batch_size]
             images = to_float(train.images[index]).to(device, non_blocking=True)
@@ -143,14 +154,26 @@ def fit(
             running += logs["loss"] * len(index)
             seen += len(index)
             bar.set_postfix(loss=f"{running / seen:.4f}", lr=f"{scheduler.get_last_lr()[0]:.4f}")
-        record = {"epoch": epoch + 1, "train_loss": running / seen,
-                  "seconds": round(time.perf_counter() - started, 1),
-                  "images_per_second": round(seen / (time.perf_counter() - started), 1)}
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": running / seen,
+            "seconds": round(time.perf_counter() - started, 1),
+            "images_per_second": round(seen / (time.perf_counter() - started), 1),
+        }
         if val is not None and len(val):
             record["val_accuracy"] = evaluate_accuracy(strategy.eval_mode(model), val, device)
         history.append(record)
         tqdm.write("  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "epoch": epoch + 1,
-                    "history": history, "train": train if config.rounds > 1 else None}, state_path)
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": torch.get_rng_state(),
+                "epoch": epoch + 1,
+                "history": history,
+                "train": train if config.rounds > 1 else None,
+            },
+            state_path,
+        )
     return model, history

@@ -52,13 +52,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output checkpoint directory")
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--method", default="erm", choices=sorted(STRATEGIES))
-    parser.add_argument("--method-args", nargs="+", default=None, metavar="KEY=VALUE",
-                        help="method hyper-parameters, e.g. sigma=0.1 micro_batches=8 (damp); an unknown key "
-                             "lists the method's parameters and defaults")
-    parser.add_argument("--init", default=None, metavar="CKPT",
-                        help="start from this recognizer checkpoint's weights (e.g. AdvBN fine-tuning)")
-    parser.add_argument("--no-small-input-stem", dest="small_input_stem", action="store_false",
-                        help="keep the architecture's strided stem at small inputs (faster, coarser)")
+    parser.add_argument(
+        "--method-args",
+        nargs="+",
+        default=None,
+        metavar="KEY=VALUE",
+        help="method hyper-parameters, e.g. sigma=0.1 micro_batches=8 (damp); an unknown key "
+        "lists the method's parameters and defaults",
+    )
+    parser.add_argument(
+        "--init",
+        default=None,
+        metavar="CKPT",
+        help="start from this recognizer checkpoint's weights (e.g. AdvBN fine-tuning)",
+    )
+    parser.add_argument(
+        "--no-small-input-stem",
+        dest="small_input_stem",
+        action="store_false",
+        help="keep the architecture's strided stem at small inputs (faster, coarser)",
+    )
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
     parser.add_argument("--lr", type=float, default=None, help="default: 0.1 (sgd) or 1e-3 (adamw) per 128 images")
@@ -69,10 +82,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--augment-policy", default=None, metavar="FILE",
-                        help="augmentation policy JSON from 'python -m dyntta.enhancer estimate-policy'")
-    parser.add_argument("--weights-dtype", default="float32", choices=["float32", "float16"],
-                        help="dtype of the saved weights (float16 halves committed files)")
+    parser.add_argument(
+        "--augment-policy",
+        default=None,
+        metavar="FILE",
+        help="augmentation policy JSON from 'python -m dyntta.enhancer estimate-policy'",
+    )
+    parser.add_argument(
+        "--weights-dtype",
+        default="float32",
+        choices=["float32", "float16"],
+        help="dtype of the saved weights (float16 halves committed files)",
+    )
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -88,19 +109,35 @@ def run(args: argparse.Namespace) -> dict:
     if config.train_subset:
         train = train.subset(torch.arange(min(config.train_subset, len(train))))
     mean, std = channel_statistics(train.images)
-    model = create_recognizer(config.arch, train.classes, input_size=config.image_size, mean=mean, std=std,
-                              small_input=None if config.small_input_stem else False)
+    model = create_recognizer(
+        config.arch,
+        train.classes,
+        input_size=config.image_size,
+        mean=mean,
+        std=std,
+        small_input=None if config.small_input_stem else False,
+    )
     if config.init:
         load_initial_weights(model, config.init)
-    strategy = create_strategy(config.method, label_smoothing=config.label_smoothing,
-                               **parse_method_args(config.method_args))
+    strategy = create_strategy(
+        config.method, label_smoothing=config.label_smoothing, **parse_method_args(config.method_args)
+    )
     lr = config.lr or (0.1 if config.optimizer == "sgd" else 1e-3) * config.batch_size / 128
-    loop = LoopConfig(epochs=config.epochs, batch_size=config.batch_size, optimizer=config.optimizer, lr=lr,
-                      weight_decay=config.weight_decay, seed=config.seed, device=config.device,
-                      rounds=strategy.rounds)
-    print(f"training {config.arch} ({model.num_parameters() / 1e6:.2f} M parameters) with {strategy.name} on "
-          f"{len(train)} {config.data} images, validating on {len(val)}, device {pick_device(config.device)}",
-          file=sys.stderr)
+    loop = LoopConfig(
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        optimizer=config.optimizer,
+        lr=lr,
+        weight_decay=config.weight_decay,
+        seed=config.seed,
+        device=config.device,
+        rounds=strategy.rounds,
+    )
+    print(
+        f"training {config.arch} ({model.num_parameters() / 1e6:.2f} M parameters) with {strategy.name} on "
+        f"{len(train)} {config.data} images, validating on {len(val)}, device {pick_device(config.device)}",
+        file=sys.stderr,
+    )
     started = time.perf_counter()
     augment = standard_augmentation(config.image_size)
     if config.augment_policy:  # an estimated policy (python -m dyntta.enhancer estimate-policy) on top
@@ -111,9 +148,15 @@ def run(args: argparse.Namespace) -> dict:
     train_seconds = time.perf_counter() - started
     device = pick_device(config.device)
     final = strategy.inference_model(trained).cpu()
-    recipe = {"command": "python -m dyntta.train recognizer " + " ".join(sys.argv[2:]), **asdict(config),
-              "lr": lr, "strategy": strategy.describe(), "augmentation": "random crop (pad size/8) + hflip",
-              "schedule": "1 warm-up epoch, cosine per step", "device": str(device)}
+    recipe = {
+        "command": "python -m dyntta.train recognizer " + " ".join(sys.argv[2:]),
+        **asdict(config),
+        "lr": lr,
+        "strategy": strategy.describe(),
+        "augmentation": "random crop (pad size/8) + hflip",
+        "schedule": "1 warm-up epoch, cosine per step",
+        "device": str(device),
+    }
     save_recognizer(final, out, recipe=recipe, weights_dtype=config.weights_dtype)
     recipe["artifacts"] = strategy.save_artifacts(trained, out)
     # The reported accuracy is that of the saved artifact, reloaded (weights rounded as stored).
@@ -127,8 +170,15 @@ def run(args: argparse.Namespace) -> dict:
         "history": history,
     }
     save_recognizer(final, out, recipe=recipe, metrics=metrics, weights_dtype=config.weights_dtype)
-    print(json.dumps({"checkpoint": str(out), "test_accuracy": metrics["test_accuracy"],
-                      "train_seconds": metrics["train_seconds"]}))
+    print(
+        json.dumps(
+            {
+                "checkpoint": str(out),
+                "test_accuracy": metrics["test_accuracy"],
+                "train_seconds": metrics["train_seconds"],
+            }
+        )
+    )
     return metrics
 
 
@@ -136,13 +186,16 @@ def load_initial_weights(model: torch.nn.Module, directory: str) -> None:
     """Copy a saved recognizer's weights into ``model``; the architecture and classes must match."""
     source = load_recognizer(directory)
     if (source.config.arch, source.config.classes) != (model.config.arch, model.config.classes):
-        raise ValueError(f"--init {directory} is a {source.config.arch} over {len(source.config.classes)} "
-                         f"classes; this run builds a {model.config.arch} over {len(model.config.classes)}")
+        raise ValueError(
+            f"--init {directory} is a {source.config.arch} over {len(source.config.classes)} "
+            f"classes; this run builds a {model.config.arch} over {len(model.config.classes)}"
+        )
     try:
         model.load_state_dict(source.state_dict())
     except RuntimeError as error:
-        raise ValueError(f"--init {directory} does not fit this model (stem or input size differ?): "
-                         f"{str(error).splitlines()[0]}") from None
+        raise ValueError(
+            f"--init {directory} does not fit this model (stem or input size differ?): {str(error).splitlines()[0]}"
+        ) from None
 
 
 def channel_statistics(images: torch.Tensor, max_images: int = 10000) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -44,15 +44,18 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
-@router.post("/classify", response_model=ClassifyResponse, responses=UPLOAD_ERRORS,
-             summary="Classify one or more images, with or without the enhancer")
+@router.post(
+    "/classify",
+    response_model=ClassifyResponse,
+    responses=UPLOAD_ERRORS,
+    summary="Classify one or more images, with or without the enhancer",
+)
 async def classify(
     files: Annotated[list[UploadFile], File(description="image files (JPEG, PNG, WebP, BMP), any size")],
     backend: BackendDep,
     settings: SettingsDep,
     metrics: MetricsDep,
-    enhance: Annotated[bool, Query(description="enhancer -> recognizer (the ensemble); false: recognizer")]
-    = True,
+    enhance: Annotated[bool, Query(description="enhancer -> recognizer (the ensemble); false: recognizer")] = True,
     top_k: Annotated[int, Query(ge=1, le=1000, description="how many classes to return per image")] = 5,
 ) -> ClassifyResponse:
     start = time.perf_counter()
@@ -70,23 +73,40 @@ async def classify(
     k = min(top_k, probabilities.shape[1])
     order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
     results = [
-        ImageResult(filename=upload.filename, top_k=[
-            Prediction(index=int(j), label=labels[j] if j < len(labels) else str(j),
-                       probability=float(probabilities[i, j])) for j in order[i]])
+        ImageResult(
+            filename=upload.filename,
+            top_k=[
+                Prediction(
+                    index=int(j), label=labels[j] if j < len(labels) else str(j), probability=float(probabilities[i, j])
+                )
+                for j in order[i]
+            ],
+        )
         for i, upload in enumerate(uploads)
     ]
     end = time.perf_counter()
     return ClassifyResponse(
-        model=ModelRef(name=model, version=output.version), enhanced=enhance, input_size=info.input_size,
+        model=ModelRef(name=model, version=output.version),
+        enhanced=enhance,
+        input_size=info.input_size,
         results=results,
-        timing=Timing(decode_ms=round(1e3 * (decoded - decode_start), 3),
-                      inference_ms=round(1e3 * output.seconds, 3), total_ms=round(1e3 * (end - start), 3)))
+        timing=Timing(
+            decode_ms=round(1e3 * (decoded - decode_start), 3),
+            inference_ms=round(1e3 * output.seconds, 3),
+            total_ms=round(1e3 * (end - start), 3),
+        ),
+    )
 
 
-@router.post("/enhance", responses={200: {"content": {"image/png": {}},
-                                          "description": "the enhanced image at the model's input size"},
-                                    **UPLOAD_ERRORS},
-             response_class=Response, summary="Return the enhancer's output for one image, as PNG")
+@router.post(
+    "/enhance",
+    responses={
+        200: {"content": {"image/png": {}}, "description": "the enhanced image at the model's input size"},
+        **UPLOAD_ERRORS,
+    },
+    response_class=Response,
+    summary="Return the enhancer's output for one image, as PNG",
+)
 async def enhance(
     file: Annotated[UploadFile, File(description="one image file (JPEG, PNG, WebP, BMP)")],
     backend: BackendDep,
@@ -100,6 +120,8 @@ async def enhance(
     metrics.inference.labels(settings.enhancer_model).observe(output.seconds)
     metrics.images.labels("enhance").inc()
     png = await run_in_threadpool(encode_png, output.array[0])
-    return Response(png, media_type="image/png",
-                    headers={"X-Model": f"{output.model}/{output.version}",
-                             "X-Inference-Ms": f"{1e3 * output.seconds:.3f}"})
+    return Response(
+        png,
+        media_type="image/png",
+        headers={"X-Model": f"{output.model}/{output.version}", "X-Inference-Ms": f"{1e3 * output.seconds:.3f}"},
+    )

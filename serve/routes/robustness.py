@@ -20,47 +20,75 @@ from serve.schemas import ErrorResponse, JobList, JobStatus, RobustnessReport
 router = APIRouter(prefix="/v1/robustness", tags=["robustness"])
 
 JOB_ID = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$", description="job id as returned on submission")]
-_ZIP_TYPES = {"", "application/zip", "application/x-zip-compressed", "application/x-zip",
-              "application/octet-stream", "multipart/x-zip"}
+_ZIP_TYPES = {
+    "",
+    "application/zip",
+    "application/x-zip-compressed",
+    "application/x-zip",
+    "application/octet-stream",
+    "multipart/x-zip",
+}
 _NOT_FOUND = {404: {"model": ErrorResponse, "description": "no such job"}}
 
 
 def job_status(job: Job) -> JobStatus:
     done = job.status == "done"
     return JobStatus(
-        id=job.id, status=job.status, progress=job.progress, message=job.message, created=job.created,  # type: ignore[arg-type]
-        updated=job.updated, source=job.source, num_images=job.num_images,
-        corruptions=job.params.corruptions, severities=job.params.severities,
-        with_enhancer=job.params.with_enhancer, seed=job.params.seed, error=job.error,
+        id=job.id,
+        status=job.status,
+        progress=job.progress,
+        message=job.message,
+        created=job.created,  # type: ignore[arg-type]
+        updated=job.updated,
+        source=job.source,
+        num_images=job.num_images,
+        corruptions=job.params.corruptions,
+        severities=job.params.severities,
+        with_enhancer=job.params.with_enhancer,
+        seed=job.params.seed,
+        error=job.error,
         report_url=f"/v1/robustness/{job.id}/report" if done else None,
-        report_html_url=f"/v1/robustness/{job.id}/report.html" if done else None)
+        report_html_url=f"/v1/robustness/{job.id}/report.html" if done else None,
+    )
 
 
 def _split(text: str) -> list[str]:
     return [part.strip() for part in text.replace(";", ",").replace(" ", ",").split(",") if part.strip()]
 
 
-@router.post("", response_model=JobStatus, status_code=202, dependencies=[Depends(require_api_key)],
-             responses={**UPLOAD_ERRORS, 429: {"model": ErrorResponse, "description": "too many jobs"}},
-             summary="Start a robustness report job on an uploaded ImageFolder zip or the built-in set")
+@router.post(
+    "",
+    response_model=JobStatus,
+    status_code=202,
+    dependencies=[Depends(require_api_key)],
+    responses={**UPLOAD_ERRORS, 429: {"model": ErrorResponse, "description": "too many jobs"}},
+    summary="Start a robustness report job on an uploaded ImageFolder zip or the built-in set",
+)
 async def submit(
     backend: BackendDep,
     settings: SettingsDep,
     jobs: JobsDep,
-    file: Annotated[UploadFile | None, File(
-        description="zip of an ImageFolder: [root/]class_name/image.png; class folders must match the "
-                    "model's labels (case and punctuation ignored, or the class index). Omit it to use "
-                    "the built-in set")] = None,
-    corruptions: Annotated[str, Form(
-        description="comma-separated corruption names or groups (noise, blur, weather, digital, extra, "
-                    "core, all)", max_length=2000)] = "all",
-    severities: Annotated[str, Form(description="comma-separated severities 1-5", max_length=100)]
-    = "1,2,3,4,5",
-    num_images: Annotated[int, Form(ge=1, description="built-in set: the first N Fashion-MNIST test "
-                                                      "images")] = 500,
+    file: Annotated[
+        UploadFile | None,
+        File(
+            description="zip of an ImageFolder: [root/]class_name/image.png; class folders must match the "
+            "model's labels (case and punctuation ignored, or the class index). Omit it to use "
+            "the built-in set"
+        ),
+    ] = None,
+    corruptions: Annotated[
+        str,
+        Form(
+            description="comma-separated corruption names or groups (noise, blur, weather, digital, extra, core, all)",
+            max_length=2000,
+        ),
+    ] = "all",
+    severities: Annotated[str, Form(description="comma-separated severities 1-5", max_length=100)] = "1,2,3,4,5",
+    num_images: Annotated[int, Form(ge=1, description="built-in set: the first N Fashion-MNIST test images")] = 500,
     seed: Annotated[int, Form(ge=0, le=2**31 - 1, description="corruption seed")] = 0,
-    table: Annotated[str | None, Form(max_length=100, description="corruption parameter table "
-                                                                  "(default: by image size)")] = None,
+    table: Annotated[
+        str | None, Form(max_length=100, description="corruption parameter table (default: by image size)")
+    ] = None,
     with_enhancer: Annotated[bool, Form(description="also evaluate enhancer + recognizer")] = True,
 ) -> JobStatus:
     try:
@@ -71,8 +99,9 @@ async def submit(
         table = None
     info = await backend.model_info(settings.recognizer_model)
     labels = list(info.labels or ())
-    params = JobParams(corruptions=list(names), severities=list(levels), seed=seed, table=table,
-                       with_enhancer=with_enhancer)
+    params = JobParams(
+        corruptions=list(names), severities=list(levels), seed=seed, table=table, with_enhancer=with_enhancer
+    )
 
     if file is not None and (file.filename or file.size):
         kind = (file.content_type or "").split(";")[0].strip().lower()
@@ -80,18 +109,20 @@ async def submit(
         await file.close()
         if kind not in _ZIP_TYPES or not data.startswith((b"PK\x03\x04", b"PK\x05\x06")):
             raise UnsupportedMediaType(f"{file.filename}: not a zip archive (content type {kind!r})")
-        limits = ZipLimits(settings.max_zip_files, settings.max_zip_uncompressed_bytes,
-                           settings.max_image_pixels)
+        limits = ZipLimits(settings.max_zip_files, settings.max_zip_uncompressed_bytes, settings.max_image_pixels)
         name = (file.filename or "upload.zip").replace("/", "_")[-100:]
-        dataset = await run_in_threadpool(read_imagefolder_zip, data, size=info.input_size, labels=labels,
-                                          limits=limits, name=name)
+        dataset = await run_in_threadpool(
+            read_imagefolder_zip, data, size=info.input_size, labels=labels, limits=limits, name=name
+        )
         del data
         job = jobs.submit(name, len(dataset), params, lambda: dataset)
     else:
         if not builtin_compatible(labels):
-            raise BadRequest("the built-in evaluation set is Fashion-MNIST, but the served model's labels "
-                             "are "
-                             f"{labels}; upload a zip of labelled images instead")
+            raise BadRequest(
+                "the built-in evaluation set is Fashion-MNIST, but the served model's labels "
+                "are "
+                f"{labels}; upload a zip of labelled images instead"
+            )
         count = min(num_images, settings.builtin_max_images)
         size = info.input_size
         job = jobs.submit(BUILTIN_NAME, count, params, lambda: load_builtin(size, count))
@@ -113,31 +144,38 @@ def _get(jobs: JobManager, job_id: str) -> Job:
 def _finished(jobs: JobManager, job_id: str, filename: str) -> tuple[Job, str]:
     job = _get(jobs, job_id)
     if job.status != "done":
-        raise Conflict(f"job {job_id} is {job.status}; the report exists once it is done"
-                       + (f" ({job.error})" if job.error else ""))
+        raise Conflict(
+            f"job {job_id} is {job.status}; the report exists once it is done"
+            + (f" ({job.error})" if job.error else "")
+        )
     path = jobs.report_dir(job_id) / filename
     if not path.is_file():
         raise NotFound(f"the report file of job {job_id} is missing from {jobs.reports_dir}")
     return job, path.read_text(encoding="utf-8")
 
 
-@router.get("/{job_id}", response_model=JobStatus, responses=_NOT_FOUND,
-            summary="Status and progress of a job")
+@router.get("/{job_id}", response_model=JobStatus, responses=_NOT_FOUND, summary="Status and progress of a job")
 async def get_job(job_id: JOB_ID, jobs: JobsDep) -> JobStatus:
     return job_status(_get(jobs, job_id))
 
 
-@router.get("/{job_id}/report", response_model=RobustnessReport,
-            responses={**_NOT_FOUND, 409: {"model": ErrorResponse, "description": "job not finished"}},
-            summary="The finished report (dyntta.evaluate's JSON format)")
+@router.get(
+    "/{job_id}/report",
+    response_model=RobustnessReport,
+    responses={**_NOT_FOUND, 409: {"model": ErrorResponse, "description": "job not finished"}},
+    summary="The finished report (dyntta.evaluate's JSON format)",
+)
 async def get_report(job_id: JOB_ID, jobs: JobsDep) -> RobustnessReport:
     job, text = await run_in_threadpool(_finished, jobs, job_id, REPORT_JSON)
     return RobustnessReport(job=job_status(job), report=json.loads(text))
 
 
-@router.get("/{job_id}/report.html", response_class=HTMLResponse,
-            responses={**_NOT_FOUND, 409: {"model": ErrorResponse, "description": "job not finished"}},
-            summary="The finished report as an HTML page (tables and heatmaps)")
+@router.get(
+    "/{job_id}/report.html",
+    response_class=HTMLResponse,
+    responses={**_NOT_FOUND, 409: {"model": ErrorResponse, "description": "job not finished"}},
+    summary="The finished report as an HTML page (tables and heatmaps)",
+)
 async def get_report_html(job_id: JOB_ID, jobs: JobsDep) -> HTMLResponse:
     _, text = await run_in_threadpool(_finished, jobs, job_id, REPORT_HTML)
     return HTMLResponse(text)

@@ -17,8 +17,9 @@ from dyntta.data import load_dataset
 def small_images() -> torch.Tensor:
     """6 Fashion-MNIST test images (32 px, [0, 1]) with a per-image colour tint and a soft background."""
     grey = load_dataset("fashion-mnist", "test").images[:6].float() / 255
-    tint = torch.tensor([[1.0, 0.6, 0.3], [0.3, 0.8, 1.0], [0.9, 0.9, 0.2],
-                         [0.5, 1.0, 0.5], [1.0, 0.4, 0.8], [1.0, 1.0, 1.0]])[:, :, None, None]
+    tint = torch.tensor(
+        [[1.0, 0.6, 0.3], [0.3, 0.8, 1.0], [0.9, 0.9, 0.2], [0.5, 1.0, 0.5], [1.0, 0.4, 0.8], [1.0, 1.0, 1.0]]
+    )[:, :, None, None]
     ramp = torch.linspace(0.1, 0.4, 32)[None, None, None, :]
     return (grey * tint * 0.8 + ramp * (1 - grey)).clamp(0, 1)
 

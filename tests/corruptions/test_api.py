@@ -23,8 +23,20 @@ CONDITIONS = [(name, s) for name in NAMES for s in range(1, 6)]
 # Corruptions whose strength (mean |corrupted - clean|) rises with severity in the reference (measured at
 # 224 px with imagecorruptions-imaug, see docs/RESULTS.md); glass, snow, frost, fog, elastic, spatter and
 # saturate are not monotone there (nor in the published accuracy curves).
-MONOTONE = ("gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "defocus_blur", "motion_blur",
-            "zoom_blur", "gaussian_blur", "brightness", "contrast", "pixelate", "jpeg_compression")
+MONOTONE = (
+    "gaussian_noise",
+    "shot_noise",
+    "impulse_noise",
+    "speckle_noise",
+    "defocus_blur",
+    "motion_blur",
+    "zoom_blur",
+    "gaussian_blur",
+    "brightness",
+    "contrast",
+    "pixelate",
+    "jpeg_compression",
+)
 
 
 def test_names_and_groups() -> None:

@@ -34,8 +34,7 @@ def test_gaussian_blur_matches_scipy(small: torch.Tensor) -> None:
     ndimage = pytest.importorskip("scipy.ndimage")
     sigma = IMAGENET["gaussian_blur"][2]
     ours = corrupt(small[:2], "gaussian_blur", 3, table="imagenet").numpy()
-    ref = np.clip(ndimage.gaussian_filter(small[:2].double().numpy(), sigma=(0, 0, sigma, sigma),
-                                          mode="nearest"), 0, 1)
+    ref = np.clip(ndimage.gaussian_filter(small[:2].double().numpy(), sigma=(0, 0, sigma, sigma), mode="nearest"), 0, 1)
     assert np.abs(ours - ref).max() < 1e-5
 
 

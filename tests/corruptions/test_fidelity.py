@@ -18,8 +18,16 @@ from dyntta.corruptions.tables import IMAGENET
 imagecorruptions = pytest.importorskip("imagecorruptions")
 skdata = pytest.importorskip("skimage.data")
 
-DETERMINISTIC = {"defocus_blur": 0.1, "zoom_blur": 0.1, "brightness": 0.1, "contrast": 0.1,
-                 "jpeg_compression": 0.01, "gaussian_blur": 0.1, "saturate": 0.2, "pixelate": 1.0}
+DETERMINISTIC = {
+    "defocus_blur": 0.1,
+    "zoom_blur": 0.1,
+    "brightness": 0.1,
+    "contrast": 0.1,
+    "jpeg_compression": 0.01,
+    "gaussian_blur": 0.1,
+    "saturate": 0.2,
+    "pixelate": 1.0,
+}
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +64,15 @@ def test_motion_blur_matches_for_the_same_angle(photo: np.ndarray) -> None:
 
 # relative tolerance on the mean strength over a few draws: noise is tight; snow and spatter vary a lot
 # from draw to draw (a few large flakes or puddles), so they get looser bounds and more draws
-RANDOM = {"gaussian_noise": (0.03, 1), "shot_noise": (0.03, 1), "impulse_noise": (0.03, 1),
-          "speckle_noise": (0.03, 1), "glass_blur": (0.05, 1), "snow": (0.15, 3), "spatter": (0.25, 4)}
+RANDOM = {
+    "gaussian_noise": (0.03, 1),
+    "shot_noise": (0.03, 1),
+    "impulse_noise": (0.03, 1),
+    "speckle_noise": (0.03, 1),
+    "glass_blur": (0.05, 1),
+    "snow": (0.15, 3),
+    "spatter": (0.25, 4),
+}
 
 
 @pytest.mark.parametrize("name", sorted(RANDOM))

@@ -52,8 +52,7 @@ def test_gradients_reach_predictor_and_unet(fmnist_test) -> None:
     model = _perturbed_enhancer().train()
     x = fmnist_test.images[:8].float() / 255
     model(x).square().mean().backward()
-    for name in ("predictor.features.0.0.weight", "predictor.head.2.weight", "unet.encode.0.weight",
-                 "unet.out.weight"):
+    for name in ("predictor.features.0.0.weight", "predictor.head.2.weight", "unet.encode.0.weight", "unet.out.weight"):
         grad = dict(model.named_parameters())[name].grad
         assert grad is not None and grad.abs().sum() > 0, name
 
@@ -89,9 +88,16 @@ def test_onnx_export_matches_pytorch(tmp_path, fmnist_test) -> None:
     model = _perturbed_enhancer(1)
     x = fmnist_test.images[:8].float() / 255
     path = tmp_path / "enhancer.onnx"
-    torch.onnx.export(model, (x,), str(path), input_names=["pixels"], output_names=["enhanced"],
-                      dynamic_axes={"pixels": {0: "batch"}, "enhanced": {0: "batch"}}, opset_version=17,
-                      dynamo=False)
+    torch.onnx.export(
+        model,
+        (x,),
+        str(path),
+        input_names=["pixels"],
+        output_names=["enhanced"],
+        dynamic_axes={"pixels": {0: "batch"}, "enhanced": {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
+    )
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for n in (1, 3, 8):
         got = session.run(None, {"pixels": x[:n].numpy()})[0]

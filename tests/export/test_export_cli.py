@@ -37,8 +37,20 @@ def test_cli_writes_a_repository_and_reports_parity(checkpoint: Path, tmp_path: 
 
 
 def test_cli_fails_loudly_past_tolerance(checkpoint: Path, tmp_path: Path, capsys):
-    code = main(["--recognizer", str(checkpoint), "--out", str(tmp_path / "r"), "--parity-data", "random",
-                 "--parity-images", "8", "--atol", "-1"])
+    code = main(
+        [
+            "--recognizer",
+            str(checkpoint),
+            "--out",
+            str(tmp_path / "r"),
+            "--parity-data",
+            "random",
+            "--parity-images",
+            "8",
+            "--atol",
+            "-1",
+        ]
+    )
     assert code == 2
     assert "PARITY FAILED" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
@@ -46,16 +58,40 @@ def test_cli_fails_loudly_past_tolerance(checkpoint: Path, tmp_path: Path, capsy
 
 @pytest.mark.skipif(tensorrt_version() is not None, reason="TensorRT is installed here")
 def test_tensorrt_without_tensorrt_is_a_clear_error(checkpoint: Path, tmp_path: Path, capsys):
-    code = main(["--recognizer", str(checkpoint), "--out", str(tmp_path / "r"), "--flavour", "gpu",
-                 "--tensorrt", "--parity-data", "random", "--parity-images", "8"])
+    code = main(
+        [
+            "--recognizer",
+            str(checkpoint),
+            "--out",
+            str(tmp_path / "r"),
+            "--flavour",
+            "gpu",
+            "--tensorrt",
+            "--parity-data",
+            "random",
+            "--parity-images",
+            "8",
+        ]
+    )
     assert code == 3
     assert "--tensorrt needs the TensorRT Python package" in capsys.readouterr().err
 
 
 def test_tensorrt_needs_the_gpu_flavour(checkpoint: Path, tmp_path: Path):
     with pytest.raises(ValueError, match="gpu flavour"):
-        main(["--recognizer", str(checkpoint), "--out", str(tmp_path / "r"), "--tensorrt",
-              "--parity-data", "random", "--parity-images", "8"])
+        main(
+            [
+                "--recognizer",
+                str(checkpoint),
+                "--out",
+                str(tmp_path / "r"),
+                "--tensorrt",
+                "--parity-data",
+                "random",
+                "--parity-images",
+                "8",
+            ]
+        )
 
 
 def test_cli_exports_the_dyntta_enhancer_checkpoint(checkpoint: Path, tmp_path: Path, capsys):
@@ -64,8 +100,20 @@ def test_cli_exports_the_dyntta_enhancer_checkpoint(checkpoint: Path, tmp_path: 
     torch.manual_seed(0)
     enhancer_dir = save_enhancer(DynTTAEnhancer(EnhancerConfig(input_size=32)).eval(), tmp_path / "enhancer")
     out = tmp_path / "model_repository"
-    code = main(["--recognizer", str(checkpoint), "--enhancer", str(enhancer_dir), "--out", str(out),
-                 "--parity-data", "random", "--parity-images", "16"])
+    code = main(
+        [
+            "--recognizer",
+            str(checkpoint),
+            "--enhancer",
+            str(enhancer_dir),
+            "--out",
+            str(out),
+            "--parity-data",
+            "random",
+            "--parity-images",
+            "16",
+        ]
+    )
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["enhancer_parity"]["passed"] and summary["enhancer_parity"]["batch_independence_max_diff"] <= 1

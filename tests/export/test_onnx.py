@@ -81,13 +81,25 @@ def test_enhancer_export_rounds_to_uint8_inside_the_graph(toy_enhancer, tmp_path
 
 def test_export_rejects_a_batch_dependent_enhancer(tiny_recognizer, batch_dependent_enhancer, tmp_path: Path):
     with pytest.raises(ParityError, match="batch composition"):
-        export_repository(tiny_recognizer, tiny_recognizer.config.classes, 32, tmp_path / "repo",
-                          enhancer=batch_dependent_enhancer, parity_images=random_images(16, 32))
+        export_repository(
+            tiny_recognizer,
+            tiny_recognizer.config.classes,
+            32,
+            tmp_path / "repo",
+            enhancer=batch_dependent_enhancer,
+            parity_images=random_images(16, 32),
+        )
 
 
 def test_fp16_variant_keeps_the_interface(tiny_recognizer, tmp_path: Path):
-    result = export_repository(tiny_recognizer, tiny_recognizer.config.classes, 32, tmp_path / "repo",
-                               fp16=True, parity_images=random_images(32, 32))
+    result = export_repository(
+        tiny_recognizer,
+        tiny_recognizer.config.classes,
+        32,
+        tmp_path / "repo",
+        fp16=True,
+        parity_images=random_images(32, 32),
+    )
     report = result.reports["recognizer"]
     assert report["precision"] == "fp16" and report["parity"]["passed"]
     session = cpu_session(tmp_path / "repo" / "recognizer" / "1" / "model.onnx")

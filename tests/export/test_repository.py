@@ -18,10 +18,16 @@ KIND_CPU, KIND_GPU = mc.ModelInstanceGroup.KIND_CPU, mc.ModelInstanceGroup.KIND_
 @pytest.fixture(scope="module")
 def repositories(tiny_recognizer, toy_enhancer, tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("export") / "model_repository"
-    result = export_repository(tiny_recognizer, tiny_recognizer.config.classes, 32, out,
-                               enhancer=toy_enhancer, flavours=("cpu", "gpu"),
-                               parity_images=random_images(32, 32),
-                               options=ServingOptions(ort_tensorrt=True, max_batch_size=64))
+    result = export_repository(
+        tiny_recognizer,
+        tiny_recognizer.config.classes,
+        32,
+        out,
+        enhancer=toy_enhancer,
+        flavours=("cpu", "gpu"),
+        parity_images=random_images(32, 32),
+        options=ServingOptions(ort_tensorrt=True, max_batch_size=64),
+    )
     assert result.repositories == {"cpu": out, "gpu": Path(f"{out}_gpu")}
     return result.repositories
 
@@ -58,13 +64,14 @@ def test_layout_and_io(repositories, flavour, tiny_recognizer):
     recognizer = parse(repo / "recognizer" / "config.pbtxt")
     enhancer = parse(repo / "enhancer" / "config.pbtxt")
     for config in (recognizer, enhancer):
-        assert [(i.name, i.data_type, list(i.dims)) for i in config.input] == \
-            [("IMAGE", mc.TYPE_UINT8, [32, 32, 3])]
+        assert [(i.name, i.data_type, list(i.dims)) for i in config.input] == [("IMAGE", mc.TYPE_UINT8, [32, 32, 3])]
         assert config.HasField("dynamic_batching") and config.model_warmup
-    assert [(o.name, o.data_type, list(o.dims), o.label_filename) for o in recognizer.output] == \
-        [("LOGITS", mc.TYPE_FP32, [10], "labels.txt")]
-    assert [(o.name, o.data_type, list(o.dims)) for o in enhancer.output] == \
-        [("ENHANCED_IMAGE", mc.TYPE_UINT8, [32, 32, 3])]
+    assert [(o.name, o.data_type, list(o.dims), o.label_filename) for o in recognizer.output] == [
+        ("LOGITS", mc.TYPE_FP32, [10], "labels.txt")
+    ]
+    assert [(o.name, o.data_type, list(o.dims)) for o in enhancer.output] == [
+        ("ENHANCED_IMAGE", mc.TYPE_UINT8, [32, 32, 3])
+    ]
 
 
 def test_ensemble_maps_enhancer_into_recognizer(repositories):
@@ -72,10 +79,16 @@ def test_ensemble_maps_enhancer_into_recognizer(repositories):
     assert config.platform == "ensemble"
     assert not config.instance_group and not config.HasField("dynamic_batching")
     first, second = config.ensemble_scheduling.step
-    assert (first.model_name, dict(first.input_map), dict(first.output_map)) == \
-        ("enhancer", {"IMAGE": "IMAGE"}, {"ENHANCED_IMAGE": "enhanced_image"})
-    assert (second.model_name, dict(second.input_map), dict(second.output_map)) == \
-        ("recognizer", {"IMAGE": "enhanced_image"}, {"LOGITS": "LOGITS"})
+    assert (first.model_name, dict(first.input_map), dict(first.output_map)) == (
+        "enhancer",
+        {"IMAGE": "IMAGE"},
+        {"ENHANCED_IMAGE": "enhanced_image"},
+    )
+    assert (second.model_name, dict(second.input_map), dict(second.output_map)) == (
+        "recognizer",
+        {"IMAGE": "enhanced_image"},
+        {"LOGITS": "LOGITS"},
+    )
     assert config.output[0].label_filename == "labels.txt"
 
 
@@ -106,8 +119,7 @@ def test_gpu_flavour_is_onnxruntime_on_gpu_with_tensorrt_accelerator(repositorie
 def test_rewriting_removes_stale_versions(tiny_recognizer, tmp_path: Path):
     out = tmp_path / "repo"
     classes, images = tiny_recognizer.config.classes, random_images(8, 32)
-    export_repository(tiny_recognizer, classes, 32, out, parity_images=images,
-                      options=ServingOptions(version=3))
+    export_repository(tiny_recognizer, classes, 32, out, parity_images=images, options=ServingOptions(version=3))
     export_repository(tiny_recognizer, classes, 32, out, parity_images=images)
     assert sorted(p.name for p in (out / "recognizer").iterdir() if p.is_dir()) == ["1"]
 

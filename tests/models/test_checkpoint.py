@@ -30,8 +30,7 @@ def test_checkpoint_round_trip_same_logits(tmp_path, dtype) -> None:
     torch.manual_seed(0)
     model = create_recognizer("test_resnet", ["a", "b", "c"], mean=(0.3, 0.3, 0.3), std=(0.2, 0.2, 0.2)).eval()
     x = torch.rand(4, 3, 32, 32)
-    save_recognizer(model, tmp_path / "ckpt", recipe={"epochs": 1}, metrics={"test_accuracy": 0.5},
-                    weights_dtype=dtype)
+    save_recognizer(model, tmp_path / "ckpt", recipe={"epochs": 1}, metrics={"test_accuracy": 0.5}, weights_dtype=dtype)
     loaded = load_recognizer(tmp_path / "ckpt")
     with torch.no_grad():
         want, got = model(x), loaded(x)

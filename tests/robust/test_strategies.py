@@ -42,17 +42,26 @@ def trained(fmnist_train: LabelledImages) -> Recognizer:
     model.train()
     for _ in range(3):
         for s in range(0, 600, 100):
-            strategy.training_step(model, to_float(fmnist_train.images[s:s + 100]),
-                                   fmnist_train.labels[s:s + 100], opt)
+            strategy.training_step(
+                model, to_float(fmnist_train.images[s : s + 100]), fmnist_train.labels[s : s + 100], opt
+            )
     return model.eval()
 
 
-def one_step(strategy: TrainingStrategy, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-             lr: float = 0.1, weight_decay: float = 5e-4, seed: int = 1) -> nn.Module:
+def one_step(
+    strategy: TrainingStrategy,
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    lr: float = 0.1,
+    weight_decay: float = 5e-4,
+    seed: int = 1,
+) -> nn.Module:
     model = strategy.prepare_model(model).train()
     strategy.start_epoch(0, 1)
-    opt = torch.optim.SGD(strategy.parameter_groups(model), lr=lr, momentum=0.9, nesterov=True,
-                          weight_decay=weight_decay)
+    opt = torch.optim.SGD(
+        strategy.parameter_groups(model), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay
+    )
     torch.manual_seed(seed)
     strategy.training_step(model, images, labels, opt)
     strategy.after_step(model)
@@ -73,6 +82,7 @@ def assert_same_parameters(a: nn.Module, b: nn.Module, atol: float = 1e-6, skip:
 
 # --- registry and CLI parsing ---------------------------------------------------------------------------
 
+
 def test_registry_and_method_args() -> None:
     assert {"erm", "dpl", "damp", "l2p", "advbn"} <= set(STRATEGIES)
     damp = create_strategy("damp", **parse_method_args(["sigma=0.3", "micro_batches=4"]))
@@ -88,6 +98,7 @@ def test_registry_and_method_args() -> None:
 
 
 # --- DAMP -----------------------------------------------------------------------------------------------
+
 
 def test_damp_sigma_zero_is_erm(fmnist_train: LabelledImages) -> None:
     x, y = batch(fmnist_train)
@@ -166,12 +177,14 @@ def test_sam_asam_rho_zero_is_erm_and_ascent_raises_loss(method: str, fmnist_tra
 
 # --- Learn2Perturb --------------------------------------------------------------------------------------
 
+
 def test_l2p_zero_noise_without_adversary_is_erm(fmnist_train: LabelledImages) -> None:
     x, y = batch(fmnist_train)
     base = tiny(fmnist_train.classes)
     erm = one_step(TrainingStrategy(), copy.deepcopy(base), x, y)
-    l2p = one_step(Learn2Perturb(noise_init=0.0, noise_floor=0.0, gamma=0.0, adv_start=10 ** 9),
-                   copy.deepcopy(base), x, y)
+    l2p = one_step(
+        Learn2Perturb(noise_init=0.0, noise_floor=0.0, gamma=0.0, adv_start=10**9), copy.deepcopy(base), x, y
+    )
     assert_same_parameters(l2p, erm, atol=1e-6, skip="l2p_noise")
     for (name, b1), b2 in zip(erm.named_buffers(), l2p.buffers(), strict=True):  # theta step leaves BN stats
         assert torch.allclose(b1.float(), b2.float()), name
@@ -179,8 +192,7 @@ def test_l2p_zero_noise_without_adversary_is_erm(fmnist_train: LabelledImages) -
 
 def test_l2p_step_sigma_floor_and_stochastic_inference(fmnist_train: LabelledImages, tmp_path) -> None:
     x, y = batch(fmnist_train, 32)
-    strategy = Learn2Perturb(noise_init=0.01, noise_floor=0.01, gamma=0.0, adv_steps=2, adv_start=0,
-                             eval_samples=3)
+    strategy = Learn2Perturb(noise_init=0.01, noise_floor=0.01, gamma=0.0, adv_steps=2, adv_start=0, eval_samples=3)
     # Starting at the floor without the regulariser, the loss pushes about half the scales below it.
     model = one_step(strategy, tiny(fmnist_train.classes), x, y, lr=1.0)
     thetas = torch.cat([m.theta.detach().flatten() for m in model.modules() if isinstance(m, NoiseInjection)])
@@ -209,7 +221,7 @@ def test_l2p_step_sigma_floor_and_stochastic_inference(fmnist_train: LabelledIma
 def test_l2p_regulariser_raises_sigma(fmnist_train: LabelledImages) -> None:
     """The sigma term alone (weights' gradient removed by the alternation) pushes the scales up."""
     x, y = batch(fmnist_train, 32)
-    strategy = Learn2Perturb(noise_init=0.1, gamma=10.0, adv_start=10 ** 9)
+    strategy = Learn2Perturb(noise_init=0.1, gamma=10.0, adv_start=10**9)
     model = one_step(strategy, tiny(fmnist_train.classes), x, y, lr=0.1)
     mean = torch.cat([m.theta.flatten() for m in model.l2p_noise.values()]).mean().item()
     assert mean > 0.1
@@ -217,8 +229,8 @@ def test_l2p_regulariser_raises_sigma(fmnist_train: LabelledImages) -> None:
 
 # --- AdvBN ----------------------------------------------------------------------------------------------
 
-def test_advbn_without_adversary_is_plain_fine_tuning(trained: Recognizer,
-                                                       fmnist_train: LabelledImages) -> None:
+
+def test_advbn_without_adversary_is_plain_fine_tuning(trained: Recognizer, fmnist_train: LabelledImages) -> None:
     x, y = batch(fmnist_train)
     advbn = one_step(AdvBN(adv_weight=0.0), copy.deepcopy(trained), x, y)
     # ERM fine-tuning of the same head, with the front frozen (BN in eval) as AdvBN fine-tunes
@@ -230,8 +242,9 @@ def test_advbn_without_adversary_is_plain_fine_tuning(trained: Recognizer,
     erm.train()
     for module in front:
         module.eval()
-    opt = torch.optim.SGD([p for p in erm.parameters() if p.requires_grad], lr=0.1, momentum=0.9,
-                          nesterov=True, weight_decay=5e-4)
+    opt = torch.optim.SGD(
+        [p for p in erm.parameters() if p.requires_grad], lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4
+    )
     TrainingStrategy().training_step(erm, x, y, opt)
     plain = AdvBN(branch="clean").inference_model(advbn)
     assert type(plain) is Recognizer
@@ -275,6 +288,7 @@ def test_advbn_exports_the_chosen_branch(trained: Recognizer, fmnist_train: Labe
 
 # --- DPL ------------------------------------------------------------------------------------------------
 
+
 def test_dpl_zero_fraction_is_erm(fmnist_train: LabelledImages, tmp_path) -> None:
     data = fmnist_train.subset(torch.arange(128))
     config = LoopConfig(epochs=2, batch_size=64, lr=0.05, seed=0, device="cpu", rounds=2)
@@ -297,16 +311,17 @@ def test_dpl_amendment_lowers_the_guide_loss(trained: Recognizer, fmnist_train: 
     amended, record = strategy.amend(model, train)
     added = len(amended) - len(train)
     assert added == record["added"] and 0 < added <= 50
-    new, old = amended.images[len(train):], train.images[strategy.amended_indices[0]]
+    new, old = amended.images[len(train) :], train.images[strategy.amended_indices[0]]
     assert new.dtype == torch.uint8 and (new.int() - old.int()).abs().max() <= 16
     assert not torch.equal(new, old)
-    assert torch.equal(amended.labels[len(train):], train.labels[strategy.amended_indices[0]])
+    assert torch.equal(amended.labels[len(train) :], train.labels[strategy.amended_indices[0]])
 
     # A small step (first-order regime: the tiny net's Hessian has eigenvalues in the hundreds)
     def guide_loss_after_step(images: torch.Tensor, lr: float = 1e-3) -> float:
         stepped = copy.deepcopy(model)
-        loss = nn.functional.cross_entropy(stepped(to_float(images)), amended.labels[len(train):],
-                                           reduction="sum") / len(train)
+        loss = nn.functional.cross_entropy(
+            stepped(to_float(images)), amended.labels[len(train) :], reduction="sum"
+        ) / len(train)
         grads = torch.autograd.grad(loss, list(stepped.parameters()))
         with torch.no_grad():
             for p, g in zip(stepped.parameters(), grads, strict=True):
@@ -316,7 +331,7 @@ def test_dpl_amendment_lowers_the_guide_loss(trained: Recognizer, fmnist_train: 
     guide_grad = mean_gradient(model, strategy.guide, strategy.criterion)
 
     def alignment(images: torch.Tensor) -> float:
-        loss = nn.functional.cross_entropy(model(to_float(images)), amended.labels[len(train):], reduction="sum")
+        loss = nn.functional.cross_entropy(model(to_float(images)), amended.labels[len(train) :], reduction="sum")
         grads = torch.autograd.grad(loss, list(model.parameters()))
         return sum((g * r).sum() for g, r in zip(grads, guide_grad, strict=True)).item()
 
@@ -345,13 +360,11 @@ def test_lissa_matches_exact_inverse_on_logistic_regression() -> None:
     dpl_module.to_float = lambda t: t.float()
     try:
         v = mean_gradient(model, data, loss_fn)
-        est = inverse_hvp(model, data, v, loss_fn, depth=60, damping=0.0, scale=1.0, batch_size=n,
-                          progress=False)
+        est = inverse_hvp(model, data, v, loss_fn, depth=60, damping=0.0, scale=1.0, batch_size=n, progress=False)
     finally:
         dpl_module.to_float = original
     w = model[1].weight
-    hessian = torch.autograd.functional.hessian(
-        lambda flat: loss_fn(x @ flat.view(2, d).T, y), w.detach().flatten())
+    hessian = torch.autograd.functional.hessian(lambda flat: loss_fn(x @ flat.view(2, d).T, y), w.detach().flatten())
     exact = torch.linalg.pinv(hessian) @ v[0].flatten()
     # H is singular along the softmax's shift direction; compare in its range
     cosine = nn.functional.cosine_similarity(est[0].flatten(), exact, dim=0).item()

@@ -75,8 +75,16 @@ def probe() -> LinearProbe:
 @pytest.fixture(scope="session")
 def gateway_repository(probe: LinearProbe, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("gateway") / "model_repository"
-    export_repository(probe, CLASSES, SIZE, out, enhancer=ContrastStretch().eval(),
-                      parity_images=random_images(32, SIZE), flavours=("cpu",), log=lambda message: None)
+    export_repository(
+        probe,
+        CLASSES,
+        SIZE,
+        out,
+        enhancer=ContrastStretch().eval(),
+        parity_images=random_images(32, SIZE),
+        flavours=("cpu",),
+        log=lambda message: None,
+    )
     return out
 
 
@@ -103,8 +111,9 @@ class LiveGateway:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 60.0) -> LiveGateway:
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
-                                timeout_graceful_shutdown=5)
+        config = uvicorn.Config(
+            self.app, host="127.0.0.1", port=self.port, log_level="warning", timeout_graceful_shutdown=5
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name=f"gateway-{self.port}", daemon=True)
         self.thread.start()

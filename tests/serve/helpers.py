@@ -47,7 +47,7 @@ def header_bomb_png(width: int, height: int) -> bytes:
     decoder that trusts the header (checked before any pixel is decoded)."""
     data = bytearray(png_bytes(np.zeros((1, 1), np.uint8)))
     ihdr = 8 + 8  # signature, then the IHDR chunk's length and type
-    data[ihdr:ihdr + 8] = width.to_bytes(4, "big") + height.to_bytes(4, "big")
-    crc = zlib.crc32(bytes(data[ihdr - 4:ihdr + 13]))
-    data[ihdr + 13:ihdr + 17] = crc.to_bytes(4, "big")
+    data[ihdr : ihdr + 8] = width.to_bytes(4, "big") + height.to_bytes(4, "big")
+    crc = zlib.crc32(bytes(data[ihdr - 4 : ihdr + 13]))
+    data[ihdr + 13 : ihdr + 17] = crc.to_bytes(4, "big")
     return bytes(data)

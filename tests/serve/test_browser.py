@@ -20,7 +20,8 @@ CHROMEDRIVER = Path(os.environ.get("DYNTTA_CHROMEDRIVER", "/usr/bin/chromedriver
 pytestmark = pytest.mark.skipif(
     not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()),
     reason=f"needs Debian's chromium and chromedriver ({CHROMIUM}, {CHROMEDRIVER}): "
-           "apt-get install -y chromium chromium-driver (CI installs them)")
+    "apt-get install -y chromium chromium-driver (CI installs them)",
+)
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +33,18 @@ def browser() -> Iterator:
     os.environ.setdefault("SE_OFFLINE", "true")  # selenium manager must not fetch drivers or browsers
     options = Options()
     options.binary_location = str(CHROMIUM)
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-dev-shm-usage", "--disable-extensions", "--disable-sync", "--no-first-run",
-                 "--disable-default-apps", "--window-size=1280,1000"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-dev-shm-usage",
+        "--disable-extensions",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-default-apps",
+        "--window-size=1280,1000",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
     driver.set_page_load_timeout(60)
@@ -67,8 +77,12 @@ def test_upload_shows_both_predictions_and_the_enhanced_image(browser, gateway: 
         assert all(row.find_element(By.TAG_NAME, "td").text in CLASSES for row in rows)
     assert "recognizer" in browser.find_element(By.ID, "plain-model").text
     assert "dyntta" in browser.find_element(By.ID, "enhanced-model").text
-    width = wait(browser, lambda d: d.execute_script(
-        "const i = document.getElementById('enhanced-image'); return i.complete && i.naturalWidth;"))
+    width = wait(
+        browser,
+        lambda d: d.execute_script(
+            "const i = document.getElementById('enhanced-image'); return i.complete && i.naturalWidth;"
+        ),
+    )
     assert width == SIZE
 
     text = tmp_path / "notes.txt"
@@ -83,12 +97,17 @@ def test_reports_are_listed_and_open(browser, gateway: LiveGateway):
     from selenium.webdriver.common.by import By
 
     with gateway.client() as client:
-        job = wait_job(client, client.post("/v1/robustness", data={
-            "corruptions": "brightness", "severities": "1,2", "num_images": "20"}).json()["id"])
+        job = wait_job(
+            client,
+            client.post(
+                "/v1/robustness", data={"corruptions": "brightness", "severities": "1,2", "num_images": "20"}
+            ).json()["id"],
+        )
     assert job["status"] == "done", job
     browser.get(gateway.url + "/")
-    link = wait(browser, lambda d: d.find_element(
-        By.CSS_SELECTOR, f'#jobs-table tr[data-job-id="{job["id"]}"] a.report-link'))
+    link = wait(
+        browser, lambda d: d.find_element(By.CSS_SELECTOR, f'#jobs-table tr[data-job-id="{job["id"]}"] a.report-link')
+    )
     link.click()
     wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "table.heatmap"))
     assert job["id"] in browser.find_element(By.TAG_NAME, "h1").text

@@ -36,9 +36,17 @@ def image(value: int = 0) -> bytes:
 
 
 def test_reads_classes_by_name_with_or_without_root_folder():
-    data = make_zip({"set/Trouser/a.png": image(), "set/T-shirt_top/b.png": image(),
-                     "set/ankle boot/c.png": image(), "set/9/d.png": image(), "set/README.txt": b"hi",
-                     "__MACOSX/set/Trouser/._a.png": b"junk", "set/Bag/.hidden.png": b"junk"})
+    data = make_zip(
+        {
+            "set/Trouser/a.png": image(),
+            "set/T-shirt_top/b.png": image(),
+            "set/ankle boot/c.png": image(),
+            "set/9/d.png": image(),
+            "set/README.txt": b"hi",
+            "__MACOSX/set/Trouser/._a.png": b"junk",
+            "set/Bag/.hidden.png": b"junk",
+        }
+    )
     result = read_imagefolder_zip(data, size=32, labels=LABELS, limits=LIMITS)
     assert result.images.shape == (4, 3, 32, 32)
     assert sorted(result.labels.tolist()) == [0, 1, 9, 9]
@@ -54,18 +62,19 @@ def test_match_class():
     assert builtin_compatible(LABELS) and not builtin_compatible(["cat", "dog"])
 
 
-@pytest.mark.parametrize("name", ["../evil/x.png", "Coat/../../x.png", "/etc/Coat/x.png", "C:/Coat/x.png",
-                                  "Coat\\..\\..\\x.png"])
+@pytest.mark.parametrize(
+    "name", ["../evil/x.png", "Coat/../../x.png", "/etc/Coat/x.png", "C:/Coat/x.png", "Coat\\..\\..\\x.png"]
+)
 def test_path_traversal_and_absolute_names_are_refused(name: str):
     with pytest.raises(BadRequest, match="refused entry"):
-        read_imagefolder_zip(make_zip({"Coat/ok.png": image(), name: image()}), size=32, labels=LABELS,
-                             limits=LIMITS)
+        read_imagefolder_zip(make_zip({"Coat/ok.png": image(), name: image()}), size=32, labels=LABELS, limits=LIMITS)
 
 
 def test_symlinks_are_refused():
     with pytest.raises(BadRequest, match="symbolic link"):
-        read_imagefolder_zip(make_zip({"Coat/ok.png": image()}, symlinks=("Coat/link.png",)), size=32,
-                             labels=LABELS, limits=LIMITS)
+        read_imagefolder_zip(
+            make_zip({"Coat/ok.png": image()}, symlinks=("Coat/link.png",)), size=32, labels=LABELS, limits=LIMITS
+        )
 
 
 def test_too_many_files_is_413():
@@ -93,8 +102,7 @@ def test_unknown_class_and_empty_and_garbage():
 
 def test_bad_member_images_name_the_member():
     with pytest.raises(UnsupportedMediaType, match="Coat/fake.png"):
-        read_imagefolder_zip(make_zip({"Coat/fake.png": b"not an image"}), size=32, labels=LABELS,
-                             limits=LIMITS)
+        read_imagefolder_zip(make_zip({"Coat/fake.png": b"not an image"}), size=32, labels=LABELS, limits=LIMITS)
     truncated = image()[:40]
     with pytest.raises(Exception, match="Coat/cut.png") as info:
         read_imagefolder_zip(make_zip({"Coat/cut.png": truncated}), size=32, labels=LABELS, limits=LIMITS)
@@ -105,6 +113,5 @@ def test_member_pixels_follow_the_contract():
     from dyntta.data import arrays_to_model_input
 
     gray = RNG.integers(0, 256, (28, 28), dtype=np.uint8)
-    result = read_imagefolder_zip(make_zip({"Bag/a.png": png_bytes(gray)}), size=32, labels=LABELS,
-                                  limits=LIMITS)
+    result = read_imagefolder_zip(make_zip({"Bag/a.png": png_bytes(gray)}), size=32, labels=LABELS, limits=LIMITS)
     np.testing.assert_array_equal(result.images[0].numpy(), arrays_to_model_input(gray[None], 32)[0].numpy())

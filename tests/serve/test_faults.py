@@ -14,8 +14,9 @@ def classify(client, png: bytes):
     return client.post("/v1/classify", files=[("files", ("a.png", png, "image/png"))])
 
 
-def test_triton_down_is_503_and_the_gateway_recovers(make_gateway: GatewayFactory, gateway_repository: Path,
-                                                     sample_png: bytes):
+def test_triton_down_is_503_and_the_gateway_recovers(
+    make_gateway: GatewayFactory, gateway_repository: Path, sample_png: bytes
+):
     ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
     gateway = make_gateway(triton_grpc=f"127.0.0.1:{ports['grpc_port']}")  # nothing listens there yet
     server = TritonServer(gateway_repository, startup_timeout=180, **ports)

@@ -24,10 +24,16 @@ OPENAPI = create_app(Settings(), "127.0.0.1:1").openapi()
 SCHEMA = schemathesis.openapi.from_dict(OPENAPI)
 OPERATIONS = {op.label: op for op in (result.ok() for result in SCHEMA.get_all_operations())}
 #: (operation, mode) pairs; operations without parameters or body have no schema-violating input
-CASES = [(label, mode) for label in sorted(OPERATIONS) for mode in EXAMPLES
-         if mode is GenerationMode.POSITIVE or any(
-             key in OPENAPI["paths"][label.split(" ", 1)[1]][label.split(" ", 1)[0].lower()]
-             for key in ("parameters", "requestBody"))]
+CASES = [
+    (label, mode)
+    for label in sorted(OPERATIONS)
+    for mode in EXAMPLES
+    if mode is GenerationMode.POSITIVE
+    or any(
+        key in OPENAPI["paths"][label.split(" ", 1)[1]][label.split(" ", 1)[0].lower()]
+        for key in ("parameters", "requestBody")
+    )
+]
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +47,20 @@ def test_no_input_makes_the_gateway_fail(fuzz_gateway: LiveGateway, label: str, 
     seen: list[int] = []
 
     @given(case=operation.as_strategy(generation_mode=mode))
-    @settings(max_examples=EXAMPLES[mode], deadline=None, derandomize=True, database=None,
-              phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=EXAMPLES[mode],
+        deadline=None,
+        derandomize=True,
+        database=None,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
     def check(case) -> None:
         response = case.call(base_url=fuzz_gateway.url, timeout=60)
         seen.append(response.status_code)
         assert response.status_code < 500, (
-            f"{case.method} {case.formatted_path} -> {response.status_code}: {response.text[:500]}")
+            f"{case.method} {case.formatted_path} -> {response.status_code}: {response.text[:500]}"
+        )
 
     check()
     assert seen, "no request was generated"

@@ -74,9 +74,11 @@ def test_enhance_returns_a_png_at_model_size(gateway: LiveGateway, sample_png: b
 def test_bad_inputs(gateway: LiveGateway, sample_png: bytes):
     with gateway.client() as client:
         cases = {
-            415: [files(b"just text", content_type="text/plain"),
-                  files(b"%PDF-1.4 not an image", content_type="application/octet-stream"),
-                  files(encode(Image.new("RGB", (8, 8)), "GIF"), content_type="image/gif")],
+            415: [
+                files(b"just text", content_type="text/plain"),
+                files(b"%PDF-1.4 not an image", content_type="application/octet-stream"),
+                files(encode(Image.new("RGB", (8, 8)), "GIF"), content_type="image/gif"),
+            ],
             400: [files(sample_png[:30]), files(b"\x89PNG\r\n\x1a\n" + b"\x00" * 100)],
             413: [files(header_bomb_png(100_000, 100_000))],  # a decompression bomb
         }
@@ -97,18 +99,23 @@ def test_body_limit_answers_413_without_reading_the_body(gateway: LiveGateway):
     """Content-Length over the limit gets 413 at once: the 11 MB body is never sent."""
     host, port = "127.0.0.1", gateway.port
     with socket.create_connection((host, port), timeout=10) as sock:
-        sock.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
-                     b"boundary=b\r\nContent-Length: 11000000\r\n\r\n")
+        sock.sendall(
+            b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
+            b"boundary=b\r\nContent-Length: 11000000\r\n\r\n"
+        )
         reply = sock.recv(4096).decode()
     assert reply.startswith("HTTP/1.1 413"), reply
+
     # a streamed (chunked) body is cut off as soon as it passes the limit
     def chunks():
-        yield b"--b\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a.png\"\r\n\r\n"
+        yield b'--b\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n\r\n'
         for _ in range(12):
             yield b"\x00" * 1_000_000
+
     with gateway.client() as client:
-        response = client.post("/v1/classify", content=chunks(),
-                               headers={"Content-Type": "multipart/form-data; boundary=b"})
+        response = client.post(
+            "/v1/classify", content=chunks(), headers={"Content-Type": "multipart/form-data; boundary=b"}
+        )
     assert response.status_code == 413
 
 
@@ -131,8 +138,7 @@ def test_metrics_count_requests_latency_and_errors(gateway: LiveGateway, sample_
         text = client.get("/metrics").text
     assert 'dyntta_gateway_requests_total{method="POST",route="/v1/classify",status="200"}' in text
     assert 'dyntta_gateway_errors_total{route="/v1/classify",status="415"}' in text
-    assert ('dyntta_gateway_request_duration_seconds_bucket{le="0.005",method="POST",route="/v1/classify"}'
-            in text)
+    assert 'dyntta_gateway_request_duration_seconds_bucket{le="0.005",method="POST",route="/v1/classify"}' in text
     assert 'dyntta_gateway_triton_duration_seconds_count{model="dyntta"}' in text
 
 

@@ -18,8 +18,7 @@ from tests.serve.test_gateway import wait_job
 def test_builtin_job_report_matches_offline_clean_accuracy(make_gateway: GatewayFactory, probe: LinearProbe):
     gateway = make_gateway()
     with gateway.client() as client:
-        form = {"corruptions": "gaussian_noise,contrast", "severities": "1,5", "num_images": "200",
-                "seed": "3"}
+        form = {"corruptions": "gaussian_noise,contrast", "severities": "1,5", "num_images": "200", "seed": "3"}
         submitted = client.post("/v1/robustness", data=form)
         assert submitted.status_code == 202, submitted.text
         job = wait_job(client, submitted.json()["id"])
@@ -58,8 +57,9 @@ def test_zip_job_and_refusals(make_gateway: GatewayFactory):
             archive.writestr(f"Coat/{i}.png", png_bytes(raw[0]))
     with gateway.client() as client:
         form = {"corruptions": "pixelate", "severities": "2", "with_enhancer": "false"}
-        submitted = client.post("/v1/robustness", data=form,
-                                files={"file": ("set.zip", buffer.getvalue(), "application/zip")})
+        submitted = client.post(
+            "/v1/robustness", data=form, files={"file": ("set.zip", buffer.getvalue(), "application/zip")}
+        )
         assert submitted.status_code == 202, submitted.text
         assert submitted.json()["source"] == "set.zip"
         job = wait_job(client, submitted.json()["id"])
@@ -67,12 +67,13 @@ def test_zip_job_and_refusals(make_gateway: GatewayFactory):
         report = client.get(job["report_url"]).json()["report"]
         assert list(report["models"]) == ["recognizer"] and report["header"]["data"]["n"] == 30
         refused = {
-            400: client.post("/v1/robustness", data=form, files={"file": ("e.zip", evil.getvalue(),
-                                                                          "application/zip")}),
-            413: client.post("/v1/robustness", data=form, files={"file": ("c.zip", crowded.getvalue(),
-                                                                          "application/zip")}),
-            415: client.post("/v1/robustness", data=form, files={"file": ("n.zip", b"plain text",
-                                                                          "text/plain")}),
+            400: client.post(
+                "/v1/robustness", data=form, files={"file": ("e.zip", evil.getvalue(), "application/zip")}
+            ),
+            413: client.post(
+                "/v1/robustness", data=form, files={"file": ("c.zip", crowded.getvalue(), "application/zip")}
+            ),
+            415: client.post("/v1/robustness", data=form, files={"file": ("n.zip", b"plain text", "text/plain")}),
         }
         bad_params = client.post("/v1/robustness", data={"corruptions": "gausian_noise"})
         pending = client.get(f"/v1/robustness/{job['id']}/report")
@@ -82,13 +83,16 @@ def test_zip_job_and_refusals(make_gateway: GatewayFactory):
     assert pending.status_code == 200
 
 
-def test_restart_keeps_finished_reports_and_marks_interrupted_jobs(make_gateway: GatewayFactory,
-                                                                   tmp_path_factory):
+def test_restart_keeps_finished_reports_and_marks_interrupted_jobs(make_gateway: GatewayFactory, tmp_path_factory):
     state = tmp_path_factory.mktemp("persist")
     first = make_gateway(state_dir=state)
     with first.client() as client:
-        done = wait_job(client, client.post("/v1/robustness", data={
-            "corruptions": "brightness", "severities": "1", "num_images": "20"}).json()["id"])
+        done = wait_job(
+            client,
+            client.post(
+                "/v1/robustness", data={"corruptions": "brightness", "severities": "1", "num_images": "20"}
+            ).json()["id"],
+        )
     first.stop()
     # a job that was running when the process died (simulated: the row of a crashed gateway)
     store = JobStore(state / "jobs.sqlite3")

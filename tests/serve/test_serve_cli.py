@@ -36,8 +36,19 @@ def test_batch_client_classifies_a_folder(triton: TritonServer, probe: LinearPro
     (folder / "notes.txt").write_text("ignored: not an image suffix")
     out_csv, out_jsonl = tmp_path / "pred.csv", tmp_path / "pred.jsonl"
 
-    code = batch_client.main([str(folder), "--url", triton.urls.grpc_address, "--model", "recognizer",
-                              "--batch-size", "16", "--out", str(out_csv)])
+    code = batch_client.main(
+        [
+            str(folder),
+            "--url",
+            triton.urls.grpc_address,
+            "--model",
+            "recognizer",
+            "--batch-size",
+            "16",
+            "--out",
+            str(out_csv),
+        ]
+    )
     assert code == 1  # one file failed to decode, the rest were classified
     rows = {Path(r["path"]).name: r for r in csv.DictReader(out_csv.open())}
     assert len(rows) == 71 and rows["broken.png"]["error"] and not rows["000.png"]["error"]
@@ -47,8 +58,19 @@ def test_batch_client_classifies_a_folder(triton: TritonServer, probe: LinearPro
     np.testing.assert_array_equal(served, offline)
     assert rows["000.png"]["label"] == CLASSES[offline[0]]
 
-    code = batch_client.main([str(folder / "sub"), "--url", triton.urls.grpc_address, "--model", "dyntta",
-                              "--top-k", "3", "--out", str(out_jsonl)])
+    code = batch_client.main(
+        [
+            str(folder / "sub"),
+            "--url",
+            triton.urls.grpc_address,
+            "--model",
+            "dyntta",
+            "--top-k",
+            "3",
+            "--out",
+            str(out_jsonl),
+        ]
+    )
     lines = [json.loads(line) for line in out_jsonl.read_text().splitlines()]
     assert code == 0 and len(lines) == 35 and all(len(entry["top_k"]) == 3 for entry in lines)
     assert labels is not None
@@ -71,8 +93,11 @@ def _children(pid: int) -> list[int]:
 def test_python_m_serve_starts_everything_and_ctrl_c_stops_it(gateway_repository: Path, tmp_path: Path):
     port = free_port()
     env = {**os.environ, "DYNTTA_PORT": str(port), "DYNTTA_STATE_DIR": str(tmp_path / "var")}
-    process = subprocess.Popen([sys.executable, "-m", "serve", "--model-repository", str(gateway_repository),
-                                "--log-level", "warning"], cwd=REPO_ROOT, env=env)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "serve", "--model-repository", str(gateway_repository), "--log-level", "warning"],
+        cwd=REPO_ROOT,
+        env=env,
+    )
     try:
         deadline = time.monotonic() + 240
         while True:
@@ -85,14 +110,20 @@ def test_python_m_serve_starts_everything_and_ctrl_c_stops_it(gateway_repository
                 pass
             assert time.monotonic() < deadline, "not ready in time"
             time.sleep(0.3)
-        triton_pids = [p for p in _children(process.pid)
-                       if "tritonserver" in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")]
+        triton_pids = [
+            p
+            for p in _children(process.pid)
+            if "tritonserver" in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")
+        ]
         assert triton_pids, "the bundled Triton is a child of python -m serve"
         process.send_signal(signal.SIGINT)  # Ctrl-C
         assert process.wait(timeout=60) == 0
         time.sleep(0.5)
-        assert not any(Path(f"/proc/{p}").exists() and "tritonserver" in Path(f"/proc/{p}/cmdline").read_bytes()
-                       .decode(errors="replace") for p in triton_pids), "tritonserver outlived python -m serve"
+        assert not any(
+            Path(f"/proc/{p}").exists()
+            and "tritonserver" in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")
+            for p in triton_pids
+        ), "tritonserver outlived python -m serve"
     finally:
         if process.poll() is None:
             process.kill()

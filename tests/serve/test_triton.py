@@ -55,8 +55,9 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     recognizer = create_recognizer("test_resnet", CLASSES).eval()
     out = tmp_path_factory.mktemp("triton") / "model_repository"
-    export_repository(recognizer, CLASSES, 32, out, enhancer=Brighten().eval(),
-                      parity_images=random_images(32, 32), flavours=("cpu",))
+    export_repository(
+        recognizer, CLASSES, 32, out, enhancer=Brighten().eval(), parity_images=random_images(32, 32), flavours=("cpu",)
+    )
     return out
 
 
@@ -110,8 +111,7 @@ def test_grpc_ensemble_equals_onnxruntime_in_process(server: TritonServer, refer
     enhanced, expected = reference(images)
     np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
     # each step stays callable on its own: the no-enhancer baseline and the enhanced images
-    np.testing.assert_array_equal(
-        client.infer("enhancer", [grpc_input(images)]).as_numpy(ENHANCED_IMAGE), enhanced)
+    np.testing.assert_array_equal(client.infer("enhancer", [grpc_input(images)]).as_numpy(ENHANCED_IMAGE), enhanced)
     alone = client.infer("recognizer", [grpc_input(images)]).as_numpy(LOGITS)
     np.testing.assert_allclose(alone, reference_recognizer(server, images), rtol=1e-5, atol=1e-5)
 
@@ -124,8 +124,9 @@ def reference_recognizer(server: TritonServer, images: np.ndarray) -> np.ndarray
 def test_http_ensemble_equals_onnxruntime_in_process(server: TritonServer, reference):
     images = random_images(5, 32, seed=4)
     client = httpclient.InferenceServerClient(server.urls.http_address)
-    result = client.infer("dyntta", [http_input(images)],
-                          outputs=[httpclient.InferRequestedOutput(LOGITS, binary_data=True)])
+    result = client.infer(
+        "dyntta", [http_input(images)], outputs=[httpclient.InferRequestedOutput(LOGITS, binary_data=True)]
+    )
     np.testing.assert_allclose(result.as_numpy(LOGITS), reference(images)[1], rtol=1e-5, atol=1e-5)
 
 
@@ -167,11 +168,21 @@ def test_served_config_is_the_exported_one(server: TritonServer):
 
 
 def test_connect_to_a_running_server(server: TritonServer):
-    urls = connect(server.urls.http_url, grpc_url=server.urls.grpc_address,
-                   metrics_url=server.urls.metrics_url, models=["dyntta"], timeout=10)
+    urls = connect(
+        server.urls.http_url,
+        grpc_url=server.urls.grpc_address,
+        metrics_url=server.urls.metrics_url,
+        models=["dyntta"],
+        timeout=10,
+    )
     assert urls == server.urls
-    over_grpc = connect(server.urls.grpc_url, http_url=server.urls.http_url,
-                        metrics_url=server.urls.metrics_url, models=["dyntta", "recognizer"], timeout=10)
+    over_grpc = connect(
+        server.urls.grpc_url,
+        http_url=server.urls.http_url,
+        metrics_url=server.urls.metrics_url,
+        models=["dyntta", "recognizer"],
+        timeout=10,
+    )
     assert over_grpc == server.urls
 
 
@@ -190,7 +201,8 @@ def test_urls_dataclass_gives_tritonclient_addresses():
     assert (urls.http_address, urls.grpc_address) == ("127.0.0.1:1", "127.0.0.1:2")
     assert urls.metrics_url == "http://127.0.0.1:3/metrics"
     assert TritonURLs.from_http_url("triton:8000") == TritonURLs(
-        "http://triton:8000", "grpc://triton:8001", "http://triton:8002/metrics")
+        "http://triton:8000", "grpc://triton:8001", "http://triton:8002/metrics"
+    )
     external = TritonURLs.from_http_url("https://t.example/", grpc_url="t.example:443")
     assert external.grpc_address == "t.example:443"
     assert TritonURLs.from_url("grpc://triton:8001") == TritonURLs.from_http_url("triton:8000")
@@ -242,8 +254,7 @@ def test_a_picked_port_taken_before_triton_binds_it_is_retried(repository: Path,
         sock.listen()
         taken = sock.getsockname()[1]
         picks = iter([taken])
-        monkeypatch.setattr("serve.triton.free_port",
-                            lambda host="127.0.0.1": next(picks, None) or real_free_port())
+        monkeypatch.setattr("serve.triton.free_port", lambda host="127.0.0.1": next(picks, None) or real_free_port())
         with TritonServer(repository) as urls:
             assert urls.http_url != f"http://127.0.0.1:{taken}"
 
@@ -288,8 +299,12 @@ def _children(pid: int) -> list[int]:
 def test_the_server_dies_with_its_launcher(repository: Path, how: signal.Signals):
     """``python -m serve.triton`` stopped by SIGTERM (clean stop) or SIGKILL (no cleanup code runs: the
     kernel's parent-death signal ends the server) leaves no tritonserver behind."""
-    launcher = subprocess.Popen([sys.executable, "-m", "serve.triton", "--model-repository", str(repository)],
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "serve.triton", "--model-repository", str(repository)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         assert launcher.stdout is not None
         urls = json.loads(launcher.stdout.readline())

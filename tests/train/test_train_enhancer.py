@@ -20,10 +20,26 @@ def test_short_enhancer_training_lowers_corrupted_loss(tiny_recognizer_dir, fmni
     parser = argparse.ArgumentParser()
     enhancer_command.add_arguments(parser)
     out = tmp_path / "enhancer"
-    enhancer_command.run(parser.parse_args([
-        "--recognizer", str(tiny_recognizer_dir), "--out", str(out), "--epochs", "2",
-        "--train-subset", "1536", "--val-size", "256", "--lr", "3e-3", "--corruption-probability", "1.0",
-    ]))
+    enhancer_command.run(
+        parser.parse_args(
+            [
+                "--recognizer",
+                str(tiny_recognizer_dir),
+                "--out",
+                str(out),
+                "--epochs",
+                "2",
+                "--train-subset",
+                "1536",
+                "--val-size",
+                "256",
+                "--lr",
+                "3e-3",
+                "--corruption-probability",
+                "1.0",
+            ]
+        )
+    )
     enhancer = load_enhancer(out)
     held_out = corrupted_copy(fmnist_test.subset(torch.arange(500)), probability=1.0, seed=123)
     x, y = to_float(held_out.images), held_out.labels

@@ -21,8 +21,24 @@ def test_short_training_beats_chance(tiny_recognizer_dir, fmnist_test) -> None:
 
 def test_cli_reports_missing_data_clearly(tmp_path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "dyntta.train", "recognizer", "--epochs", "1", "--out", str(tmp_path / "o"),
-         "--data", "cifar10", "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "dyntta.train",
+            "recognizer",
+            "--epochs",
+            "1",
+            "--out",
+            str(tmp_path / "o"),
+            "--data",
+            "cifar10",
+            "--data-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert "error:" in result.stderr and "cifar10" in result.stderr
     assert "Traceback" not in result.stderr

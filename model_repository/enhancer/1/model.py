@@ -41,8 +41,7 @@ class TritonPythonModel:
 
     def execute(self, requests: list[Any]) -> list[Any]:
         try:
-            arrays = {n: [pb_utils.get_input_tensor_by_name(r, n).as_numpy() for r in requests]
-                      for n in self.inputs}
+            arrays = {n: [pb_utils.get_input_tensor_by_name(r, n).as_numpy() for r in requests] for n in self.inputs}
             sizes = [len(a) for a in arrays[self.inputs[0]]]
             feeds = {n: a[0] if len(a) == 1 else np.concatenate(a) for n, a in arrays.items()}
             results = self.session.run(self.outputs, feeds)
@@ -51,8 +50,10 @@ class TritonPythonModel:
             return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
         responses, start = [], 0
         for size in sizes:
-            tensors = [pb_utils.Tensor(n, np.ascontiguousarray(r[start:start + size]))
-                       for n, r in zip(self.outputs, results, strict=True)]
+            tensors = [
+                pb_utils.Tensor(n, np.ascontiguousarray(r[start : start + size]))
+                for n, r in zip(self.outputs, results, strict=True)
+            ]
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
             start += size
         return responses
