@@ -16,13 +16,12 @@ from the ``imagecorruptions`` packages, or from each other, docs/RESULTS.md ("Co
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor
 
-from dyntta.corruptions import blur, digital, noise, weather
+from dyntta.corruptions import blur, digital, noise, weather  # noqa: F401  (importing registers them)
 from dyntta.corruptions._random import ImageRandom, image_keys
+from dyntta.corruptions.registry import CORRUPTIONS
 from dyntta.corruptions.tables import (
     BENCHMARK_NAMES,
     EXTRA_NAMES,
@@ -40,28 +39,6 @@ IMPLEMENTATION_VERSION = "1"
 
 MIN_SIZE = 32  # the reference rejects smaller images too; several kernels assume at least this much room
 
-_FUNCTIONS: dict[str, Callable[..., Tensor]] = {
-    "gaussian_noise": noise.gaussian_noise,
-    "shot_noise": noise.shot_noise,
-    "impulse_noise": noise.impulse_noise,
-    "defocus_blur": blur.defocus_blur,
-    "glass_blur": blur.glass_blur,
-    "motion_blur": blur.motion_blur,
-    "zoom_blur": blur.zoom_blur,
-    "snow": weather.snow,
-    "frost": weather.frost,
-    "fog": weather.fog,
-    "brightness": weather.brightness,
-    "contrast": digital.contrast,
-    "elastic_transform": digital.elastic_transform,
-    "pixelate": digital.pixelate,
-    "jpeg_compression": digital.jpeg_compression,
-    "speckle_noise": noise.speckle_noise,
-    "gaussian_blur": blur.gaussian_blur,
-    "spatter": weather.spatter,
-    "saturate": digital.saturate,
-}
-assert tuple(_FUNCTIONS) == NAMES
 
 # Images are processed in chunks of about this many values: it bounds memory and keeps elementwise chains
 # in cache.  Chunking cannot change results (every random number is keyed by image).  Glass blur's cost is
@@ -80,7 +57,7 @@ def describe(table: str | None = None) -> str:
 
 
 def _check(images: Tensor, name: str, severity: int, table: str | None, indices: Tensor | None) -> None:
-    if name not in _FUNCTIONS:
+    if name not in NAMES:
         raise ValueError(f"unknown corruption {name!r}; expected one of: {', '.join(NAMES)}")
     if isinstance(severity, bool) or not isinstance(severity, int) or severity not in SEVERITIES:
         raise ValueError(f"severity must be an int in {SEVERITIES}, got {severity!r}")
@@ -127,7 +104,7 @@ def corrupt(
         return images.clone()
     table = table or default_table(h, w)
     p = TABLES[table][name][severity - 1]
-    fn = _FUNCTIONS[name]
+    fn = CORRUPTIONS.get(name)
     if indices is None:
         indices = torch.arange(n, device=images.device)
     keys = image_keys(
@@ -146,6 +123,7 @@ def corrupt(
 
 __all__ = [
     "BENCHMARK_NAMES",
+    "CORRUPTIONS",
     "EXTRA_NAMES",
     "GROUPS",
     "IMPLEMENTATION_VERSION",

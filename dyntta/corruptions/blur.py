@@ -10,8 +10,10 @@ from torch import Tensor
 
 from dyntta.corruptions import _ops
 from dyntta.corruptions._random import ImageRandom
+from dyntta.corruptions.registry import register
 
 
+@register("gaussian_blur")
 def gaussian_blur(x: Tensor, sigma: float, rng: ImageRandom, table: str) -> Tensor:
     return _ops.gaussian_filter(x, sigma).clamp_(0, 1)
 
@@ -34,11 +36,13 @@ def disk_kernel(radius: float, alias_sigma: float) -> np.ndarray:
     return kernel[half - r : half + r + 1, half - r : half + r + 1]
 
 
+@register("defocus_blur")
 def defocus_blur(x: Tensor, p: tuple[float, float], rng: ImageRandom, table: str) -> Tensor:
     kernel = torch.from_numpy(disk_kernel(float(p[0]), float(p[1])))
     return _ops.depthwise_conv2d(x, kernel, "reflect101").clamp_(0, 1)
 
 
+@register("glass_blur")
 def glass_blur(x: Tensor, p: tuple[float, int, int], rng: ImageRandom, table: str) -> Tensor:
     """Blur, quantise to uint8, locally scramble pixels, blur again.
 
@@ -83,11 +87,13 @@ def glass_blur(x: Tensor, p: tuple[float, int, int], rng: ImageRandom, table: st
     return _ops.gaussian_filter(q.reshape(n, c, h, w) / 255, sigma).clamp_(0, 1)
 
 
+@register("motion_blur")
 def motion_blur(x: Tensor, p: tuple[int, float], rng: ImageRandom, table: str) -> Tensor:
     angle = rng.uniform((), stream=1) * 90 - 45  # U(-45, 45) degrees per image
     return _ops.motion_blur(x, int(p[0]), float(p[1]), angle).clamp_(0, 1)
 
 
+@register("zoom_blur")
 def zoom_blur(x: Tensor, zooms: tuple[float, ...], rng: ImageRandom, table: str) -> Tensor:
     n, c, h, w = x.shape
     if h * w <= _ops.DENSE_OPERATOR_MAX_PIXELS:  # small images: the whole blur is one (HW x HW) matrix

@@ -13,14 +13,17 @@ from torch import Tensor
 
 from dyntta.corruptions import _ops
 from dyntta.corruptions._random import ImageRandom
+from dyntta.corruptions.registry import register
 from dyntta.corruptions.tables import ELASTIC_UNIT
 
 
+@register("contrast")
 def contrast(x: Tensor, factor: float, rng: ImageRandom, table: str) -> Tensor:
     mean = x.mean(dim=(2, 3), keepdim=True)  # per image and channel, as the reference's axis=(0, 1)
     return ((x - mean) * factor + mean).clamp_(0, 1)
 
 
+@register("saturate")
 def saturate(x: Tensor, p: tuple[float, float], rng: ImageRandom, table: str) -> Tensor:
     """S' = clip(S * a + b) in HSV with H and V fixed.  Every channel satisfies V - c = V * S * g(H), so the
     round trip is c' = V - (V - c) * S'/S; grey pixels (S = 0, hue 0 by skimage's convention) become
@@ -37,6 +40,7 @@ def saturate(x: Tensor, p: tuple[float, float], rng: ImageRandom, table: str) ->
     return torch.where(delta > 0, coloured, grey).clamp_(0, 1)
 
 
+@register("pixelate")
 def pixelate(x: Tensor, factor: float, rng: ImageRandom, table: str) -> Tensor:
     """Pillow BOX down to int(size * factor), BOX back up (make_imagenet_c.py / make_cifar_c.py; the
     imagecorruptions packages upsample with NEAREST instead), as exact resampling matrices."""
@@ -56,6 +60,7 @@ def _torchvision_jpeg():
     return encode_jpeg, decode_jpeg
 
 
+@register("jpeg_compression")
 def jpeg_compression(x: Tensor, quality: int, rng: ImageRandom, table: str) -> Tensor:
     """libjpeg round trip at the given quality, 4:2:0: byte-identical to the reference's Pillow save/open.
 
@@ -123,6 +128,7 @@ def _sample(image: Tensor, xs: Tensor, ys: Tensor, align_corners: bool) -> Tenso
     return F.grid_sample(image, grid, mode="bilinear", padding_mode="reflection", align_corners=align_corners)
 
 
+@register("elastic_transform")
 def elastic_transform(x: Tensor, p: tuple[float, float, float], rng: ImageRandom, table: str) -> Tensor:
     """The ImageNet-C/CIFAR-10-C elastic transform: a random affine warp (reflect-101 borders), then a
     Gaussian-smoothed random displacement field (sigma, scaled by alpha; reflect) sampled bilinearly.

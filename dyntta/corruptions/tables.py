@@ -1,8 +1,8 @@
 """Severity parameter tables of the published corruption benchmarks.
 
 ``imagenet``: ImageNet-C, ``make_imagenet_c.py`` (224 px); ``cifar``: CIFAR-10-C, ``make_cifar_c.py`` (32 px),
-both from github.com/hendrycks/robustness (Hendrycks & Dietterich, ICLR 2019).  Values are transcribed from
-the notes' table (``shared/notes/corruptions-and-metrics.md`` section 3); each entry lists severities 1..5.
+both from github.com/hendrycks/robustness (Hendrycks & Dietterich, ICLR 2019).  Values follow those two
+scripts; each entry lists severities 1..5.
 The common pip packages apply the ImageNet table at every size, which is 2-10x too strong at 32 px; here the
 table follows the image size unless chosen explicitly.
 """
@@ -11,41 +11,14 @@ from __future__ import annotations
 
 import numpy as np
 
-NAMES: tuple[str, ...] = (
-    "gaussian_noise",
-    "shot_noise",
-    "impulse_noise",
-    "defocus_blur",
-    "glass_blur",
-    "motion_blur",
-    "zoom_blur",
-    "snow",
-    "frost",
-    "fog",
-    "brightness",
-    "contrast",
-    "elastic_transform",
-    "pixelate",
-    "jpeg_compression",
-    "speckle_noise",
-    "gaussian_blur",
-    "spatter",
-    "saturate",
-)
+from dyntta.contract import BENCHMARK_CORRUPTIONS, CORRUPTION_GROUPS, CORRUPTIONS, EXTRA_CORRUPTIONS, SEVERITIES
+
+#: The taxonomy lives in the contract (names, groups, order, severities); these are its names in this package.
+NAMES: tuple[str, ...] = CORRUPTIONS
 """The 15 ImageNet-C corruptions in the benchmark's order, then the 4 validation extras."""
-
-BENCHMARK_NAMES: tuple[str, ...] = NAMES[:15]
-EXTRA_NAMES: tuple[str, ...] = NAMES[15:]
-
-GROUPS: dict[str, tuple[str, ...]] = {
-    "noise": ("gaussian_noise", "shot_noise", "impulse_noise"),
-    "blur": ("defocus_blur", "glass_blur", "motion_blur", "zoom_blur"),
-    "weather": ("snow", "frost", "fog", "brightness"),
-    "digital": ("contrast", "elastic_transform", "pixelate", "jpeg_compression"),
-    "extra": EXTRA_NAMES,
-}
-
-SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
+BENCHMARK_NAMES: tuple[str, ...] = BENCHMARK_CORRUPTIONS
+EXTRA_NAMES: tuple[str, ...] = EXTRA_CORRUPTIONS
+GROUPS: dict[str, tuple[str, ...]] = CORRUPTION_GROUPS
 TABLE_NAMES: tuple[str, ...] = ("cifar", "imagenet")
 
 #: Images whose longer side is at most this use the CIFAR table when ``table=None``; larger ones ImageNet.
@@ -160,4 +133,4 @@ def params(name: str, severity: int, table: str) -> object:
     return TABLES[table][name][severity - 1]
 
 
-assert all(set(t) == set(NAMES) and all(len(v) == 5 for v in t.values()) for t in TABLES.values())
+__all__ = ["BENCHMARK_NAMES", "EXTRA_NAMES", "GROUPS", "NAMES", "SEVERITIES", "TABLES", "TABLE_NAMES", "default_table"]

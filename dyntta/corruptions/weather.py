@@ -15,11 +15,13 @@ from torch import Tensor
 
 from dyntta.corruptions import _ops
 from dyntta.corruptions._random import ImageRandom
+from dyntta.corruptions.registry import register
 from dyntta.corruptions.tables import FROST_TEXTURE_SCALE
 
 # --- snow ---------------------------------------------------------------------------------------------
 
 
+@register("snow")
 def snow(x: Tensor, p: tuple, rng: ImageRandom, table: str) -> Tensor:
     mean, std, zoom, threshold, radius, sigma, mix = p
     n, _, h, w = x.shape
@@ -164,6 +166,7 @@ def _fit_texture(texture: Tensor, h: int, w: int) -> Tensor:
     return F.interpolate(texture[None], size=size, mode="bicubic", align_corners=False)[0].clamp(0, 1)
 
 
+@register("frost")
 def frost(x: Tensor, p: tuple[float, float], rng: ImageRandom, table: str) -> Tensor:
     image_weight, frost_weight = p
     n, c, h, w = x.shape
@@ -233,6 +236,7 @@ def plasma_fractal(rng: ImageRandom, size: int, decay: float, stream: int, dtype
     return m / m.amax(dim=(1, 2), keepdim=True)
 
 
+@register("fog")
 def fog(x: Tensor, p: tuple[float, float], rng: ImageRandom, table: str) -> Tensor:
     strength, decay = p
     h, w = x.shape[-2:]
@@ -245,6 +249,7 @@ def fog(x: Tensor, p: tuple[float, float], rng: ImageRandom, table: str) -> Tens
 # --- brightness (HSV value shift) -----------------------------------------------------------------------
 
 
+@register("brightness")
 def brightness(x: Tensor, shift: float, rng: ImageRandom, table: str) -> Tensor:
     """V += shift in HSV.  With hue and saturation fixed every channel is proportional to V, so the HSV
     round trip reduces to scaling the pixel by V'/V (a black pixel becomes grey V'): exact, no conversion."""
@@ -362,6 +367,7 @@ _WATER = (175 / 255, 238 / 255, 238 / 255)  # pale turquoise, RGB
 _MUD = (63 / 255, 42 / 255, 20 / 255)
 
 
+@register("spatter")
 def spatter(x: Tensor, p: tuple, rng: ImageRandom, table: str) -> Tensor:
     mean, std, sigma, threshold, intensity, mode = p
     n, c, h, w = x.shape

@@ -6,8 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from dyntta import contract
 from dyntta.corruptions import (
     BENCHMARK_NAMES,
+    CORRUPTIONS,
     EXTRA_NAMES,
     GROUPS,
     NAMES,
@@ -49,6 +51,15 @@ def test_names_and_groups() -> None:
     assert tuple(n for g in GROUPS.values() for n in g) == NAMES
     for table in TABLES.values():
         assert set(table) == set(NAMES) and all(len(v) == 5 for v in table.values())
+
+
+def test_every_corruption_of_the_contract_is_registered() -> None:
+    assert set(CORRUPTIONS.names()) == set(NAMES) == set(contract.CORRUPTIONS)
+    assert NAMES == contract.CORRUPTIONS  # the order keys the random numbers
+    with pytest.raises(ValueError, match="not a corruption of the contract"):
+        CORRUPTIONS.register("rain")
+    with pytest.raises(ValueError, match="registered twice"):
+        CORRUPTIONS.register("fog")(lambda *args: args[0])
 
 
 @pytest.mark.parametrize(("name", "severity"), CONDITIONS)

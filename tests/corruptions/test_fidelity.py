@@ -90,5 +90,14 @@ def test_random_corruptions_have_the_reference_strength(photo: np.ndarray, name:
         assert abs(ours / ref - 1) < tolerance, (severity, ours, ref)
 
 
-def test_photo_fixture_is_natural(photo: np.ndarray) -> None:
-    assert photo.shape == (224, 224, 3) and Image.fromarray(photo).getextrema()[0][1] > 200
+@pytest.mark.parametrize("severity", [1, 3, 5])
+def test_pixelate_is_imagenet_c_box_resampling(photo: np.ndarray, severity: int) -> None:
+    """ImageNet-C's definition (Pillow BOX down, BOX up), which the reference package replaced with NEAREST:
+    ours differs only by Pillow's uint8 rounding of the intermediate image (at most one level)."""
+    factor = IMAGENET["pixelate"][severity - 1]
+    small = Image.fromarray(photo).resize((int(224 * factor), int(224 * factor)), Image.Resampling.BOX)
+    ref = np.asarray(small.resize((224, 224), Image.Resampling.BOX), dtype=np.float64)
+    x = torch.from_numpy(photo).permute(2, 0, 1)[None].float() / 255
+    ours = (corrupt(x, "pixelate", severity, table="imagenet") * 255)[0].permute(1, 2, 0).numpy()
+    difference = np.abs(ours - ref)
+    assert difference.max() <= 1.001 and difference.mean() < 0.5
