@@ -1,10 +1,11 @@
-"""``python -m dyntta.train {recognizer,enhancer}``."""
+"""``python -m dyntta.train {recognizer,enhancer}``, in one process or under ``torchrun`` (data-parallel)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from dyntta import distributed
 from dyntta.data import DatasetNotFoundError
 from dyntta.train import enhancer, recognizer
 
@@ -16,10 +17,14 @@ def main(argv: list[str] | None = None) -> int:
     enhancer.add_arguments(commands.add_parser("enhancer", help="fit a DynTTA enhancer for a frozen recognizer"))
     args = parser.parse_args(argv)
     try:
+        distributed.init_from_env(args.device)  # a no-op unless launched by torchrun
         {"recognizer": recognizer.run, "enhancer": enhancer.run}[args.command](args)
-    except (DatasetNotFoundError, FileNotFoundError, ValueError) as error:
+    except (DatasetNotFoundError, OSError, ValueError) as error:
+        # OSError covers an image file PIL cannot read (UnidentifiedImageError, a truncated JPEG)
         print(f"error: {error}", file=sys.stderr)
         return 2
+    finally:
+        distributed.shutdown()
     return 0
 
 

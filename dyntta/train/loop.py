@@ -2,6 +2,13 @@
 
 Methods (ERM, DAMP, ...) plug in through :class:`~dyntta.robust.TrainingStrategy`; the loop never
 branches on which one is running.
+
+Under torchrun (see :mod:`dyntta.distributed`) the same loop is data-parallel: ``config.batch_size`` is the
+*global* batch, each of the N ranks takes batch_size / N images of its ``DistributedSampler`` shard per step,
+gradients and BatchNorm buffers are averaged before every optimizer step, and rank 0 alone logs, draws
+progress bars and writes ``train_state.pt``. The learning rate is that of the global batch, so the same
+flags train the same model at any world size (exactly so without BatchNorm, whose batch statistics are per
+rank).
 """
 
 from __future__ import annotations
@@ -18,16 +25,18 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from dyntta import distributed
 from dyntta.data import LabelledImages, to_float
 from dyntta.robust import TrainingStrategy
 
 STATE_FILE = "train_state.pt"
+#: Fewer training images than this is refused: a split this small trains nothing useful.
+MIN_TRAIN_IMAGES = 8
 
 
 def pick_device(requested: str = "auto") -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
+    """``auto`` -> CUDA if available else CPU; under torchrun a bare CUDA device is this rank's GPU."""
+    return distributed.local_device(requested)
 
 
 def seed_everything(seed: int) -> None:
@@ -36,12 +45,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """The RNG seed of one rank's epoch (augmentation, corruption and method noise): ranks draw
+    independently, and a resumed run draws what the uninterrupted one would have."""
+    return ((seed * 1_000_003 + epoch) * 1009 + rank) % (2**31 - 1)
+
+
 @dataclass
 class LoopConfig:
     epochs: int
-    batch_size: int = 128
+    batch_size: int = 128  # the global batch: per rank it is batch_size / world size
     optimizer: str = "sgd"  # sgd | adamw
-    lr: float = 0.1
+    lr: float = 0.1  # for the global batch
     weight_decay: float = 5e-4
     momentum: float = 0.9
     warmup_epochs: float = 1.0
@@ -50,22 +65,64 @@ class LoopConfig:
     rounds: int = 1  # data-amendment rounds (DPL); epochs are split evenly between rounds
 
 
+def per_rank_batch(batch_size: int, world_size: int) -> int:
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+    if batch_size % world_size:
+        raise ValueError(
+            f"--batch-size {batch_size} is the global batch and must be divisible by the world size "
+            f"{world_size} (each rank takes batch-size / world-size images per step)"
+        )
+    return batch_size // world_size
+
+
+def check_training_set(train: LabelledImages, what: str = "training") -> None:
+    """Refuse a training split that is empty, tiny, of one class, or missing a class (exit 2 in the CLIs)."""
+    if len(train) < MIN_TRAIN_IMAGES:
+        raise ValueError(
+            f"the {what} split has {len(train)} images; at least {MIN_TRAIN_IMAGES} are needed "
+            "(use more data or a smaller validation split)"
+        )
+    if len(train.classes) < 2:
+        raise ValueError(f"the data has {len(train.classes)} class(es) {train.classes}; a classifier needs at least 2")
+    counts = torch.bincount(train.labels, minlength=len(train.classes))
+    empty = [c for c, n in zip(train.classes, counts.tolist(), strict=True) if n == 0]
+    if empty:
+        raise ValueError(
+            f"class(es) {empty[:10]} have no image in the {what} split (empty or unreadable class folder?); "
+            "remove the folder or add images"
+        )
+
+
 @torch.no_grad()
 def evaluate_accuracy(
     model: nn.Module,
     data: LabelledImages,
-    device: torch.device,
+    device: torch.device | str,
     batch_size: int = 500,
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    sharded: bool = False,
 ) -> float:
-    """Top-1 accuracy of ``model`` on ``data`` (uint8 images); ``transform`` acts on [0, 1] batches."""
+    """Top-1 accuracy of ``model`` on ``data`` (uint8 images); ``transform`` acts on [0, 1] batches.
+
+    ``sharded``: every rank classifies its contiguous 1/N of ``data`` and the counts are summed (all ranks
+    must call it); the result is the same on every rank.
+    """
+    world = distributed.current()
+    lo, hi = 0, len(data)
+    if sharded and world.distributed:
+        per = math.ceil(len(data) / world.size)
+        lo, hi = min(len(data), world.rank * per), min(len(data), (world.rank + 1) * per)
     correct = 0
-    for start in range(0, len(data), batch_size):
-        images = to_float(data.images[start : start + batch_size]).to(device)
+    for start in range(lo, hi, batch_size):
+        stop = min(hi, start + batch_size)
+        images = to_float(data.images[start:stop]).to(device)
         if transform is not None:
             images = transform(images)
         logits = model(images)
-        correct += (logits.argmax(1).cpu() == data.labels[start : start + batch_size]).sum().item()
+        correct += (logits.argmax(1).cpu() == data.labels[start:stop]).sum().item()
+    if sharded:
+        correct = distributed.all_reduce_sum([correct])[0]
     return correct / max(1, len(data))
 
 
@@ -89,6 +146,19 @@ def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]
     return factor
 
 
+def batches(order: torch.Tensor, per_rank: int) -> list[torch.Tensor]:
+    """``order`` cut into batches of ``per_rank``; a trailing batch of one image is dropped (BatchNorm
+    cannot train on one image, and every rank's shard has the same length, so all ranks drop it)."""
+    out = list(order.split(per_rank))
+    if len(out) > 1 and len(out[-1]) == 1:
+        out.pop()
+    return out
+
+
+def steps_per_epoch(n: int, per_rank: int, world_size: int) -> int:
+    return len(batches(torch.empty(math.ceil(n / world_size)), per_rank))
+
+
 def fit(
     model: nn.Module,
     strategy: TrainingStrategy,
@@ -101,49 +171,75 @@ def fit(
 ) -> tuple[nn.Module, list[dict]]:
     """Train ``model`` with ``strategy``; returns the trained model and the per-epoch history.
 
-    A ``train_state.pt`` in ``out_dir`` is written after every epoch and picked up again when ``resume``.
+    A ``train_state.pt`` in ``out_dir`` is written (by rank 0, atomically) after every epoch and picked up
+    again when ``resume``, at any world size.
     """
+    world = distributed.current()
     device = pick_device(config.device)
+    per_rank = per_rank_batch(config.batch_size, world.size)
     seed_everything(config.seed)
     model = strategy.prepare_model(model).to(device)
+    distributed.broadcast_module(model)  # ranks may have initialised their copies differently
     train = strategy.bind_data(train, val)  # e.g. DPL sets its guide set aside
+    if len(train) == 0:
+        raise ValueError("no training images left (the training split is empty)")
     optimizer = make_optimizer(config, strategy.parameter_groups(model))
-    steps_per_epoch = math.ceil(len(train) / config.batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(config.epochs * steps_per_epoch, int(config.warmup_epochs * steps_per_epoch))
-    )
+    distributed.synchronise_steps(model, optimizer)
+    per_epoch = steps_per_epoch(len(train), per_rank, world.size)
+    schedule = warmup_cosine(config.epochs * per_epoch, int(config.warmup_epochs * per_epoch))
     history: list[dict] = []
     start_epoch = 0
+    start_step = 0
     state_path = out_dir / STATE_FILE
     if resume and state_path.is_file():
         state = torch.load(state_path, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
         start_epoch, history = state["epoch"], state["history"]
+        # The schedule position, rescaled when the world size (hence steps per epoch) changed.
+        saved_per_epoch = state.get("steps_per_epoch", per_epoch)
+        start_step = round(state["scheduler"]["last_epoch"] * per_epoch / max(1, saved_per_epoch))
         if state.get("train") is not None:
             train = state["train"]
-        tqdm.write(f"resumed from {state_path} at epoch {start_epoch}")
+        if world.is_main:
+            tqdm.write(
+                f"resumed from {state_path} at epoch {start_epoch} "
+                f"(saved by {state.get('world_size', 1)} rank(s), now {world.size})"
+            )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    if start_step:
+        scheduler.last_epoch = start_step
+        for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
+            group["lr"] = base * schedule(start_step)
+    if world.is_main and world.distributed:
+        tqdm.write(
+            f"world size {world.size} ({world.backend}): global batch {config.batch_size} = "
+            f"{world.size} x {per_rank} per rank, lr {config.lr:g} for the global batch"
+        )
 
     epochs_per_round = math.ceil(config.epochs / max(1, config.rounds))
     augment = augment.to(device) if augment is not None else None
     for epoch in range(start_epoch, config.epochs):
         if epoch > 0 and epoch % epochs_per_round == 0:
+            seed_everything(epoch_seed(config.seed, epoch, rank=0))  # the same draws on every rank
             train = strategy.amend_data(epoch // epochs_per_round, model, train)
+            # Every rank amends the same model's same data; rank 0's result is sent to all, so that any
+            # difference cannot leave ranks with different training sets (and different step counts).
+            train = distributed.broadcast_object(train)
         strategy.start_epoch(epoch, config.epochs)
+        seed_everything(epoch_seed(config.seed, epoch, world.rank))
         model.train()
         started = time.perf_counter()
-        order = torch.randperm(len(train))
+        order = distributed.shard_indices(len(train), config.seed, epoch)
         running, seen = 0.0, 0
         bar = tqdm(
-            range(0, len(train), config.batch_size),
+            batches(order, per_rank),
             desc=f"epoch {epoch + 1}/{config.epochs}",
             unit="batch",
             leave=False,
+            disable=not world.is_main,
         )
-        for start in bar:
-            index = order[start : start + config.batch_size]
+        for index in bar:
             images = to_float(train.images[index]).to(device, non_blocking=True)
             labels = train.labels[index].to(device, non_blocking=True)
             if augment is not None:
@@ -154,26 +250,33 @@ def fit(
             running += logs["loss"] * len(index)
             seen += len(index)
             bar.set_postfix(loss=f"{running / seen:.4f}", lr=f"{scheduler.get_last_lr()[0]:.4f}")
+        running, seen = distributed.all_reduce_sum([running, seen])
+        elapsed = time.perf_counter() - started
         record = {
             "epoch": epoch + 1,
-            "train_loss": running / seen,
-            "seconds": round(time.perf_counter() - started, 1),
-            "images_per_second": round(seen / (time.perf_counter() - started), 1),
+            "train_loss": running / max(1, seen),
+            "seconds": round(elapsed, 1),
+            "images_per_second": round(seen / elapsed, 1),
         }
+        if world.distributed:
+            record["world_size"] = world.size
         if val is not None and len(val):
-            record["val_accuracy"] = evaluate_accuracy(strategy.eval_mode(model), val, device)
+            record["val_accuracy"] = evaluate_accuracy(strategy.eval_mode(model), val, device, sharded=True)
         history.append(record)
-        tqdm.write("  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-        torch.save(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": torch.get_rng_state(),
-                "epoch": epoch + 1,
-                "history": history,
-                "train": train if config.rounds > 1 else None,
-            },
-            state_path,
-        )
+        if world.is_main:
+            tqdm.write("  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+            distributed.atomic_save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "steps_per_epoch": per_epoch,
+                    "world_size": world.size,
+                    "global_batch": config.batch_size,
+                    "epoch": epoch + 1,
+                    "history": history,
+                    "train": train if config.rounds > 1 else None,
+                },
+                state_path,
+            )
     return model, history

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import torch
 
+from dyntta import distributed
 from dyntta.data import load_dataset, split_validation, to_float
 from dyntta.models import create_recognizer, load_recognizer, save_recognizer
 from dyntta.robust import STRATEGIES, create_strategy, parse_method_args
 from dyntta.train.augment import standard_augmentation
-from dyntta.train.loop import LoopConfig, evaluate_accuracy, fit, pick_device
+from dyntta.train.loop import LoopConfig, check_training_set, evaluate_accuracy, fit, pick_device
 
 
 @dataclass
@@ -42,6 +43,7 @@ class RecognizerTrainConfig:
     method_args: list[str] | None = None
     init: str | None = None
     small_input_stem: bool = True
+    sync_bn: bool = False
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,9 +74,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="keep the architecture's strided stem at small inputs (faster, coarser)",
     )
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=128,
+        help="global batch: under torchrun each of the N ranks takes batch-size / N images per step",
+    )
     parser.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
-    parser.add_argument("--lr", type=float, default=None, help="default: 0.1 (sgd) or 1e-3 (adamw) per 128 images")
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="learning rate for the global batch; default: 0.1 (sgd) or 1e-3 (adamw) per 128 images",
+    )
+    parser.add_argument(
+        "--sync-bn",
+        action="store_true",
+        help="under torchrun on CUDA: SyncBatchNorm (batch statistics over all ranks); refused on CPU",
+    )
     parser.add_argument("--weight-decay", type=float, default=5e-4)
     parser.add_argument("--label-smoothing", type=float, default=0.1)
     parser.add_argument("--val-fraction", type=float, default=0.1, help="held-out part of train for validation")
@@ -101,6 +118,14 @@ def run(args: argparse.Namespace) -> dict:
     config = RecognizerTrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
     if config.threads:
         torch.set_num_threads(config.threads)
+    world = distributed.current()
+    if not 0 <= config.val_fraction < 1:
+        raise ValueError(f"--val-fraction must be in [0, 1), got {config.val_fraction}")
+    if config.sync_bn and pick_device(config.device).type != "cuda":
+        raise ValueError(
+            "--sync-bn needs CUDA (nccl): torch's SyncBatchNorm does not run on CPU modules. Without it "
+            "BatchNorm statistics are per rank (running statistics averaged over ranks at every step)"
+        )
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     full_train = load_dataset(config.data, "train", image_size=config.image_size, root=config.data_dir)
@@ -108,6 +133,7 @@ def run(args: argparse.Namespace) -> dict:
     train, val = split_validation(full_train, config.val_fraction, config.seed)
     if config.train_subset:
         train = train.subset(torch.arange(min(config.train_subset, len(train))))
+    check_training_set(train)
     mean, std = channel_statistics(train.images)
     model = create_recognizer(
         config.arch,
@@ -119,6 +145,8 @@ def run(args: argparse.Namespace) -> dict:
     )
     if config.init:
         load_initial_weights(model, config.init)
+    if config.sync_bn and world.distributed:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same state-dict keys as BatchNorm
     strategy = create_strategy(
         config.method, label_smoothing=config.label_smoothing, **parse_method_args(config.method_args)
     )
@@ -133,11 +161,13 @@ def run(args: argparse.Namespace) -> dict:
         device=config.device,
         rounds=strategy.rounds,
     )
-    print(
-        f"training {config.arch} ({model.num_parameters() / 1e6:.2f} M parameters) with {strategy.name} on "
-        f"{len(train)} {config.data} images, validating on {len(val)}, device {pick_device(config.device)}",
-        file=sys.stderr,
-    )
+    if world.is_main:
+        print(
+            f"training {config.arch} ({model.num_parameters() / 1e6:.2f} M parameters) with {strategy.name} on "
+            f"{len(train)} {config.data} images, validating on {len(val)}, device {pick_device(config.device)}, "
+            f"world size {world.size}",
+            file=sys.stderr,
+        )
     started = time.perf_counter()
     augment = standard_augmentation(config.image_size)
     if config.augment_policy:  # an estimated policy (python -m dyntta.enhancer estimate-policy) on top
@@ -146,6 +176,8 @@ def run(args: argparse.Namespace) -> dict:
         augment = torch.nn.Sequential(augment, PolicyAugment(load_policy(config.augment_policy), config.image_size))
     trained, history = fit(model, strategy, train, val, loop, out, augment=augment)
     train_seconds = time.perf_counter() - started
+    if not world.is_main:
+        return {}  # rank 0 alone writes the checkpoint and evaluates it
     device = pick_device(config.device)
     final = strategy.inference_model(trained).cpu()
     recipe = {
@@ -156,6 +188,8 @@ def run(args: argparse.Namespace) -> dict:
         "augmentation": "random crop (pad size/8) + hflip",
         "schedule": "1 warm-up epoch, cosine per step",
         "device": str(device),
+        "world_size": world.size,
+        "per_rank_batch": config.batch_size // world.size,
     }
     save_recognizer(final, out, recipe=recipe, weights_dtype=config.weights_dtype)
     recipe["artifacts"] = strategy.save_artifacts(trained, out)
