@@ -15,6 +15,7 @@ import gzip
 import os
 import pickle
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from dyntta.contract import IMAGE_SUFFIXES, find_class_images
 from dyntta.data.transforms import arrays_to_model_input, to_model_input
+from dyntta.registry import Registry
 
 FASHION_MNIST_CLASSES = [
     "T-shirt/top",
@@ -40,9 +43,14 @@ FASHION_MNIST_CLASSES = [
 FASHION_MNIST_DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_ENV = "DYNTTA_FASHION_MNIST_DIR"
 DATA_DIR_ENV = "DYNTTA_DATA_DIR"
-DATASETS = ("fashion-mnist", "cifar10", "cifar100", "imagefolder")
 SPLITS = ("train", "test")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+
+
+#: ``loader(split, image_size, root)``; ``root`` None means the loader's environment variable or default place.
+Loader = Callable[[str, int, "str | os.PathLike[str] | None"], "LabelledImages"]
+DATASETS: Registry[Loader] = Registry("data set")
+"""Every loadable data set, registered by decorator beside its loader (names are case-insensitive and
+treat ``-`` and ``_`` alike)."""
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -81,21 +89,13 @@ def load_dataset(
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-    key = name.lower().replace("_", "-")
-    if key in ("fashion-mnist", "fashionmnist"):
-        return _fashion_mnist(split, image_size, root)
-    if key in ("cifar10", "cifar-10", "cifar100", "cifar-100"):
-        return _cifar(key.replace("-", ""), split, image_size, root)
-    if key in ("imagefolder", "image-folder"):
-        if root is None and not os.environ.get(DATA_DIR_ENV):
-            raise DatasetNotFoundError(f"--data imagefolder needs --data-dir DIR (or {DATA_DIR_ENV}=DIR)")
-        return _image_folder(Path(root or os.environ[DATA_DIR_ENV]), split, image_size)
-    raise ValueError(f"unknown data set {name!r}; expected one of {DATASETS}")
+    return DATASETS.get(name)(split, image_size, root)
 
 
 # --- Fashion-MNIST (IDX) -------------------------------------------------------------------------------
 
 
+@DATASETS.register("fashion-mnist", aliases=("fashionmnist",))
 def _fashion_mnist(split: str, size: int, root: str | os.PathLike | None) -> LabelledImages:
     directory = Path(root or os.environ.get(FASHION_MNIST_ENV) or FASHION_MNIST_DEFAULT_DIR)
     prefix = "train" if split == "train" else "t10k"
@@ -131,6 +131,16 @@ def read_idx(path: Path) -> np.ndarray:
 # --- CIFAR-10 / CIFAR-100 python batches ---------------------------------------------------------------
 
 
+@DATASETS.register("cifar10", aliases=("cifar-10",))
+def _cifar10(split: str, size: int, root: str | os.PathLike | None) -> LabelledImages:
+    return _cifar("cifar10", split, size, root)
+
+
+@DATASETS.register("cifar100", aliases=("cifar-100",))
+def _cifar100(split: str, size: int, root: str | os.PathLike | None) -> LabelledImages:
+    return _cifar("cifar100", split, size, root)
+
+
 def _cifar(key: str, split: str, size: int, root: str | os.PathLike | None) -> LabelledImages:
     default = "cifar-10-batches-py" if key == "cifar10" else "cifar-100-python"
     directory = Path(root or os.environ.get(DATA_DIR_ENV) or Path.cwd() / "data" / default)
@@ -164,6 +174,13 @@ def _unpickle(path: Path) -> dict:
 # --- ImageFolder ---------------------------------------------------------------------------------------
 
 
+@DATASETS.register("imagefolder", aliases=("image-folder",))
+def _imagefolder(split: str, size: int, root: str | os.PathLike | None) -> LabelledImages:
+    if root is None and not os.environ.get(DATA_DIR_ENV):
+        raise DatasetNotFoundError(f"--data imagefolder needs --data-dir DIR (or {DATA_DIR_ENV}=DIR)")
+    return _image_folder(Path(root or os.environ[DATA_DIR_ENV]), split, size)
+
+
 def _image_folder(directory: Path, split: str, size: int) -> LabelledImages:
     if not directory.is_dir():
         raise DatasetNotFoundError(f"ImageFolder directory {directory} does not exist")
@@ -172,15 +189,11 @@ def _image_folder(directory: Path, split: str, size: int) -> LabelledImages:
         split_dir = directory / "val"
     if not split_dir.is_dir():
         split_dir = directory  # a single folder serves every split (e.g. an evaluation set)
-    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-    files = [
-        (f, label)
-        for label, c in enumerate(classes)
-        for f in sorted((split_dir / c).rglob("*"))
-        if f.suffix.lower() in IMAGE_SUFFIXES
-    ]
+    classes, files = find_class_images(split_dir)
     if not files:
-        raise DatasetNotFoundError(f"no images found in class sub-folders of {split_dir}")
+        raise DatasetNotFoundError(
+            f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found in class sub-folders of {split_dir}"
+        )
     images = np.empty((len(files), size, size, 3), dtype=np.uint8)
     for i, (path, _) in enumerate(tqdm(files, desc=f"reading {split_dir}", disable=len(files) < 1000)):
         with Image.open(path) as img:

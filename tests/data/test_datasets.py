@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dyntta.data import DatasetNotFoundError, load_dataset, split_validation, to_model_input
+from dyntta.data import DATASETS, DatasetNotFoundError, load_dataset, split_validation, to_model_input
 from dyntta.data.datasets import FASHION_MNIST_DEFAULT_DIR, read_idx
 
 
@@ -85,6 +85,9 @@ def test_image_folder(tmp_path) -> None:
             for i in range(3):
                 Image.new("RGB", (50 + i, 40), colour).save(tmp_path / split / label / f"{i}.png")
     (tmp_path / "train" / "cat" / "notes.txt").write_text("not an image")
+    (tmp_path / "train" / "cat" / "._0.png").write_bytes(b"macOS resource fork, not a PNG")
+    (tmp_path / "train" / ".thumbnails").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "train" / ".thumbnails" / "t.png")
     data = load_dataset("imagefolder", "train", root=tmp_path)
     assert data.classes == ["cat", "dog"] and len(data) == 6
     assert data.images.shape == (6, 3, 32, 32)
@@ -96,9 +99,16 @@ def test_image_folder_empty_is_clear(tmp_path) -> None:
         load_dataset("imagefolder", "test", root=tmp_path)
 
 
+def test_registry_names_and_aliases(tmp_path) -> None:
+    assert DATASETS.names() == ("fashion-mnist", "cifar10", "cifar100", "imagefolder")
+    assert DATASETS.canonical("Fashion_MNIST") == DATASETS.canonical("fashionmnist") == "fashion-mnist"
+    _write_cifar10(tmp_path / "c")
+    assert len(load_dataset("CIFAR_10", "test", root=tmp_path / "c")) == 4
+
+
 def test_unknown_dataset_and_split() -> None:
-    with pytest.raises(ValueError, match="unknown data set"):
-        load_dataset("mnist-but-wrong")
+    with pytest.raises(ValueError, match="unknown data set 'cifar-1000' \\(did you mean 'cifar100'\\?\\)"):
+        load_dataset("cifar-1000")
     with pytest.raises(ValueError, match="unknown split"):
         load_dataset("fashion-mnist", "validation")
 
