@@ -13,18 +13,9 @@ from dyntta.robust.advbn import AdvBN
 from dyntta.robust.damp import DAMP
 from dyntta.robust.dpl import DPL
 from dyntta.robust.l2p import Learn2Perturb
+from dyntta.robust.registry import STRATEGIES  # filled by @register_strategy where each method is defined
 from dyntta.robust.sam import ASAM, SAM
 from dyntta.robust.strategy import TrainingStrategy
-
-STRATEGIES: dict[str, type[TrainingStrategy]] = {
-    "erm": TrainingStrategy,
-    "dpl": DPL,
-    "damp": DAMP,
-    "l2p": Learn2Perturb,
-    "advbn": AdvBN,
-    "sam": SAM,
-    "asam": ASAM,  # reference points for DAMP
-}
 
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 

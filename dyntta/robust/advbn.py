@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dyntta.robust.registry import register_strategy
 from dyntta.robust.strategy import TrainingStrategy
 
 BRANCHES = ("clean", "adv")
@@ -67,6 +68,7 @@ def run(modules: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+@register_strategy("advbn")
 class AdvBN(TrainingStrategy):
     """Adversarial feature-statistics fine-tuning (``adv_weight = 0`` is plain fine-tuning of the head)."""
 

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dyntta.robust.registry import register_strategy
 from dyntta.robust.strategy import TrainingStrategy
 
 NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -141,6 +142,7 @@ def multiplicative_noise(model: nn.Module, sigma: float, m: int) -> Iterator[lis
             del module.forward  # back to the class's forward
 
 
+@register_strategy("damp")
 class DAMP(TrainingStrategy):
     """Random multiplicative weight noise per micro-batch (``sigma`` = 0 is plain training)."""
 

@@ -31,6 +31,7 @@ from torch import nn
 from tqdm import tqdm
 
 from dyntta.data import LabelledImages, to_float
+from dyntta.robust.registry import register_strategy
 from dyntta.robust.strategy import TrainingStrategy
 
 
@@ -152,6 +153,7 @@ def influence(
     return u.detach(), v.detach()
 
 
+@register_strategy("dpl")
 class DPL(TrainingStrategy):
     """Influence-guided training-set amendment between rounds (``fraction = 0`` is plain training)."""
 

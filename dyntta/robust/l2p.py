@@ -32,6 +32,7 @@ from timm.models.resnet import BasicBlock, Bottleneck
 from torch import nn
 
 from dyntta.robust.attacks import pgd_linf
+from dyntta.robust.registry import register_strategy
 from dyntta.robust.strategy import TrainingStrategy
 
 NOISE_FILE = "l2p_noise.safetensors"
@@ -142,6 +143,7 @@ def harmonic(n: int) -> float:
     return sum(1.0 / i for i in range(1, n + 1))
 
 
+@register_strategy("l2p")
 class Learn2Perturb(TrainingStrategy):
     """Learned feature noise + PGD adversarial training (``noise_init = noise_floor = gamma = 0`` with
     ``adv_start`` past the last epoch is plain training)."""

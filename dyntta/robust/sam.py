@@ -14,9 +14,11 @@ import torch
 from torch import nn
 
 from dyntta.robust.damp import perturbable_modules
+from dyntta.robust.registry import register_strategy
 from dyntta.robust.strategy import TrainingStrategy
 
 
+@register_strategy("sam")
 class SAM(TrainingStrategy):
     name = "sam"
     adaptive = False
@@ -74,6 +76,7 @@ class SAM(TrainingStrategy):
         }
 
 
+@register_strategy("asam")
 class ASAM(SAM):
     name = "asam"
     adaptive = True

@@ -14,8 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from dyntta.data import LabelledImages
+from dyntta.robust.registry import register_strategy
 
 
+@register_strategy("erm")
 class TrainingStrategy:
     """Plain training (ERM). Subclasses override hooks; each hook's default is the ERM behaviour."""
 
