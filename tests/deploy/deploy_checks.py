@@ -11,8 +11,10 @@
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import json
+import re
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -145,3 +147,81 @@ def by_kind(objs: list[Obj], kind: str) -> dict[str, Obj]:
 
 def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+# --- Dockerfile -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Instruction:
+    keyword: str
+    args: str
+    stage: int  # index of the FROM this instruction belongs to
+
+
+def parse_dockerfile(text: str) -> list[Instruction]:
+    """Instructions of a Dockerfile: comments dropped, backslash continuations joined."""
+    logical, parts = [], []
+    for line in text.splitlines():
+        if line.lstrip().startswith("#") or not line.strip():
+            continue
+        parts.append(line.rstrip().removesuffix("\\").strip())
+        if not line.rstrip().endswith("\\"):
+            logical.append(" ".join(parts))
+            parts = []
+    instructions, stage = [], -1
+    for line in logical:
+        keyword, _, args = line.partition(" ")
+        stage += keyword.upper() == "FROM"
+        instructions.append(Instruction(keyword.upper(), args.strip(), stage))
+    return instructions
+
+
+def dockerfile_problems(text: str) -> list[str]:
+    """What breaks the image contract: installs not from uv.lock, root at run time, unpinned base images."""
+    instructions = parse_dockerfile(text)
+    problems = []
+    last = max(i.stage for i in instructions)
+    args = {k: v for i in instructions if i.keyword == "ARG" and "=" in i.args for k, v in [i.args.split("=", 1)]}
+    for i in instructions:
+        if i.keyword == "FROM":
+            image = i.args.split()[0]
+            image = args.get(image.strip("${}"), image)
+            if ":" not in image.rsplit("/", 1)[-1] or image.endswith(":latest"):
+                problems.append(f"unpinned base image {image}")
+        if i.keyword == "RUN" and re.search(r"\bpip3? install\b|\buv pip install\b", i.args):
+            problems.append(f"installs outside the lock file: {i.args}")
+        if i.keyword == "RUN" and re.search(r"\buv sync\b", i.args):
+            flags = set(i.args.split())
+            if not {"--locked", "--no-dev"} <= flags:
+                problems.append(f"uv sync without --locked --no-dev: {i.args}")
+    syncs = [n for n, i in enumerate(instructions) if i.keyword == "RUN" and "uv sync" in i.args]
+    lock = [n for n, i in enumerate(instructions) if i.keyword == "COPY" and "uv.lock" in i.args.split()]
+    if not syncs or not lock or lock[0] > syncs[0]:
+        problems.append("uv.lock is not copied before the first uv sync")
+    users = [i.args for i in instructions if i.keyword == "USER" and i.stage == last]
+    if not users:
+        problems.append("the final stage runs as root (no USER)")
+    else:
+        user = users[-1].split(":")[0]
+        if user in ("root", "0") or not user.isdigit():
+            problems.append(f"the final stage's USER {users[-1]} is root or not numeric (runAsNonRoot needs a uid)")
+    return problems
+
+
+def dockerignore_excludes(patterns: list[str], path: str) -> bool:
+    """Docker's rule: the last pattern that matches a path (or one of its parents) decides; ``!`` re-includes."""
+    excluded = False
+    parts = path.strip("/").split("/")
+    prefixes = ["/".join(parts[: n + 1]) for n in range(len(parts))]
+    for raw in patterns:
+        negate, pattern = raw.startswith("!"), raw.lstrip("!").strip("/")
+        if any(
+            fnmatch.fnmatchcase(p, pattern) or fnmatch.fnmatchcase(p, pattern.removeprefix("**/")) for p in prefixes
+        ):
+            excluded = not negate
+    return excluded
+
+
+def dockerignore_patterns(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
