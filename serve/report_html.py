@@ -13,6 +13,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from dyntta.evaluate.schema import ModelResults, Report
+
 
 def _pct(value: Any, digits: int = 1) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -36,21 +38,19 @@ def _delta_colour(delta: float | None) -> str:
     return f"hsl({hue}, 65%, {95 - 35 * strength:.0f}%)"
 
 
-def _heatmap(res: Mapping[str, Any], names: list[str], severities: list[int]) -> str:
+def _heatmap(res: ModelResults, names: list[str], severities: list[int]) -> str:
     head = "".join(f"<th>s{s}</th>" for s in severities)
     rows = []
-    clean = res["clean"]["accuracy"]
+    clean = res.clean.accuracy
     rows.append(
         f'<tr><th class="name">clean</th><td style="background:{_cell_colour(clean)}" '
         f'colspan="{len(severities)}">{_pct(clean)}</td><td>{_pct(clean)}</td></tr>'
     )
-    per_corruption = {}
-    for block in ("core", "extras"):
-        per_corruption.update((res.get(block) or {}).get("per_corruption") or {})
+    per_corruption = res.block_means()
     for name in names:
         cells = []
         for s in severities:
-            value = res["accuracy"].get(name, {}).get(str(s))
+            value = res.accuracy.get(name, {}).get(s)
             cells.append(f'<td style="background:{_cell_colour(value)}">{_pct(value)}</td>')
         mean = per_corruption.get(name)
         rows.append(
@@ -63,13 +63,13 @@ def _heatmap(res: Mapping[str, Any], names: list[str], severities: list[int]) ->
     )
 
 
-def _delta_heatmap(new: Mapping[str, Any], base: Mapping[str, Any], names: list[str], severities: list[int]) -> str:
+def _delta_heatmap(new: ModelResults, base: ModelResults, names: list[str], severities: list[int]) -> str:
     head = "".join(f"<th>s{s}</th>" for s in severities)
     rows = []
     for name in names:
         cells = []
         for s in severities:
-            a, b = new["accuracy"].get(name, {}).get(str(s)), base["accuracy"].get(name, {}).get(str(s))
+            a, b = new.accuracy.get(name, {}).get(s), base.accuracy.get(name, {}).get(s)
             delta = None if a is None or b is None else a - b
             text = "–" if delta is None else f"{100 * delta:+.1f}"
             cells.append(f'<td style="background:{_delta_colour(delta)}">{text}</td>')
@@ -80,17 +80,15 @@ def _delta_heatmap(new: Mapping[str, Any], base: Mapping[str, Any], names: list[
     )
 
 
-def _summary(models: Mapping[str, Any]) -> str:
+def _summary(models: Mapping[str, ModelResults]) -> str:
     rows = []
     for name, res in models.items():
-        clean = res["clean"]
-        core = res.get("core") or {}
-        extras = res.get("extras") or {}
-        ci = clean.get("ci95") or [None, None]
+        clean, core, extras = res.clean, res.core, res.extras
         rows.append(
-            f"<tr><th>{html.escape(name)}</th><td>{_pct(clean['accuracy'], 2)} "
-            f"[{_pct(ci[0], 2)}, {_pct(ci[1], 2)}]</td><td>{_pct(core.get('mean'), 2)}</td>"
-            f"<td>{_pct(core.get('severity5_mean'), 2)}</td><td>{_pct(extras.get('mean'), 2)}</td></tr>"
+            f"<tr><th>{html.escape(name)}</th><td>{_pct(clean.accuracy, 2)} "
+            f"[{_pct(clean.ci95[0], 2)}, {_pct(clean.ci95[1], 2)}]</td><td>{_pct(core.mean if core else None, 2)}</td>"
+            f"<td>{_pct(core.severity5_mean if core else None, 2)}</td>"
+            f"<td>{_pct(extras.mean if extras else None, 2)}</td></tr>"
         )
     return (
         '<table class="summary"><thead><tr><th>model</th><th>clean accuracy % [95 % CI]</th>'
@@ -110,18 +108,19 @@ pre { background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: 85%; }
 """
 
 
-def render_report_html(report: Mapping[str, Any], *, job_id: str | None = None) -> str:
-    header = report.get("header", {})
-    names = list(report["conditions"]["corruptions"])
-    severities = [int(s) for s in report["conditions"]["severities"]]
-    models = report["models"]
-    data = header.get("data", {})
+def render_report_html(report: Report, *, job_id: str | None = None) -> str:
+    header = report.header
+    names = list(report.conditions.corruptions)
+    severities = list(report.conditions.severities)
+    models = report.models
+    data = header.data
+    corruptions = header.corruptions.model_dump(mode="json") if header.corruptions else {}
     title = f"Robustness report {job_id}" if job_id else "Robustness report"
     sections = [
         f"<h1>{html.escape(title)}</h1>",
-        f"<p>{html.escape(str(data.get('name', '?')))} ({data.get('n', '?')} images, "
-        f"{data.get('image_size', '?')} px); seed {header.get('seed', '?')}; corruptions: "
-        f"{html.escape(json.dumps(header.get('corruptions', {})))}</p>",
+        f"<p>{html.escape(str(data.name if data else '?'))} ({data.n if data else '?'} images, "
+        f"{data.image_size if data else '?'} px); seed {header.seed if header.seed is not None else '?'}; "
+        f"corruptions: {html.escape(json.dumps(corruptions))}</p>",
         "<h2>Summary</h2>",
         _summary(models),
         "<h2>Accuracy (%) per corruption and severity</h2>",
@@ -137,7 +136,7 @@ def render_report_html(report: Mapping[str, Any], *, job_id: str | None = None) 
                     f"<h2>{html.escape(name)} minus recognizer (points)</h2>"
                     + _delta_heatmap(res, models["recognizer"], names, severities)
                 )
-    dumped = html.escape(json.dumps(header, indent=2, default=str))
+    dumped = html.escape(json.dumps(header.model_dump(mode="json"), indent=2, default=str))
     sections.append(f"<h2>Header</h2><pre>{dumped}</pre>")
     body = "\n".join(sections)
     return (

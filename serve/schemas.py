@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from dyntta.evaluate.schema import Report
+
 
 class ErrorBody(BaseModel):
     code: str = Field(description="machine-readable error kind, e.g. unsupported_media_type")
@@ -99,4 +101,4 @@ class JobList(BaseModel):
 
 class RobustnessReport(BaseModel):
     job: JobStatus
-    report: dict[str, Any] = Field(description="the report as written by dyntta.evaluate")
+    report: Report = Field(description="the report as written by dyntta.evaluate (format dyntta.robustness-report/1)")

@@ -12,16 +12,21 @@ import argparse
 import json
 import shlex
 import sys
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
+from dyntta.contract import SELECTION_GROUPS, resolve_conditions
 from dyntta.corruptions import TABLE_NAMES
 from dyntta.data import DatasetNotFoundError, load_dataset
 from dyntta.evaluate.classifiers import Classifier, load_classifier, load_enhanced_classifier
 from dyntta.evaluate.outputs import write_outputs
-from dyntta.evaluate.report import ALL_NAMES, CORE_GROUPS, alexnet_imagenet_c_reference, resolve_conditions
-from dyntta.evaluate.runner import run_report
+from dyntta.evaluate.report import alexnet_imagenet_c_reference
+from dyntta.evaluate.runner import ReportOptions, run_report
+from dyntta.evaluate.schema import Report
 
 ALEXNET = "alexnet"
 
@@ -88,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--corruptions",
         nargs="+",
         default=None,
-        help=f"names or groups ({', '.join(CORE_GROUPS)}, extra, core, all); default all 19",
+        help=f"names or groups ({', '.join(SELECTION_GROUPS)}); default all 19",
     )
     parser.add_argument("--severities", nargs="+", type=int, default=None, help="subset of 1 2 3 4 5 (default all)")
     parser.add_argument("--seed", type=int, default=0, help="corruption seed")
@@ -119,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(config: ReportConfig, argv: list[str] | None = None) -> dict:
+def run(config: ReportConfig, argv: list[str] | None = None) -> Report:
     names, levels = resolve_conditions(config.corruptions, config.severities)  # fail before loading anything
     if config.limit is not None and config.limit < 1:
         raise ValueError("--limit must be a positive number of images")
@@ -184,33 +189,35 @@ def run(config: ReportConfig, argv: list[str] | None = None) -> dict:
         f"{len(names)} corruptions x {len(levels)} severities, device {device}",
         file=sys.stderr,
     )
-    result = run_report(
-        classifiers,
-        data,
-        names,
-        levels,
+    options = ReportOptions(
+        corruptions=names,
+        severities=levels,
         seed=config.seed,
         table=config.table,
-        reference=reference,
-        reference_name=reference_name,
-        header=header,
         batch_size=config.batch_size,
         device=device,
-        show_progress=True,
         sample_indices=(config.sample_index,),
+        show_progress=True,
+        reference_name=reference_name,
         cache_dir=None if config.no_cache else config.cache_dir,
         model_keys=model_keys,
     )
+    result = run_report(classifiers, data, options, reference=reference, header=header)
     paths = write_outputs(result, config.out, title=config.title, figures=not config.no_figures)
-    summary = {"out": config.out, "files": {k: str(v) for k, v in paths.items()}}
-    for name, res in result.report["models"].items():
-        summary[name] = {
-            "clean": round(res["clean"]["accuracy"], 4),
-            "corrupted_mean": round(res["core"]["mean"], 4) if res.get("core") else None,
-            "mce": round(res["ce"]["mce"], 4) if res.get("ce") and res["ce"]["mce"] else None,
-        }
-    print(json.dumps(summary))
+    print(json.dumps(_summary(result.report, config.out, paths)))
     return result.report
+
+
+def _summary(report: Report, out: str, paths: Mapping[str, Path]) -> dict[str, Any]:
+    """The one-line JSON the command prints: files and headline numbers per model."""
+    summary: dict[str, Any] = {"out": out, "files": {k: str(v) for k, v in paths.items()}}
+    for name, res in report.models.items():
+        summary[name] = {
+            "clean": round(res.clean.accuracy, 4),
+            "corrupted_mean": round(res.core.mean, 4) if res.core else None,
+            "mce": round(res.ce.mce, 4) if res.ce and res.ce.mce else None,
+        }
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -224,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["ALL_NAMES", "ReportConfig", "build_parser", "main", "run"]
+__all__ = ["ReportConfig", "build_parser", "main", "run"]
 
 if __name__ == "__main__":
     sys.exit(main())

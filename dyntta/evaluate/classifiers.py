@@ -17,8 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-#: Input name of exported graphs (uint8 NHWC), by the export convention of this project.
-ONNX_INPUT_NAME = "IMAGE"
+from dyntta.contract import IMAGE, sha256_file
 
 
 class ClassifyFn(Protocol):
@@ -95,9 +94,9 @@ class OnnxClassifier(Classifier):
         self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         inputs = self.session.get_inputs()
         names = [i.name for i in inputs]
-        self.input = next((i for i in inputs if i.name == ONNX_INPUT_NAME), inputs[0] if len(inputs) == 1 else None)
+        self.input = next((i for i in inputs if i.name == IMAGE), inputs[0] if len(inputs) == 1 else None)
         if self.input is None:
-            raise ValueError(f"{path}: expected one input or one named {ONNX_INPUT_NAME!r}, found {names}")
+            raise ValueError(f"{path}: expected one input or one named {IMAGE!r}, found {names}")
         if self.input.type != "tensor(uint8)" or len(self.input.shape) != 4:
             raise ValueError(
                 f"{path}: input {self.input.name!r} is {self.input.type} {self.input.shape}; "
@@ -113,7 +112,7 @@ class OnnxClassifier(Classifier):
             name=Path(path).stem,
             path=str(path),
             kind="onnx",
-            sha256=file_sha256(path),
+            sha256=sha256_file(path),
             input_size=size,
             num_parameters=onnx_parameter_count(path),
             metadata=dict(self.session.get_modelmeta().custom_metadata_map) or None,
@@ -138,14 +137,6 @@ class OnnxClassifier(Classifier):
 # --- Loading --------------------------------------------------------------------------------------------
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def directory_weights_sha256(directory: str | os.PathLike) -> str:
     """Hash of a checkpoint directory's weights: the one weights file's sha256, or a hash over the
     (name, sha256) of every weights file if there are several."""
@@ -154,10 +145,10 @@ def directory_weights_sha256(directory: str | os.PathLike) -> str:
     if not files:
         files = sorted(p for p in directory.iterdir() if p.is_file())
     if len(files) == 1:
-        return file_sha256(files[0])
+        return sha256_file(files[0])
     digest = hashlib.sha256()
     for f in files:
-        digest.update(f"{f.name}:{file_sha256(f)}\n".encode())
+        digest.update(f"{f.name}:{sha256_file(f)}\n".encode())
     return digest.hexdigest()
 
 
@@ -190,10 +181,8 @@ def torch_recognizer_info(directory: str | os.PathLike) -> tuple[nn.Module, Mode
 
 
 def torch_enhancer_info(directory: str | os.PathLike) -> tuple[nn.Module, ModelInfo]:
-    try:
-        from dyntta.enhancer import load_enhancer  # built in parallel (issue 4): imported only when asked
-    except ImportError as error:
-        raise ValueError(f"--enhancer needs dyntta.enhancer.load_enhancer, which is not available: {error}") from error
+    from dyntta.enhancer import load_enhancer  # imported only when an enhancer is asked for
+
     module = load_enhancer(directory)
     info = ModelInfo(
         name=Path(directory).name,
@@ -266,7 +255,6 @@ __all__ = [
     "OnnxClassifier",
     "TorchClassifier",
     "directory_weights_sha256",
-    "file_sha256",
     "is_onnx",
     "load_classifier",
     "load_enhanced_classifier",

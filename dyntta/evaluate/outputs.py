@@ -23,7 +23,7 @@ def write_outputs(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report = run.report
-    cond = report["conditions"]
+    cond = report.conditions
     paths: dict[str, Path] = {"json": write_json(report, out / JSON_FILE)}
     captions: dict[str, str] = {}
     if figures:
@@ -37,7 +37,7 @@ def write_outputs(
             name = run.classes[label] if label < len(run.classes) else str(label)
             caption = f"test image {index} ({name})"
             paths["samples"] = plots.sample_grid(
-                run.samples, out / SAMPLES_FILE, cond["corruptions"], cond["severities"], caption=caption
+                run.samples, out / SAMPLES_FILE, cond.corruptions, cond.severities, caption=caption
             )
             captions[f"Sample corruptions of {caption}"] = SAMPLES_FILE
     paths["markdown"] = write_markdown(report, out / MARKDOWN_FILE, captions, title)

@@ -9,17 +9,21 @@ import io
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import matplotlib
 
 matplotlib.use("Agg")  # headless: no display on servers, CI or the gateway's job workers
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from dyntta.evaluate.report import CLEAN, CORE_GROUPS, EXTRA_NAMES, Condition  # noqa: E402
+from dyntta.contract import BENCHMARK_GROUPS, EXTRA_CORRUPTIONS  # noqa: E402
+from dyntta.evaluate.report import CLEAN, Condition  # noqa: E402
+from dyntta.evaluate.schema import Report  # noqa: E402
+
+if TYPE_CHECKING:
+    import torch
 
 DPI = 90
 
@@ -37,11 +41,11 @@ def _save(fig: plt.Figure, path: str | os.PathLike) -> Path:
     return path
 
 
-def heatmap(report: Mapping[str, Any], path: str | os.PathLike) -> Path:
+def heatmap(report: Report, path: str | os.PathLike) -> Path:
     """Accuracy (%) per corruption (rows) and severity (columns), one panel per compared model."""
-    models = report["models"]
-    names = report["conditions"]["corruptions"]
-    severities = report["conditions"]["severities"]
+    models = report.models
+    names = report.conditions.corruptions
+    severities = report.conditions.severities
     columns = ["clean", *[f"s{s}" for s in severities]]
     fig, axes = plt.subplots(
         1,
@@ -51,16 +55,13 @@ def heatmap(report: Mapping[str, Any], path: str | os.PathLike) -> Path:
     )
     image = None
     for ax, (model, res) in zip(axes[0], models.items(), strict=True):
-        values = (
-            np.array([[res["clean"]["accuracy"], *[res["accuracy"][c][str(s)] for s in severities]] for c in names])
-            * 100
-        )
+        values = np.array([[res.clean.accuracy, *[res.at(c, s) for s in severities]] for c in names]) * 100
         image = ax.imshow(values, vmin=0, vmax=100, cmap="viridis", aspect="auto")
         for (i, j), v in np.ndenumerate(values):
             ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7, color="white" if v < 60 else "black")
         ax.set_xticks(range(len(columns)), columns, fontsize=8)
         ax.set_yticks(range(len(names)), names if ax is axes[0][0] else [""] * len(names), fontsize=8)
-        n_core = sum(c not in EXTRA_NAMES for c in names)
+        n_core = sum(c not in EXTRA_CORRUPTIONS for c in names)
         if 0 < n_core < len(names):
             ax.axhline(n_core - 0.5, color="white", linewidth=2)  # the extras are apart
         ax.set_title(model, fontsize=9)
@@ -68,14 +69,14 @@ def heatmap(report: Mapping[str, Any], path: str | os.PathLike) -> Path:
     return _save(fig, path)
 
 
-def severity_curves(report: Mapping[str, Any], path: str | os.PathLike) -> Path:
+def severity_curves(report: Report, path: str | os.PathLike) -> Path:
     """Accuracy vs severity (0 = clean), one panel per group; compared models share colours per
     corruption and differ in line style (first model solid)."""
-    models = report["models"]
-    names = report["conditions"]["corruptions"]
-    severities = report["conditions"]["severities"]
-    groups = {g: [c for c in m if c in names] for g, m in CORE_GROUPS.items()}
-    groups["extra"] = [c for c in EXTRA_NAMES if c in names]
+    models = report.models
+    names = report.conditions.corruptions
+    severities = report.conditions.severities
+    groups = {g: [c for c in m if c in names] for g, m in BENCHMARK_GROUPS.items()}
+    groups["extra"] = [c for c in EXTRA_CORRUPTIONS if c in names]
     groups = {g: m for g, m in groups.items() if m}
     styles = ["-", "--", ":", "-."]
     fig, axes = plt.subplots(1, len(groups), figsize=(2.7 * len(groups), 2.8), sharey=True, squeeze=False)
@@ -83,7 +84,7 @@ def severity_curves(report: Mapping[str, Any], path: str | os.PathLike) -> Path:
     for ax, (group, members) in zip(axes[0], groups.items(), strict=True):
         for k, res in enumerate(models.values()):
             for i, c in enumerate(members):
-                ys = [100 * res["clean"]["accuracy"], *[100 * res["accuracy"][c][str(s)] for s in severities]]
+                ys = [100 * res.clean.accuracy, *[100 * res.at(c, s) for s in severities]]
                 ax.plot(
                     xs,
                     ys,

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from dyntta.contract import IMAGE, LOGITS
 from dyntta.data import LabelledImages, load_dataset
 from dyntta.version import __version__
 
@@ -87,9 +88,9 @@ def export_onnx(model: GreySoftmaxRegression, path: Path, image_size: int, metad
         (example,),
         str(path),
         dynamo=False,
-        input_names=["IMAGE"],
-        output_names=["LOGITS"],
-        dynamic_axes={"IMAGE": {0: "batch"}, "LOGITS": {0: "batch"}},
+        input_names=[IMAGE],
+        output_names=[LOGITS],
+        dynamic_axes={IMAGE: {0: "batch"}, LOGITS: {0: "batch"}},
     )
     graph = onnx.load(str(path))
     for key, value in metadata.items():

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from dyntta.data import LabelledImages
-from dyntta.evaluate import FORMAT, read_json, run_report, write_outputs
+from dyntta.evaluate import FORMAT, ReportOptions, read_json, run_report, write_outputs
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -30,16 +30,16 @@ def test_outputs_are_written(tmp_path: Path) -> None:
     run = run_report(
         {"plain": brightness_rule, "other": brightness_rule},
         data,
-        ["gaussian_noise", "glass_blur", "fog", "speckle_noise"],
-        [1, 3, 5],
+        ReportOptions(corruptions=["gaussian_noise", "glass_blur", "fog", "speckle_noise"], severities=[1, 3, 5]),
         reference=brightness_rule,
         header={"model": {"name": "plain", "sha256": "ab" * 32}},
     )
     paths = write_outputs(run, tmp_path / "out", title="Toy report")
     assert set(paths) == {"json", "markdown", "heatmap", "curves", "samples"}
     report = read_json(paths["json"])
-    assert report["format"] == FORMAT and report["models"]["plain"]["ce"]["mce"] == 1.0
-    json.dumps(report)  # round-trips
+    assert report == run.report  # the file reads back as the very report that was written
+    raw = json.loads(paths["json"].read_text())
+    assert raw["format"] == FORMAT and raw["models"]["plain"]["ce"]["mce"] == 1.0
     text = paths["markdown"].read_text()
     assert text.startswith("# Toy report") and "| plain |" in text and "heatmap.png" in text
     assert "Difference to `plain`" in text and "Extra corruptions" in text and "abababababababab" in text
@@ -50,14 +50,16 @@ def test_outputs_are_written(tmp_path: Path) -> None:
 def test_markdown_with_alexnet_reference() -> None:
     import numpy as np
 
+    from dyntta.contract import BENCHMARK_CORRUPTIONS
     from dyntta.evaluate import ModelPredictions, PredictionTable, alexnet_imagenet_c_reference, build_report
-    from dyntta.evaluate.report import CLEAN, CORE_NAMES
+    from dyntta.evaluate.report import CLEAN
     from dyntta.evaluate.writers import render_markdown
 
     labels = np.zeros(4, dtype=np.int64)
-    table = PredictionTable(labels, CORE_NAMES, (1, 2, 3, 4, 5))
+    table = PredictionTable(labels, BENCHMARK_CORRUPTIONS, (1, 2, 3, 4, 5))
     table.models["m"] = ModelPredictions({c: np.array([0, 0, 0, 1]) for c in [CLEAN, *table.conditions()]})
     report = build_report(table, reference=alexnet_imagenet_c_reference())
-    assert report["models"]["m"]["ce"]["complete"] is True
+    ce = report.models["m"].ce
+    assert ce is not None and ce.complete is True
     text = render_markdown(report)
     assert "AlexNet" in text and "| gaussian_noise | 69.53 | 82.54 |" in text

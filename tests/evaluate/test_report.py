@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pytest
 
+from dyntta.contract import BENCHMARK_CORRUPTIONS, CORRUPTIONS, EXTRA_CORRUPTIONS
 from dyntta.evaluate.report import (
     ALEXNET_IMAGENET_C_ERRORS,
-    ALL_NAMES,
     CLEAN,
-    CORE_GROUPS,
-    CORE_NAMES,
-    EXTRA_NAMES,
     FORMAT,
     ModelPredictions,
     PredictionTable,
@@ -66,48 +64,59 @@ def hand_table() -> PredictionTable:
 
 def test_hand_computed_example() -> None:
     report = build_report(hand_table(), {"seed": 0}, reference="ref")
-    assert report["format"] == FORMAT and report["header"] == {"seed": 0}
-    assert list(report["models"]) == ["model"]  # the reference is reported apart
-    res = report["models"]["model"]
-    assert res["clean"]["accuracy"] == pytest.approx(0.9) and res["clean"]["correct"] == 9
-    assert res["accuracy"]["shot_noise"] == {"1": pytest.approx(0.7), "2": pytest.approx(0.5)}
-    core = res["core"]
-    assert core["mean"] == pytest.approx(0.65)  # (.8 + .6 + .7 + .5) / 4
-    assert core["per_corruption"] == {"gaussian_noise": pytest.approx(0.7), "shot_noise": pytest.approx(0.6)}
-    assert core["per_severity"] == {"1": pytest.approx(0.75), "2": pytest.approx(0.55)}
-    assert core["per_group"] == {"noise": pytest.approx(0.65)}
-    assert core["severity5_mean"] is None  # severity 5 not evaluated
-    assert core["gap"] == pytest.approx(0.25)
-    assert core["worst_corruption"] == {"name": "shot_noise", "accuracy": pytest.approx(0.6)}
-    assert res["extras"]["mean"] == pytest.approx(0.95)  # speckle apart, not in the core mean
-    ce = res["ce"]
+    assert report.format == FORMAT and report.header.model_dump() == {"seed": 0}
+    assert list(report.models) == ["model"]  # the reference is reported apart
+    res = report.models["model"]
+    assert res.clean.accuracy == pytest.approx(0.9) and res.clean.correct == 9
+    assert res.accuracy["shot_noise"] == {1: pytest.approx(0.7), 2: pytest.approx(0.5)}
+    core = res.core
+    assert core is not None
+    assert core.mean == pytest.approx(0.65)  # (.8 + .6 + .7 + .5) / 4
+    assert core.per_corruption == {"gaussian_noise": pytest.approx(0.7), "shot_noise": pytest.approx(0.6)}
+    assert core.per_severity == {1: pytest.approx(0.75), 2: pytest.approx(0.55)}
+    assert core.per_group == {"noise": pytest.approx(0.65)}
+    assert core.severity5_mean is None  # severity 5 not evaluated
+    assert core.gap == pytest.approx(0.25)
+    assert (core.worst_corruption.name, core.worst_corruption.accuracy) == ("shot_noise", pytest.approx(0.6))
+    assert res.extras is not None and res.extras.mean == pytest.approx(0.95)  # speckle apart, not in the core
+    ce = res.ce
+    assert ce is not None
     # errors: model g .2 .4, shot .3 .5; reference g .4 .6, shot .5 .5; clean errors .1 and .2, S = 2
-    assert ce["per_corruption"] == {"gaussian_noise": pytest.approx(0.6), "shot_noise": pytest.approx(0.8)}
-    assert ce["mce"] == pytest.approx(0.7)
-    assert ce["relative_per_corruption"]["gaussian_noise"] == pytest.approx((0.6 - 0.2) / (1.0 - 0.4))
-    assert ce["relative_per_corruption"]["shot_noise"] == pytest.approx((0.8 - 0.2) / (1.0 - 0.4))
-    assert ce["relative_mce"] == pytest.approx((2 / 3 + 1.0) / 2)
-    assert ce["complete"] is False and "speckle_noise" not in ce["per_corruption"]
-    assert report["reference"]["results"]["clean"]["accuracy"] == pytest.approx(0.8)
+    assert ce.per_corruption == {"gaussian_noise": pytest.approx(0.6), "shot_noise": pytest.approx(0.8)}
+    assert ce.mce == pytest.approx(0.7)
+    assert ce.relative_per_corruption["gaussian_noise"] == pytest.approx((0.6 - 0.2) / (1.0 - 0.4))
+    assert ce.relative_per_corruption["shot_noise"] == pytest.approx((0.8 - 0.2) / (1.0 - 0.4))
+    assert ce.relative_mce == pytest.approx((2 / 3 + 1.0) / 2)
+    assert ce.complete is False and "speckle_noise" not in ce.per_corruption
+    assert report.reference is not None and report.reference.results is not None
+    assert report.reference.results.clean.accuracy == pytest.approx(0.8)
     # every prediction is made with confidence 1, so ECE = error
-    assert res["calibration"]["ece"]["clean"] == pytest.approx(0.1)
-    assert res["calibration"]["ece"]["2"] == pytest.approx(1 - 0.55)
+    assert res.calibration is not None
+    assert res.calibration.ece["clean"] == pytest.approx(0.1)
+    assert res.calibration.ece["2"] == pytest.approx(1 - 0.55)
+    # on disk: severities are string keys, absent blocks are absent keys
+    on_disk = json.loads(report.to_json())
+    assert on_disk["models"]["model"]["accuracy"]["shot_noise"] == {"1": pytest.approx(0.7), "2": pytest.approx(0.5)}
+    assert "per_group" not in on_disk["models"]["model"]["extras"]
 
 
 def test_no_reference_means_no_ce() -> None:
     report = build_report(hand_table())
-    assert set(report["models"]) == {"model", "ref"} and report["reference"] is None
-    assert "ce" not in report["models"]["model"]
+    assert set(report.models) == {"model", "ref"} and report.reference is None
+    assert report.models["model"].ce is None
+    on_disk = json.loads(report.to_json())
+    assert "ce" not in on_disk["models"]["model"] and on_disk["reference"] is None
 
 
 def test_alexnet_reference() -> None:
     table = PredictionTable(LABELS, ("gaussian_noise",), (1, 2, 3, 4, 5))
     table.models["m"] = predictions({CLEAN: 8, **{("gaussian_noise", s): 5 for s in range(1, 6)}})
-    ce = build_report(table, reference=alexnet_imagenet_c_reference())["models"]["m"]["ce"]
+    ce = build_report(table, reference=alexnet_imagenet_c_reference()).models["m"].ce
+    assert ce is not None
     alex = ALEXNET_IMAGENET_C_ERRORS["gaussian_noise"]
     assert sum(alex) / 5 == pytest.approx(0.886428)
-    assert ce["per_corruption"]["gaussian_noise"] == pytest.approx(2.5 / sum(alex))
-    assert ce["relative_per_corruption"]["gaussian_noise"] == pytest.approx((2.5 - 5 * 0.2) / (sum(alex) - 5 * 0.4348))
+    assert ce.per_corruption["gaussian_noise"] == pytest.approx(2.5 / sum(alex))
+    assert ce.relative_per_corruption["gaussian_noise"] == pytest.approx((2.5 - 5 * 0.2) / (sum(alex) - 5 * 0.4348))
 
 
 def test_wilson_interval() -> None:
@@ -134,13 +143,13 @@ def test_missing_predictions_are_an_error() -> None:
 
 
 def test_resolve_conditions() -> None:
-    assert resolve_conditions(None, None) == (ALL_NAMES, (1, 2, 3, 4, 5))
+    assert resolve_conditions(None, None) == (CORRUPTIONS, (1, 2, 3, 4, 5))
     assert resolve_conditions(["contrast", "noise"], ["5", 1]) == (
         ("gaussian_noise", "shot_noise", "impulse_noise", "contrast"),
         (1, 5),
     )
-    assert resolve_conditions(["extra"], [3])[0] == EXTRA_NAMES
-    assert resolve_conditions(["core"], [3])[0] == CORE_NAMES
+    assert resolve_conditions(["extra"], [3])[0] == EXTRA_CORRUPTIONS
+    assert resolve_conditions(["core"], [3])[0] == BENCHMARK_CORRUPTIONS
 
 
 @pytest.mark.parametrize(
@@ -158,11 +167,3 @@ def test_resolve_conditions() -> None:
 def test_bad_conditions(names: list | None, severities: list | None, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         resolve_conditions(names, severities)
-
-
-def test_names_match_corruption_suite() -> None:
-    import dyntta.corruptions as suite
-
-    assert tuple(suite.NAMES) == ALL_NAMES
-    assert {g: tuple(m) for g, m in suite.GROUPS.items() if g != "extra"} == CORE_GROUPS
-    assert tuple(suite.GROUPS["extra"]) == EXTRA_NAMES
