@@ -1,6 +1,6 @@
 """Throughput and latency through Triton (gRPC) against onnxruntime in-process on the same ONNX files.
 
-    uv run python benchmarks/triton_serving.py [--model-repository model_repository] [--url http://host:8000]
+    uv run python benchmarks/triton_serving.py [--model-repository model_repository] [--url host:8001]
         [--batch-sizes 1 16 64] [--concurrency 1 8] [--seconds 5] [--json results.json]
 
 For every model (``dyntta`` ensemble, ``recognizer`` alone), batch size and concurrency it measures
@@ -213,10 +213,16 @@ def markdown(cells: Sequence[Cell]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model-repository", default="model_repository")
-    parser.add_argument("--url", help="HTTP URL of a running Triton serving the same repository")
-    parser.add_argument("--grpc-url", help="its gRPC host:port (default: HTTP port + 1)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--model-repository", default="model_repository", help="repository for the bundled server")
+    parser.add_argument(
+        "--url",
+        help="a running Triton serving the same repository: host:port or grpc://host:port (gRPC), "
+        "http://host:port (gRPC on port + 1), the rule of serve.triton.urls; None: start the bundled one",
+    )
+    parser.add_argument("--grpc-url", help="its gRPC host:port when not on the standard layout; None: derived")
     parser.add_argument("--models", nargs="+", default=["dyntta", "recognizer"])
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 16, 64])
     parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 8])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from collections.abc import Sequence
 
 import uvicorn
@@ -35,31 +36,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def external_grpc_address(url: str, wait_s: float, models: Sequence[str]) -> str:
-    """gRPC host:port of an external Triton given by its HTTP or ``grpc://`` URL (Triton's standard port
-    layout). Not being ready yet is a warning, not a failure: the gateway answers 503 until it is."""
-    from serve.triton import TritonError, TritonURLs, connect
+def wait_for_external(urls: Sequence[str], wait_s: float, models: Sequence[str]) -> None:
+    """Wait until one of the external Tritons serves ``models`` (URL rule: ``serve.triton.urls``; a bad URL
+    is an error). Not being ready yet is a warning, not a failure: the gateway answers 503 until one is."""
+    from serve.triton import TritonError, connect, parse_triton_url
 
-    try:
-        return connect(url, models=models, timeout=wait_s).grpc_address
-    except TritonError as exc:
-        log.warning("%s; starting anyway (/readyz reports 503 until it is ready)", exc)
-    return TritonURLs.from_url(url).grpc_address
+    for url in urls:
+        parse_triton_url(url)
+    deadline = time.monotonic() + wait_s
+    while True:
+        for url in urls:
+            try:
+                connect(url, models=models, timeout=0)
+                return
+            except TritonError as exc:
+                problem = exc
+        if time.monotonic() >= deadline:
+            log.warning("%s; starting anyway (/readyz reports 503 until a replica is ready)", problem)
+            return
+        time.sleep(0.5)
 
 
 def serve(settings: Settings, *, triton_log: str | None = None, log_level: str = "info") -> None:
     config = dict(host=settings.host, port=settings.port, log_level=log_level, timeout_graceful_shutdown=10)
     models = [settings.ensemble_model, settings.recognizer_model, settings.enhancer_model]
     if settings.triton_url:
-        address = external_grpc_address(settings.triton_url, 30.0, models)
-        uvicorn.run(create_app(settings, address), **config)
+        from serve.triton import split_urls
+
+        urls_given = split_urls(settings.triton_url)
+        wait_for_external(urls_given, 30.0, models)
+        uvicorn.run(create_app(settings, urls_given), **config)
         return
-    from serve.triton import TritonServer
+    from serve.triton import TritonServer, TritonSupervisor
 
     log.info("starting the bundled Triton on %s", settings.model_repository)
     # uvicorn handles SIGINT/SIGTERM (graceful shutdown); the context manager then stops Triton's
     # process group, also on errors, so Ctrl-C leaves no tritonserver or python-backend stub behind.
-    with TritonServer(settings.model_repository, log_file=triton_log) as urls:
+    # The supervisor restarts a Triton that dies (same ports, bounded back-off); /readyz is 503 meanwhile.
+    with TritonSupervisor(TritonServer(settings.model_repository, log_file=triton_log)) as urls:
         log.info("Triton ready: HTTP %s, gRPC %s, metrics %s", urls.http_url, urls.grpc_url, urls.metrics_url)
         uvicorn.run(create_app(settings, urls.grpc_address), **config)
     log.info("stopped")

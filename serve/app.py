@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -29,8 +29,9 @@ log = logging.getLogger("serve")
 WEB_DIR = Path(__file__).parent / "web"
 
 
-def create_app(settings: Settings | None = None, triton_grpc: str | None = None) -> FastAPI:
-    """Build the gateway. ``triton_grpc`` (host:port) overrides ``settings.triton_url``."""
+def create_app(settings: Settings | None = None, triton_grpc: str | Sequence[str] | None = None) -> FastAPI:
+    """Build the gateway. ``triton_grpc`` (one or more Triton URLs, see ``serve.triton.urls``; host:port is
+    gRPC) overrides ``settings.triton_url``."""
     settings = settings or Settings.from_env()
     url = triton_grpc or settings.triton_url
     if not url:
@@ -42,7 +43,14 @@ def create_app(settings: Settings | None = None, triton_grpc: str | None = None)
         # Pillow's own bomb guard (it raises at twice this); decode_to_model_input refuses at 1x itself.
         Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
         loop = asyncio.get_running_loop()
-        backend = TritonBackend(url, timeout_s=settings.triton_timeout_s, max_inflight=settings.max_inflight)
+        backend = TritonBackend(
+            url,
+            models=[settings.ensemble_model, settings.recognizer_model, settings.enhancer_model],
+            timeout_s=settings.triton_timeout_s,
+            max_inflight=settings.max_inflight,
+            registry=metrics.registry,  # per-replica request counts, errors, state
+        )
+        await backend.start()
 
         jobs = JobManager(
             settings.state_dir,

@@ -1,6 +1,6 @@
 """Batch inference straight to Triton over gRPC: classify a folder of images.
 
-    python -m serve.client DIR --url localhost:8001 [--batch-size 64] [--model dyntta|recognizer] \\
+    python -m serve.client DIR [--url localhost:8001] [--batch-size 64] [--model dyntta|recognizer] \\
         [--out predictions.csv | predictions.jsonl] [--top-k 1]
 
 Images (JPEG, PNG, WebP, BMP, found recursively) go through the same preprocessing contract as training
@@ -29,6 +29,8 @@ from tqdm import tqdm
 from tritonclient.utils import InferenceServerException
 
 from dyntta.data import to_model_input
+from serve.triton.errors import TritonError
+from serve.triton.urls import parse_triton_url
 
 SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
@@ -146,7 +148,7 @@ def run(directory: Path, url: str, model_name: str, batch_size: int, out: Path |
     paths = find_images(directory)
     if not paths:
         raise SystemExit(f"no images ({', '.join(sorted(SUFFIXES))}) under {directory}")
-    client = grpcclient.InferenceServerClient(url.removeprefix("grpc://"))
+    client = grpcclient.InferenceServerClient(parse_triton_url(url).grpc_address)
     model = describe(client, model_name)
     step = min(batch_size, model.max_batch_size) if model.max_batch_size > 0 else 1
     writer = Writer(out, top_k)
@@ -178,14 +180,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m serve.client", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("directory", type=Path, help="folder of images (searched recursively) or one image")
-    parser.add_argument("--url", default="localhost:8001", help="Triton gRPC address host:port")
-    parser.add_argument("--model", default="dyntta", help="dyntta (enhancer + recognizer) or recognizer")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--top-k", type=int, default=1)
+    parser.add_argument(
+        "--url",
+        default="localhost:8001",
+        help="Triton: host:port or grpc://host:port (gRPC), or http://host:port (gRPC on port + 1); "
+        "the rule of serve.triton.urls (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--model", default="dyntta", help="dyntta (enhancer + recognizer) or recognizer (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=64, help="images per request, capped by the model (default: %(default)s)"
+    )
+    parser.add_argument("--top-k", type=int, default=1, help="classes listed per image (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=None, help="output file: .csv or .jsonl (default: CSV on stdout)")
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.top_k < 1:
         parser.error("--batch-size and --top-k must be positive")
+    try:
+        parse_triton_url(args.url)
+    except TritonError as exc:
+        parser.error(str(exc))
     try:
         counts = run(args.directory, args.url, args.model, args.batch_size, args.out, args.top_k)
     except InferenceServerException as exc:

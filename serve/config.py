@@ -17,7 +17,9 @@ _ENV = {
     "port": ("DYNTTA_PORT", "gateway port"),
     "triton_url": (
         "DYNTTA_TRITON_URL",
-        "use this running Triton (http://host:port or grpc://host:port), not the bundled one",
+        "use this running Triton, not the bundled one: grpc://host:port, host:port (also gRPC) or "
+        "http://host:port (gRPC on port + 1); repeat the flag or separate with commas for several replicas; "
+        "a name resolving to several addresses is one replica each",
     ),
     "model_repository": ("DYNTTA_MODEL_REPOSITORY", "Triton model repository for the bundled server"),
     "state_dir": ("DYNTTA_STATE_DIR", "where robustness jobs (SQLite) and reports are kept"),
@@ -110,8 +112,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             default=None,
             type=kind,
             help=f"{help_text} (env {var}; default {getattr(defaults, f.name)})",
+            **({"action": "append"} if f.name == "triton_url" else {}),  # repeatable: one per replica
         )
 
 
 def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:
-    return Settings.from_env(environ, **{name: getattr(args, name, None) for name in _ENV})
+    values = {name: getattr(args, name, None) for name in _ENV}
+    if isinstance(values.get("triton_url"), list):  # --triton-url given several times
+        values["triton_url"] = ",".join(values["triton_url"])
+    return Settings.from_env(environ, **values)

@@ -1,5 +1,8 @@
-"""The gateway's only road to the models: one async gRPC Triton client per app.
+"""The gateway's only road to the models: a pool of Triton replicas (``serve.triton.pool``) per app.
 
+Every call goes to the replica the pool picks (up, fewest calls in flight). A call that fails because of the
+replica (connection error, UNAVAILABLE, the model not loaded there) marks it down and is retried once on
+another replica: inference is idempotent, and the client sees no error when one of several replicas dies.
 Model facts (input name and size, output name, batch limit, labels, version) are read from Triton itself,
 so the gateway follows whatever repository the server loaded. Labels come through Triton's classification
 extension (``label_filename`` in the model config), which works for a local or a remote server alike.
@@ -12,28 +15,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
+from prometheus_client import CollectorRegistry
 from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException
 
 from serve.errors import ApiError, BackendError, BackendTimeout, BackendUnavailable
+from serve.triton.pool import PoolCollector, Replica, ReplicaPool, ReplicaState, ReplicaStatus
 
 log = logging.getLogger("serve.inference")
-
-_MAX_MESSAGE = 2**31 - 1
-#: gRPC's default reconnect backoff grows to 2 minutes; a restarted Triton should be used within a second.
-_CHANNEL_ARGS = [
-    ("grpc.max_send_message_length", _MAX_MESSAGE),
-    ("grpc.max_receive_message_length", _MAX_MESSAGE),
-    ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.min_reconnect_backoff_ms", 200),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-    ("grpc.keepalive_time_ms", 2**31 - 1),
-]
 
 
 @dataclass(frozen=True)
@@ -60,47 +55,77 @@ class InferOutput:
     seconds: float
 
 
-def normalise_grpc_url(url: str) -> str:
-    """Accept ``host:port`` or ``grpc://host:port``."""
-    for prefix in ("grpc://", "dns:///"):
-        if url.startswith(prefix):
-            return url[len(prefix) :]
-    if "://" in url:
-        raise ValueError(f"--triton-url must be a gRPC address host:port (got {url!r})")
-    return url
+#: gRPC statuses that say "this replica cannot serve now" (not "this request is wrong"): try another
+_REPLICA_FAILURES = ("UNAVAILABLE", "CANCELLED", "RESOURCE_EXHAUSTED", "NOT_FOUND")
+
+T = TypeVar("T")
 
 
 class TritonBackend:
-    """Async access to Triton's models. Create inside the event loop that will use it (gRPC aio binds it)."""
+    """Async access to Triton's models over one or more replicas. Create inside the event loop that will
+    use it (gRPC aio binds to it), then ``await start()``.
 
-    def __init__(self, url: str, *, timeout_s: float = 30.0, max_inflight: int = 64) -> None:
-        self.url = normalise_grpc_url(url)
+    ``urls``: one ``--triton-url`` or several (see :func:`serve.triton.parse_triton_url` for the rule);
+    ``models``: the models every replica must serve to count as up; ``registry``: where the per-replica
+    metrics go (``dyntta_gateway_triton_replica_*``).
+    """
+
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        *,
+        models: Sequence[str] = ("dyntta", "recognizer", "enhancer"),
+        timeout_s: float = 30.0,
+        max_inflight: int = 64,
+        registry: CollectorRegistry | None = None,
+        **pool_options: Any,
+    ) -> None:
+        self.pool = ReplicaPool(urls, models, **pool_options)
+        self.url = ", ".join(r.address for r in self.pool.replicas)
         self.timeout_s = timeout_s
-        self._client = grpcclient.InferenceServerClient(self.url, channel_args=_CHANNEL_ARGS)
         self._info: dict[str, ModelInfo] = {}
         self._info_lock = asyncio.Lock()
         # bounds what one gateway piles onto Triton; waiting for a slot counts against the deadline
         self._slots = asyncio.Semaphore(max_inflight)
+        self._registry = registry
+        self._collector = PoolCollector(self.pool)
+        if registry is not None:
+            registry.register(self._collector)  # type: ignore[arg-type]
+
+    async def start(self) -> None:
+        """Probe the replicas once and keep probing them in the background."""
+        await self.pool.start()
 
     async def close(self) -> None:
-        await self._client.close()
+        await self.pool.close()
+        if self._registry is not None:
+            self._registry.unregister(self._collector)  # type: ignore[arg-type]
+            self._registry = None
 
     # --- health ---------------------------------------------------------------------------------------
 
     async def is_live(self) -> bool:
-        try:
-            return bool(await self._client.is_server_live(client_timeout=min(self.timeout_s, 2.0)))
-        except InferenceServerException:
-            return False
+        """Probe every replica now; True if at least one is live and serves every model."""
+        await self.pool.probe_all()
+        return self.pool.ready
 
     async def models_ready(self, names: Sequence[str]) -> dict[str, bool]:
+        """Per model: ready on at least one replica that is up (probed by :meth:`is_live`)."""
+        up = [r for r in self.pool.replicas if r.state is ReplicaState.UP]
+
         async def one(name: str) -> bool:
-            try:
-                return bool(await self._client.is_model_ready(name, client_timeout=min(self.timeout_s, 2.0)))
-            except InferenceServerException:
-                return False
+            for replica in up:
+                try:
+                    if await replica.client.is_model_ready(name, client_timeout=min(self.timeout_s, 2.0)):
+                        return True
+                except InferenceServerException:
+                    continue
+            return False
 
         return dict(zip(names, await asyncio.gather(*(one(n) for n in names)), strict=True))
+
+    def replicas(self) -> list[ReplicaStatus]:
+        return self.pool.status()
 
     # --- model facts ----------------------------------------------------------------------------------
 
@@ -121,11 +146,12 @@ class TritonBackend:
             self._info.pop(name, None)
 
     async def _fetch_info(self, name: str) -> ModelInfo:
-        try:
-            meta = await self._client.get_model_metadata(name, as_json=True, client_timeout=self.timeout_s)
-            config = (await self._client.get_model_config(name, as_json=True, client_timeout=self.timeout_s))["config"]
-        except InferenceServerException as exc:
-            raise self._translate(exc, name) from None
+        async def fetch(client: grpcclient.InferenceServerClient, timeout: float) -> tuple[Any, Any]:
+            meta = await client.get_model_metadata(name, as_json=True, client_timeout=timeout)
+            config = (await client.get_model_config(name, as_json=True, client_timeout=timeout))["config"]
+            return meta, config
+
+        meta, config = await self._on_a_replica(name, fetch)
         inp, out = meta["inputs"][0], meta["outputs"][0]
         shape = [int(d) for d in inp["shape"]]
         if len(shape) < 3 or shape[-1] != 3 or shape[-2] != shape[-3] or shape[-2] <= 0:
@@ -159,15 +185,16 @@ class TritonBackend:
 
     # --- inference ------------------------------------------------------------------------------------
 
-    async def infer(self, name: str, images: np.ndarray) -> InferOutput:
-        """uint8 (N, S, S, 3) -> the model's first output for each image, split to the model's batch limit."""
+    async def infer(self, name: str, images: np.ndarray, request_id: str = "") -> InferOutput:
+        """uint8 (N, S, S, 3) -> the model's first output for each image, split to the model's batch limit.
+        ``request_id`` is passed to Triton (its logs and traces carry it)."""
         info = await self.model_info(name)
         if images.ndim != 4 or images.shape[1:] != (info.input_size, info.input_size, 3):
             raise BackendError(f"internal: images of shape {images.shape} for model {name!r}")
         start = time.perf_counter()
         step = info.max_batch_size if info.max_batch_size > 0 else 1
         chunks = [images[i : i + step] for i in range(0, len(images), step)]
-        results = await asyncio.gather(*(self._call(info, chunk) for chunk in chunks))
+        results = await asyncio.gather(*(self._call(info, chunk, request_id=request_id) for chunk in chunks))
         arrays = [r.as_numpy(info.output_name) for r in results]
         if info.max_batch_size <= 0:
             arrays = [a[None] for a in arrays]
@@ -175,41 +202,69 @@ class TritonBackend:
         return InferOutput(np.concatenate(arrays), name, version, time.perf_counter() - start)
 
     def infer_blocking(self, name: str, images: np.ndarray, loop: asyncio.AbstractEventLoop) -> InferOutput:
-        """From a worker thread: run :meth:`infer` on the app's loop (the one client stays on its loop)."""
+        """From a worker thread: run :meth:`infer` on the app's loop (the clients stay on their loop)."""
         return asyncio.run_coroutine_threadsafe(self.infer(name, images), loop).result()
 
-    async def _call(self, info: ModelInfo, pixels: np.ndarray, class_count: int = 0) -> grpcclient.InferResult:
+    async def _call(
+        self, info: ModelInfo, pixels: np.ndarray, class_count: int = 0, request_id: str = ""
+    ) -> grpcclient.InferResult:
         batch = pixels if info.max_batch_size > 0 else pixels[0]
         tensor = InferInput(info.input_name, list(batch.shape), "UINT8")
         tensor.set_data_from_numpy(np.ascontiguousarray(batch))
         outputs = [InferRequestedOutput(info.output_name, class_count=class_count)]
-        deadline = time.monotonic() + self.timeout_s
         try:
             await asyncio.wait_for(self._slots.acquire(), self.timeout_s)
         except TimeoutError:
             raise BackendUnavailable(
                 f"gateway overloaded: no inference slot free within {self.timeout_s:g} s; retry later"
             ) from None
-        try:
-            return await self._client.infer(
-                info.name, [tensor], outputs=outputs, client_timeout=max(deadline - time.monotonic(), 0.001)
+
+        async def infer(client: grpcclient.InferenceServerClient, timeout: float) -> grpcclient.InferResult:
+            return await client.infer(
+                info.name, [tensor], outputs=outputs, request_id=request_id, client_timeout=timeout
             )
-        except InferenceServerException as exc:
-            raise self._translate(exc, info.name) from None
+
+        try:
+            return await self._on_a_replica(info.name, infer)
         finally:
             self._slots.release()
 
-    def _translate(self, exc: InferenceServerException, model: str) -> ApiError:
+    async def _on_a_replica(
+        self, model: str, call: Callable[[grpcclient.InferenceServerClient, float], Awaitable[T]]
+    ) -> T:
+        """``call(client, seconds_left)`` on the picked replica; on a replica failure, mark it down and
+        retry once on another. One deadline covers both tries."""
+        deadline = time.monotonic() + self.timeout_s
+        tried: list[Replica] = []
+        while True:
+            replica = self.pool.pick(exclude=tried)
+            if replica is None:  # no replica configured (cannot happen: the pool needs one URL)
+                raise BackendUnavailable("no Triton replica configured")
+            try:
+                async with self.pool.lease(replica) as client:
+                    return await call(client, max(deadline - time.monotonic(), 1e-6))
+            except InferenceServerException as exc:
+                status, message = str(exc.status() or ""), str(exc.message() or exc)
+                if not any(code in status for code in _REPLICA_FAILURES) and "not ready" not in message.lower():
+                    self.pool.record_error(replica, f"{status} {message}".strip())
+                    raise self._translate(exc, model, replica.address) from None
+                self.pool.mark_down(replica, f"{status} {message}".strip())
+                tried.append(replica)
+                if len(tried) >= 2 or not self.pool.has_other(replica) or time.monotonic() >= deadline:
+                    raise self._translate(exc, model, replica.address) from None
+                log.info("retrying %s on another replica after %s from %s", model, status, replica.address)
+
+    def _translate(self, exc: InferenceServerException, model: str, address: str) -> ApiError:
         status, message = str(exc.status() or ""), str(exc.message() or exc)
         if "DEADLINE_EXCEEDED" in status:
             return BackendTimeout(f"model {model!r} did not answer within {self.timeout_s:g} s")
         if "UNAVAILABLE" in status or "RESOURCE_EXHAUSTED" in status or "CANCELLED" in status:
             self.forget()
             return BackendUnavailable(
-                f"inference server at {self.url} is unreachable or restarting; retry shortly ({message})"
+                f"inference server at {address} is unreachable or restarting; retry shortly ({message})"
             )
         if "NOT_FOUND" in status or "not ready" in message.lower() or "unavailable" in message.lower():
             self.forget(model)
-            return BackendUnavailable(f"model {model!r} is not loaded or not ready on {self.url} ({message})")
+            return BackendUnavailable(f"model {model!r} is not loaded or not ready on {address} ({message})")
         log.warning("Triton error for %s: %s %s", model, status, message)
         return BackendError(f"inference server error for model {model!r}: {message}")

@@ -82,7 +82,6 @@ def gateway_repository(probe: LinearProbe, tmp_path_factory: pytest.TempPathFact
         out,
         enhancer=ContrastStretch().eval(),
         parity_images=random_images(32, SIZE),
-        flavours=("cpu",),
         log=lambda message: None,
     )
     return out
@@ -141,7 +140,7 @@ def make_gateway(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory)
     """Start a gateway on the session's Triton (or ``triton_grpc``) with settings overrides."""
     started: list[LiveGateway] = []
 
-    def make(triton_grpc: str | None = None, **overrides: Any) -> LiveGateway:
+    def make(triton_grpc: str | list[str] | None = None, **overrides: Any) -> LiveGateway:
         overrides.setdefault("state_dir", tmp_path_factory.mktemp("state"))
         settings = Settings(**overrides)
         app = create_app(settings, triton_grpc or triton.urls.grpc_address)

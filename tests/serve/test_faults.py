@@ -1,13 +1,25 @@
 """Faults: Triton absent -> 503 with a clear message, recovery when it comes up, 503 again when it goes
-away; a Triton deadline -> 504. The gateway itself never fails."""
+away; a Triton deadline -> 504; ``python -m serve`` restarts a bundled Triton killed with SIGKILL (issue 10
+item 7). The gateway itself never fails."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
+
+import httpx
+import pytest
 
 from serve.triton import TritonServer, free_port
 from tests.serve.conftest import GatewayFactory
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def classify(client, png: bytes):
@@ -48,3 +60,70 @@ def test_triton_deadline_is_504(make_gateway: GatewayFactory, sample_png: bytes)
         response = classify(client, sample_png)
     assert response.status_code == 504, response.text
     assert "did not answer" in response.json()["error"]["message"]
+
+
+def _readyz(port: int) -> int | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=3) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except OSError:
+        return None
+
+
+def _tritonservers_under(pid: int) -> list[int]:
+    """tritonserver processes whose parent is ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == pid and b"tritonserver" in command.split(b"\0")[0]:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.timeout(300)
+def test_python_m_serve_restarts_a_killed_triton(gateway_repository: Path, tmp_path: Path, sample_png: bytes):
+    """kill -9 of the bundled Triton -> /readyz 503, then 200 within 30 s, and a classify succeeds."""
+    port = free_port()
+    env = {**os.environ, "DYNTTA_PORT": str(port), "DYNTTA_STATE_DIR": str(tmp_path / "var")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "serve", "--model-repository", str(gateway_repository), "--log-level", "warning"],
+        cwd=REPO_ROOT,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while _readyz(port) != 200:
+            assert process.poll() is None and time.monotonic() < deadline, "python -m serve did not get ready"
+            time.sleep(0.3)
+        (first,) = _tritonservers_under(process.pid)
+        os.kill(first, signal.SIGKILL)
+        killed = time.monotonic()
+        while Path(f"/proc/{first}").exists():  # reaped by the supervisor
+            assert time.monotonic() - killed < 10
+            time.sleep(0.02)
+        statuses = []
+        while (status := _readyz(port)) != 200 or 503 not in statuses:
+            statuses.append(status)
+            assert time.monotonic() - killed < 30, f"/readyz not back to 200 within 30 s: {statuses[-5:]}"
+            time.sleep(0.1)
+        assert 503 in statuses and set(statuses) <= {503}, statuses  # 503 meanwhile, never a gateway failure
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            response = client.post("/v1/classify", files=[("files", ("a.png", sample_png, "image/png"))])
+        assert response.status_code == 200, response.text
+        (second,) = _tritonservers_under(process.pid)
+        assert second != first
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0
+        assert _tritonservers_under(process.pid) == [] and not Path(f"/proc/{second}/cmdline").exists()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

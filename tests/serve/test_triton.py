@@ -33,7 +33,10 @@ from serve.triton import (
     TritonServer,
     TritonURLs,
     connect,
+    grpc_addresses,
+    parse_triton_url,
     repository_index,
+    split_urls,
 )
 
 CLASSES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -55,9 +58,7 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     recognizer = create_recognizer("test_resnet", CLASSES).eval()
     out = tmp_path_factory.mktemp("triton") / "model_repository"
-    export_repository(
-        recognizer, CLASSES, 32, out, enhancer=Brighten().eval(), parity_images=random_images(32, 32), flavours=("cpu",)
-    )
+    export_repository(recognizer, CLASSES, 32, out, enhancer=Brighten().eval(), parity_images=random_images(32, 32))
     return out
 
 
@@ -100,7 +101,7 @@ def test_urls_are_loopback_and_server_is_ready(server: TritonServer):
     assert urls.metrics_url.endswith("/metrics")
     assert httpclient.InferenceServerClient(urls.http_address).is_server_ready()
     assert grpcclient.InferenceServerClient(urls.grpc_address).is_server_ready()
-    states = {m["name"]: m["state"] for m in repository_index(urls.http_url)}
+    states = {m["name"]: m["state"] for m in repository_index(urls.http_url, server.admin_headers)}
     assert states == {"dyntta": "READY", "enhancer": "READY", "recognizer": "READY"}
 
 
@@ -200,12 +201,66 @@ def test_urls_dataclass_gives_tritonclient_addresses():
     urls = TritonURLs.local(1, 2, 3)
     assert (urls.http_address, urls.grpc_address) == ("127.0.0.1:1", "127.0.0.1:2")
     assert urls.metrics_url == "http://127.0.0.1:3/metrics"
-    assert TritonURLs.from_http_url("triton:8000") == TritonURLs(
-        "http://triton:8000", "grpc://triton:8001", "http://triton:8002/metrics"
+
+
+STANDARD = TritonURLs("http://triton:8000", "grpc://triton:8001", "http://triton:8002/metrics")
+
+
+@pytest.mark.parametrize(
+    "url", ["triton:8001", "grpc://triton:8001", "dns:///triton:8001", "triton", "http://triton:8000", "triton:8001/"]
+)
+def test_one_url_rule_no_scheme_means_grpc(url: str):
+    assert parse_triton_url(url) == STANDARD
+    assert parse_triton_url(url).grpc_address == "triton:8001"
+
+
+def test_url_rule_overrides_and_other_layouts():
+    external = parse_triton_url("https://t.example/", grpc_url="t.example:443")
+    assert external.http_url == "https://t.example:8000" and external.grpc_address == "t.example:443"
+    assert parse_triton_url("http://[::1]:9000").grpc_address == "[::1]:9001"
+    assert parse_triton_url("10.0.0.5:9001").http_url == "http://10.0.0.5:9000"
+    assert parse_triton_url("host:8001").protocol == "grpc" and parse_triton_url("http://h").protocol == "http"
+
+
+@pytest.mark.parametrize("bad", ["", "ftp://triton:8001", "triton:notaport", "http://triton:8000/v2", "grpc://:8001"])
+def test_bad_urls_are_clear_errors(bad: str):
+    with pytest.raises(TritonError):
+        parse_triton_url(bad)
+
+
+def test_several_urls_and_names_resolving_to_several_addresses():
+    assert split_urls(["a:8001,b:8001", " c "]) == ["a:8001", "b:8001", "c"]
+    assert split_urls(None) == [] and split_urls("a,b") == ["a", "b"]
+    assert grpc_addresses("127.0.0.2:9001") == ["127.0.0.2:9001"]
+    assert grpc_addresses("localhost:9001") in (
+        ["127.0.0.1:9001"],
+        ["127.0.0.1:9001", "[::1]:9001"],
+        ["[::1]:9001", "127.0.0.1:9001"],
     )
-    external = TritonURLs.from_http_url("https://t.example/", grpc_url="t.example:443")
-    assert external.grpc_address == "t.example:443"
-    assert TritonURLs.from_url("grpc://triton:8001") == TritonURLs.from_http_url("triton:8000")
+    headless = {"triton-headless": ["10.1.0.7", "10.1.0.8", "10.1.0.7"]}
+    resolver = lambda host, port: list(dict.fromkeys(headless[host]))  # noqa: E731 (what getaddrinfo returns)
+    assert grpc_addresses("http://triton-headless:8000", resolver) == ["10.1.0.7:8001", "10.1.0.8:8001"]
+    assert grpc_addresses("no-such-host.invalid:8001") == ["no-such-host.invalid:8001"]
+
+
+def test_admin_apis_are_restricted_to_the_launchers_secret(server: TritonServer):
+    """Issue 10 item 8: a plain local client can neither read the repository nor unload a model; with the
+    per-start secret the index is readable, and model control stays off even then."""
+    urls, plain = server.urls, httpclient.InferenceServerClient(server.urls.http_address)
+    with pytest.raises(Exception, match="restricted"):
+        plain.unload_model("recognizer")
+    with pytest.raises(Exception, match="restricted"):
+        plain.get_model_repository_index()
+    with pytest.raises(Exception, match="restricted"):
+        plain.update_log_settings({"log_verbose_level": 1})
+    grpc_plain = grpcclient.InferenceServerClient(urls.grpc_address)
+    with pytest.raises(Exception, match="restricted"):
+        grpc_plain.unload_model("recognizer")
+    with pytest.raises(Exception, match="not allowed"):
+        grpc_plain.unload_model("recognizer", headers=server.admin_grpc_headers)
+    assert len(repository_index(urls.http_url, server.admin_headers)) == 3
+    assert plain.is_model_ready("recognizer") and grpc_plain.is_model_ready("dyntta")  # inference side open
+    assert server.admin_headers != {} and all(len(v) >= 24 for v in server.admin_headers.values())
 
 
 def _alive(pid: int) -> bool:
@@ -235,7 +290,7 @@ def test_busy_port_is_a_clear_error(repository: Path):
 
 def test_busy_metrics_port_is_an_error_too(repository: Path, monkeypatch):
     # Triton runs on without metrics when their port is taken; the launcher must not accept that.
-    monkeypatch.setattr("serve.triton.check_port_free", lambda *args, **kwargs: None)
+    monkeypatch.setattr("serve.triton.ports.check_port_free", lambda *args, **kwargs: None)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         sock.listen()
@@ -246,15 +301,17 @@ def test_busy_metrics_port_is_an_error_too(repository: Path, monkeypatch):
 
 
 def test_a_picked_port_taken_before_triton_binds_it_is_retried(repository: Path, monkeypatch):
-    import serve.triton
+    import serve.triton.ports
 
-    real_free_port = serve.triton.free_port
+    real_free_port = serve.triton.ports.free_port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         taken = sock.getsockname()[1]
         picks = iter([taken])
-        monkeypatch.setattr("serve.triton.free_port", lambda host="127.0.0.1": next(picks, None) or real_free_port())
+        monkeypatch.setattr(
+            "serve.triton.ports.free_port", lambda host="127.0.0.1": next(picks, None) or real_free_port()
+        )
         with TritonServer(repository) as urls:
             assert urls.http_url != f"http://127.0.0.1:{taken}"
 
