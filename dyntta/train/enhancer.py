@@ -72,8 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recognizer", required=True, help="frozen recognizer checkpoint directory")
     parser.add_argument("--out", required=True, help="output enhancer checkpoint directory")
     parser.add_argument("--data", default="fashion-mnist", help="fashion-mnist | cifar10 | cifar100 | imagefolder")
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--data-dir", default=None, help="where the data set's files are (overrides defaults)")
+    parser.add_argument("--epochs", type=int, default=4, help="training epochs")
     parser.add_argument(
         "--batch-size",
         type=int,
@@ -83,13 +83,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--lr", type=float, default=2e-3, help="AdamW learning rate for the global batch (cosine schedule)"
     )
-    parser.add_argument("--weight-decay", type=float, default=1e-4)
+    parser.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
     parser.add_argument(
         "--blind",
         action="store_true",
         help="train on AugMix augmentations of clean images only (no benchmark corruption)",
     )
-    parser.add_argument("--corruption-probability", type=float, default=15 / 16)
+    parser.add_argument(
+        "--corruption-probability", type=float, default=15 / 16, help="share of training images corrupted (else clean)"
+    )
     parser.add_argument("--train-subset", type=int, default=None, help="use only N training images")
     parser.add_argument(
         "--val-fraction",
@@ -101,10 +103,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--val-size", type=int, default=2000, help="cap on the held-out validation images (0: no validation)"
     )
     parser.add_argument("--init", default=None, metavar="CKPT", help="start from this enhancer checkpoint")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--weights-dtype", default="float32", choices=["float32", "float16"])
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--weights-dtype",
+        default="float32",
+        choices=["float32", "float16"],
+        help="dtype of the saved weights (float16 halves committed files)",
+    )
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -50,10 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default="fashion-mnist", help="fashion-mnist | cifar10 | cifar100 | imagefolder")
     parser.add_argument("--data-dir", default=None, help="where the data set's files are (overrides defaults)")
     parser.add_argument("--arch", default="resnet18_half", help="any timm architecture name")
-    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--epochs", type=int, default=15, help="training epochs")
     parser.add_argument("--out", required=True, help="output checkpoint directory")
-    parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--method", default="erm", choices=sorted(STRATEGIES))
+    parser.add_argument("--image-size", type=int, default=32, help="model input side in pixels")
+    parser.add_argument("--method", default="erm", choices=sorted(STRATEGIES), help="training method")
     parser.add_argument(
         "--method-args",
         nargs="+",
@@ -80,7 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=128,
         help="global batch: under torchrun each of the N ranks takes batch-size / N images per step",
     )
-    parser.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
+    parser.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"], help="sgd: Nesterov momentum")
     parser.add_argument(
         "--lr",
         type=float,
@@ -92,11 +92,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="under torchrun on CUDA: SyncBatchNorm (batch statistics over all ranks); refused on CPU",
     )
-    parser.add_argument("--weight-decay", type=float, default=5e-4)
-    parser.add_argument("--label-smoothing", type=float, default=0.1)
+    parser.add_argument("--weight-decay", type=float, default=5e-4, help="optimizer weight decay")
+    parser.add_argument("--label-smoothing", type=float, default=0.1, help="cross-entropy label smoothing")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="held-out part of train for validation")
     parser.add_argument("--train-subset", type=int, default=None, help="use only N training images (smoke runs)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument(
