@@ -4,29 +4,40 @@ The zip is never extracted: members are read in memory, so a hostile name cannot
 that would be unsafe to extract (absolute, ``..``, drive letters, symlinks) are refused all the same, since
 such an archive is a mistake or an attack, and so are archives over the file-count or inflated-size limits
 (checked from the central directory before anything is inflated, then enforced while reading, because the
-directory can lie).
+directory can lie). Every other way an archive can be broken (a bad CRC, an encrypted member, a compression
+zipfile cannot inflate, a truncated stream) is a 400 naming the member, never a 500.
+
+An upload is decoded at submission, in the gateway, into a :class:`DecodedSet` (numpy, no torch): the
+client learns about a bad archive at once, and workers get exactly the validated pixels.
 """
 
 from __future__ import annotations
 
 import io
+import lzma
 import os
 import re
 import stat
 import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from dyntta.data import LabelledImages, arrays_to_model_input, to_model_input
 from serve.errors import ApiError, BadRequest, PayloadTooLarge
 from serve.imaging import open_image
 
+if TYPE_CHECKING:
+    from dyntta.data import LabelledImages
+
 ZIP_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 BUILTIN_NAME = "builtin"
+#: what zipfile can inflate; others (deflate64 = 9, PPMd, ...) raise NotImplementedError only when read
+_READABLE = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate", zipfile.ZIP_BZIP2: "bzip2"}
+_READABLE[zipfile.ZIP_LZMA] = "lzma"
 
 
 @dataclass(frozen=True)
@@ -34,6 +45,19 @@ class ZipLimits:
     max_files: int
     max_uncompressed_bytes: int
     max_image_pixels: int
+
+
+@dataclass(frozen=True)
+class DecodedSet:
+    """An uploaded evaluation set, decoded and validated: what a worker evaluates."""
+
+    name: str
+    images: np.ndarray  # uint8 (N, S, S, 3), the model's input contract
+    labels: np.ndarray  # int64 (N,), indices into ``classes``
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
 
 
 def _normalise(label: str) -> str:
@@ -46,10 +70,11 @@ def match_class(folder: str, labels: Sequence[str]) -> int | None:
     if folder in labels:
         return labels.index(folder)
     wanted = _normalise(folder)
-    matches = [i for i, label in enumerate(labels) if _normalise(label) == wanted]
+    matches = [i for i, label in enumerate(labels) if wanted and _normalise(label) == wanted]
     if len(matches) == 1:
         return matches[0]
-    if folder.isdigit() and int(folder) < len(labels):
+    # isdecimal, not isdigit: "²" is a digit that int() refuses
+    if folder.isdecimal() and int(folder) < len(labels):
         return int(folder)
     return None
 
@@ -65,13 +90,40 @@ def _unsafe(info: zipfile.ZipInfo) -> str | None:
     return None
 
 
+def _unreadable(info: zipfile.ZipInfo) -> str | None:
+    if info.is_dir():
+        return None
+    if info.flag_bits & 0x1:
+        return "encrypted; upload an archive without a password"
+    if info.compress_type not in _READABLE:
+        return (
+            f"compression method {info.compress_type} is not supported (use {', '.join(_READABLE.values())}; "
+            "method 9 is deflate64, which some Windows tools write)"
+        )
+    return None
+
+
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, name: str) -> bytes:
+    """A member's bytes; a corrupt member (bad CRC, broken stream, a lying header) is a 400 naming it."""
+    try:
+        with archive.open(info) as fh:
+            return fh.read(limit)
+    except NotImplementedError as exc:
+        raise BadRequest(f"{name}: entry {info.filename!r} uses an unsupported compression ({exc})") from None
+    except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, OSError, ValueError, RuntimeError) as exc:
+        # bz2 raises OSError/ValueError on a broken stream; zipfile RuntimeError for a password it needs
+        raise BadRequest(f"{name}: entry {info.filename!r} cannot be read ({exc})") from None
+
+
 def read_imagefolder_zip(
     data: bytes, *, size: int, labels: Sequence[str], limits: ZipLimits, name: str = "upload.zip"
-) -> LabelledImages:
-    """Zip of ``[root/]class/image`` files -> uint8 (N, 3, size, size), labelled by the model's classes."""
+) -> DecodedSet:
+    """Zip of ``[root/]class/image`` files -> uint8 (N, size, size, 3), labelled by the model's classes."""
+    from dyntta.data.transforms import to_model_input
+
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as exc:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, NotImplementedError) as exc:
         raise BadRequest(f"{name}: not a readable zip archive ({exc})") from None
     with archive:
         members = archive.infolist()
@@ -105,12 +157,15 @@ def read_imagefolder_zip(
                 f"{name}: no images found; expected class_name/image.png entries "
                 f"({', '.join(sorted(ZIP_IMAGE_SUFFIXES))})"
             )
+        for info, _ in files:  # refuse before inflating anything
+            reason = _unreadable(info)
+            if reason:
+                raise BadRequest(f"{name}: refused entry {info.filename!r}: {reason}")
 
         images = np.empty((len(files), size, size, 3), dtype=np.uint8)
         budget = limits.max_uncompressed_bytes
         for i, (info, _) in enumerate(files):
-            with archive.open(info) as fh:
-                blob = fh.read(min(info.file_size, budget) + 1)
+            blob = _read_member(archive, info, min(info.file_size, budget) + 1, name)
             if len(blob) > info.file_size or len(blob) > budget:
                 raise PayloadTooLarge(f"{name}: entry {info.filename!r} inflates beyond its declared size")
             budget -= len(blob)
@@ -119,9 +174,7 @@ def read_imagefolder_zip(
                     images[i] = to_model_input(image, size)
             except ApiError as exc:
                 raise type(exc)(f"{name}: {exc.message}") from None
-    tensor = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
-    targets = torch.tensor([label for _, label in files], dtype=torch.int64)
-    return LabelledImages(f"upload:{name}", "test", tensor, targets, list(labels))
+    return DecodedSet(name, images, np.array([label for _, label in files], dtype=np.int64), list(labels))
 
 
 def builtin_compatible(labels: Sequence[str]) -> bool:
@@ -130,28 +183,35 @@ def builtin_compatible(labels: Sequence[str]) -> bool:
     return [_normalise(x) for x in labels] == [_normalise(x) for x in FASHION_MNIST_CLASSES]
 
 
-def load_builtin(size: int, num_images: int) -> LabelledImages:
-    """The first ``num_images`` of the Fashion-MNIST test split, converted exactly as ``load_dataset`` does
-    (:func:`arrays_to_model_input`) but only those images, not all 10,000."""
-    from dyntta.data.datasets import (
-        FASHION_MNIST_CLASSES,
-        FASHION_MNIST_DEFAULT_DIR,
-        FASHION_MNIST_ENV,
-        DatasetNotFoundError,
-        read_idx,
-    )
+def builtin_files() -> dict[str, Path]:
+    """The Fashion-MNIST test files of the built-in set; DatasetNotFoundError if absent (checked at
+    submission, so a gateway without the data answers 400 instead of queueing a job that must fail)."""
+    from dyntta.data.datasets import FASHION_MNIST_DEFAULT_DIR, FASHION_MNIST_ENV, DatasetNotFoundError
 
     directory = Path(os.environ.get(FASHION_MNIST_ENV) or FASHION_MNIST_DEFAULT_DIR)
     found = {}
     for stem in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
         candidates = [directory / f"{stem}.gz", directory / stem]
-        found[stem] = next((c for c in candidates if c.is_file()), None)
-        if found[stem] is None:
+        path = next((c for c in candidates if c.is_file()), None)
+        if path is None:
             raise DatasetNotFoundError(
                 f"the built-in evaluation set needs Fashion-MNIST ({stem}[.gz]) in "
                 f"{directory}: apt-get install dataset-fashion-mnist or set "
                 f"{FASHION_MNIST_ENV}"
             )
+        found[stem] = path
+    return found
+
+
+def load_builtin(size: int, num_images: int) -> LabelledImages:
+    """The first ``num_images`` of the Fashion-MNIST test split, converted exactly as ``load_dataset`` does
+    (:func:`arrays_to_model_input`) but only those images, not all 10,000."""
+    import torch
+
+    from dyntta.data import LabelledImages, arrays_to_model_input
+    from dyntta.data.datasets import FASHION_MNIST_CLASSES, read_idx
+
+    found = builtin_files()
     raw = read_idx(found["t10k-images-idx3-ubyte"])[:num_images]
     labels = torch.from_numpy(read_idx(found["t10k-labels-idx1-ubyte"])[:num_images].astype(np.int64))
     return LabelledImages(

@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Form, Path, Query, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
 from dyntta.evaluate.report import resolve_conditions
 from serve.deps import BackendDep, JobsDep, SettingsDep, require_api_key
 from serve.errors import BadRequest, Conflict, NotFound, UnsupportedMediaType
-from serve.evalset import BUILTIN_NAME, ZipLimits, builtin_compatible, load_builtin, read_imagefolder_zip
+from serve.evalset import BUILTIN_NAME, ZipLimits, builtin_compatible, builtin_files, read_imagefolder_zip
 from serve.jobs import REPORT_HTML, REPORT_JSON, Job, JobManager, JobParams
 from serve.routes import UPLOAD_ERRORS
 from serve.schemas import ErrorResponse, JobList, JobStatus, RobustnessReport
+from serve.store import key_fingerprint
 
-router = APIRouter(prefix="/v1/robustness", tags=["robustness"])
+# every job route needs the key when one is set: a job is visible only to the key that created it
+router = APIRouter(prefix="/v1/robustness", tags=["robustness"], dependencies=[Depends(require_api_key)])
 
 JOB_ID = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$", description="job id as returned on submission")]
 _ZIP_TYPES = {
@@ -52,6 +55,27 @@ def job_status(job: Job) -> JobStatus:
     )
 
 
+def owner_of(request: Request) -> str:
+    """The fingerprint of the API key this request authenticated with ('' without a key): jobs are stored
+    and read under it, so one key's jobs are invisible to another's. The key itself is never stored."""
+    fingerprint = getattr(request.state, "api_key_fingerprint", None)  # set by the auth middleware
+    if fingerprint is not None:
+        return str(fingerprint)
+    if not request.app.state.settings.api_key:
+        return ""
+    return key_fingerprint(request.headers.get("x-api-key"))  # an app built without that middleware
+
+
+def _check_table(table: str | None) -> str | None:
+    if table is None or not table.strip():
+        return None
+    from dyntta.corruptions.tables import TABLE_NAMES
+
+    if table not in TABLE_NAMES:
+        raise BadRequest(f"unknown corruption parameter table {table!r}; expected one of {list(TABLE_NAMES)} or none")
+    return table
+
+
 def _split(text: str) -> list[str]:
     return [part.strip() for part in text.replace(";", ",").replace(" ", ",").split(",") if part.strip()]
 
@@ -60,11 +84,11 @@ def _split(text: str) -> list[str]:
     "",
     response_model=JobStatus,
     status_code=202,
-    dependencies=[Depends(require_api_key)],
     responses={**UPLOAD_ERRORS, 429: {"model": ErrorResponse, "description": "too many jobs"}},
     summary="Start a robustness report job on an uploaded ImageFolder zip or the built-in set",
 )
 async def submit(
+    request: Request,
     backend: BackendDep,
     settings: SettingsDep,
     jobs: JobsDep,
@@ -95,12 +119,18 @@ async def submit(
         names, levels = resolve_conditions(_split(corruptions), _split(severities))
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
-    if table is not None and not table.strip():
-        table = None
+    table = _check_table(table)
+    await run_in_threadpool(jobs.check_capacity)  # before reading, let alone decoding, the upload: 429 fast
+    owner = owner_of(request)
     info = await backend.model_info(settings.recognizer_model)
     labels = list(info.labels or ())
     params = JobParams(
-        corruptions=list(names), severities=list(levels), seed=seed, table=table, with_enhancer=with_enhancer
+        corruptions=list(names),
+        severities=list(levels),
+        seed=seed,
+        table=table,
+        with_enhancer=with_enhancer,
+        image_size=info.input_size,
     )
 
     if file is not None and (file.filename or file.size):
@@ -115,7 +145,13 @@ async def submit(
             read_imagefolder_zip, data, size=info.input_size, labels=labels, limits=limits, name=name
         )
         del data
-        job = jobs.submit(name, len(dataset), params, lambda: dataset)
+        params.classes = list(dataset.classes)
+        job = await run_in_threadpool(
+            partial(jobs.submit, images=dataset.images, labels=dataset.labels, owner=owner),
+            name,
+            len(dataset),
+            params,
+        )
     else:
         if not builtin_compatible(labels):
             raise BadRequest(
@@ -123,26 +159,32 @@ async def submit(
                 "are "
                 f"{labels}; upload a zip of labelled images instead"
             )
+        from dyntta.data.datasets import DatasetNotFoundError
+
+        try:
+            builtin_files()
+        except DatasetNotFoundError as exc:
+            raise BadRequest(f"{exc}; or upload a zip of labelled images") from None
         count = min(num_images, settings.builtin_max_images)
-        size = info.input_size
-        job = jobs.submit(BUILTIN_NAME, count, params, lambda: load_builtin(size, count))
+        job = await run_in_threadpool(partial(jobs.submit, owner=owner), BUILTIN_NAME, count, params)
     return job_status(job)
 
 
 @router.get("", response_model=JobList, summary="List robustness jobs, newest first")
-async def list_jobs(jobs: JobsDep, limit: Annotated[int, Query(ge=1, le=500)] = 100) -> JobList:
-    return JobList(jobs=[job_status(j) for j in await run_in_threadpool(jobs.store.list, limit)])
+async def list_jobs(request: Request, jobs: JobsDep, limit: Annotated[int, Query(ge=1, le=500)] = 100) -> JobList:
+    found = await run_in_threadpool(jobs.list, limit, owner_of(request))
+    return JobList(jobs=[job_status(j) for j in found])
 
 
-def _get(jobs: JobManager, job_id: str) -> Job:
-    job = jobs.store.get(job_id)
-    if job is None:
+def _get(jobs: JobManager, job_id: str, owner: str) -> Job:
+    job = jobs.get(job_id, owner)
+    if job is None:  # another key's job is "not found" too: its existence is not disclosed
         raise NotFound(f"no robustness job {job_id}")
     return job
 
 
-def _finished(jobs: JobManager, job_id: str, filename: str) -> tuple[Job, str]:
-    job = _get(jobs, job_id)
+def _finished(jobs: JobManager, job_id: str, filename: str, owner: str) -> tuple[Job, str]:
+    job = _get(jobs, job_id, owner)
     if job.status != "done":
         raise Conflict(
             f"job {job_id} is {job.status}; the report exists once it is done"
@@ -155,8 +197,8 @@ def _finished(jobs: JobManager, job_id: str, filename: str) -> tuple[Job, str]:
 
 
 @router.get("/{job_id}", response_model=JobStatus, responses=_NOT_FOUND, summary="Status and progress of a job")
-async def get_job(job_id: JOB_ID, jobs: JobsDep) -> JobStatus:
-    return job_status(_get(jobs, job_id))
+async def get_job(request: Request, job_id: JOB_ID, jobs: JobsDep) -> JobStatus:
+    return job_status(await run_in_threadpool(_get, jobs, job_id, owner_of(request)))
 
 
 @router.get(
@@ -165,8 +207,8 @@ async def get_job(job_id: JOB_ID, jobs: JobsDep) -> JobStatus:
     responses={**_NOT_FOUND, 409: {"model": ErrorResponse, "description": "job not finished"}},
     summary="The finished report (dyntta.evaluate's JSON format)",
 )
-async def get_report(job_id: JOB_ID, jobs: JobsDep) -> RobustnessReport:
-    job, text = await run_in_threadpool(_finished, jobs, job_id, REPORT_JSON)
+async def get_report(request: Request, job_id: JOB_ID, jobs: JobsDep) -> RobustnessReport:
+    job, text = await run_in_threadpool(_finished, jobs, job_id, REPORT_JSON, owner_of(request))
     return RobustnessReport(job=job_status(job), report=json.loads(text))
 
 
@@ -176,6 +218,6 @@ async def get_report(job_id: JOB_ID, jobs: JobsDep) -> RobustnessReport:
     responses={**_NOT_FOUND, 409: {"model": ErrorResponse, "description": "job not finished"}},
     summary="The finished report as an HTML page (tables and heatmaps)",
 )
-async def get_report_html(job_id: JOB_ID, jobs: JobsDep) -> HTMLResponse:
-    _, text = await run_in_threadpool(_finished, jobs, job_id, REPORT_HTML)
+async def get_report_html(request: Request, job_id: JOB_ID, jobs: JobsDep) -> HTMLResponse:
+    _, text = await run_in_threadpool(_finished, jobs, job_id, REPORT_HTML, owner_of(request))
     return HTMLResponse(text)

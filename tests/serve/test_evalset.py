@@ -48,7 +48,7 @@ def test_reads_classes_by_name_with_or_without_root_folder():
         }
     )
     result = read_imagefolder_zip(data, size=32, labels=LABELS, limits=LIMITS)
-    assert result.images.shape == (4, 3, 32, 32)
+    assert result.images.shape == (4, 32, 32, 3) and result.images.dtype == np.uint8
     assert sorted(result.labels.tolist()) == [0, 1, 9, 9]
     flat = read_imagefolder_zip(make_zip({"Coat/x.png": image()}), size=32, labels=LABELS, limits=LIMITS)
     assert flat.labels.tolist() == [4]
@@ -114,4 +114,69 @@ def test_member_pixels_follow_the_contract():
 
     gray = RNG.integers(0, 256, (28, 28), dtype=np.uint8)
     result = read_imagefolder_zip(make_zip({"Bag/a.png": png_bytes(gray)}), size=32, labels=LABELS, limits=LIMITS)
-    np.testing.assert_array_equal(result.images[0].numpy(), arrays_to_model_input(gray[None], 32)[0].numpy())
+    np.testing.assert_array_equal(result.images[0], arrays_to_model_input(gray[None], 32)[0].permute(1, 2, 0).numpy())
+
+
+# --- issue 10 item 2: every malformed archive is a 400 naming the member ------------------------------------
+
+
+def _patch(data: bytes, member: str, *, local: dict[int, bytes], central: dict[int, bytes]) -> bytes:
+    """Overwrite fields of one member's local header and central directory entry (offsets from the
+    signature): how a broken or unsupported archive looks to a reader, without a tool that writes one."""
+    raw = bytearray(data)
+    name = member.encode()
+    for signature, fields in ((b"PK\x03\x04", local), (b"PK\x01\x02", central)):
+        start = 0
+        while (start := raw.find(signature, start)) >= 0:
+            name_at = start + (30 if signature == b"PK\x03\x04" else 46)
+            if raw[name_at : name_at + len(name)] == name:
+                for offset, value in fields.items():
+                    raw[start + offset : start + offset + len(value)] = value
+            start += 4
+    return bytes(raw)
+
+
+def _stored_zip(entries: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def test_bad_crc_is_400_naming_the_member():
+    good = image()
+    data = bytearray(_stored_zip({"Coat/ok.png": image(), "Coat/bad.png": good}))
+    at = data.rfind(good[20:60])  # inside the second member's stored bytes
+    data[at] ^= 0xFF
+    with pytest.raises(BadRequest, match="Coat/bad.png"):
+        read_imagefolder_zip(bytes(data), size=32, labels=LABELS, limits=LIMITS)
+
+
+def test_encrypted_member_is_400_naming_the_member():
+    data = _patch(
+        _stored_zip({"Coat/ok.png": image(), "Coat/secret.png": image()}),
+        "Coat/secret.png",
+        local={6: b"\x01\x00"},
+        central={8: b"\x01\x00"},
+    )
+    with pytest.raises(BadRequest, match="Coat/secret.png.*encrypted"):
+        read_imagefolder_zip(data, size=32, labels=LABELS, limits=LIMITS)
+
+
+def test_deflate64_member_is_400_naming_the_member():
+    data = _patch(
+        _stored_zip({"Coat/ok.png": image(), "Coat/d64.png": image()}),
+        "Coat/d64.png",
+        local={8: b"\x09\x00"},
+        central={10: b"\x09\x00"},
+    )
+    with pytest.raises(BadRequest, match="Coat/d64.png.*compression"):
+        read_imagefolder_zip(data, size=32, labels=LABELS, limits=LIMITS)
+
+
+@pytest.mark.parametrize("folder", ["²", "1²", "³3"])
+def test_digit_like_class_folder_is_400_naming_the_member(folder: str):
+    # "²".isdigit() is True but int("²") raises: such folders are unknown classes, not a crash
+    with pytest.raises(BadRequest, match="match none"):
+        read_imagefolder_zip(make_zip({f"{folder}/a.png": image()}), size=32, labels=LABELS, limits=LIMITS)

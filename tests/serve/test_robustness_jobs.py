@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
+import time
 import zipfile
 
 import numpy as np
+import pytest
 import torch
 
 from dyntta.data import arrays_to_model_input
-from serve.jobs import JobParams, JobStore
+from serve.store import JobParams, JobStore, default_state_url
 from tests.serve.conftest import CLASSES, SIZE, GatewayFactory, LinearProbe
 from tests.serve.helpers import fmnist_raw, png_bytes
 from tests.serve.test_gateway import wait_job
@@ -83,7 +87,7 @@ def test_zip_job_and_refusals(make_gateway: GatewayFactory):
     assert pending.status_code == 200
 
 
-def test_restart_keeps_finished_reports_and_marks_interrupted_jobs(make_gateway: GatewayFactory, tmp_path_factory):
+def test_restart_keeps_finished_reports_and_resumes_unfinished_jobs(make_gateway: GatewayFactory, tmp_path_factory):
     state = tmp_path_factory.mktemp("persist")
     first = make_gateway(state_dir=state)
     with first.client() as client:
@@ -94,10 +98,11 @@ def test_restart_keeps_finished_reports_and_marks_interrupted_jobs(make_gateway:
             ).json()["id"],
         )
     first.stop()
-    # a job that was running when the process died (simulated: the row of a crashed gateway)
-    store = JobStore(state / "jobs.sqlite3")
-    crashed = store.create("builtin", 20, JobParams(["fog"], [1]))
-    store.update(crashed.id, status="running", progress=0.4)
+    # a job that was running when its worker died (simulated: the row of a crashed worker, lease expired)
+    store = JobStore(default_state_url(state))
+    crashed = store.create("builtin", 20, JobParams(["fog"], [1], image_size=SIZE))
+    claimed = store.claim("crashed-worker", lease_s=0.0)
+    assert claimed is not None and claimed.id == crashed.id
     store.close()
 
     second = make_gateway(state_dir=state)
@@ -105,19 +110,126 @@ def test_restart_keeps_finished_reports_and_marks_interrupted_jobs(make_gateway:
         assert client.get(f"/v1/robustness/{done['id']}").json()["status"] == "done"
         assert client.get(f"/v1/robustness/{done['id']}/report").status_code == 200
         assert client.get(f"/v1/robustness/{done['id']}/report.html").status_code == 200
-        interrupted = client.get(f"/v1/robustness/{crashed.id}").json()
-        assert interrupted["status"] == "interrupted" and "submit it again" in interrupted["message"]
-        assert client.get(f"/v1/robustness/{crashed.id}/report").status_code == 409
+        resumed = wait_job(client, crashed.id)
+        assert resumed["status"] == "done", resumed
+        assert client.get(f"/v1/robustness/{crashed.id}/report").json()["report"]["header"]["data"]["n"] == 20
 
 
-def test_queue_limit_is_429(make_gateway: GatewayFactory):
+def test_queue_limit_is_429_and_stopping_hands_the_job_back(make_gateway: GatewayFactory):
     gateway = make_gateway(max_queued_jobs=1)
     form = {"corruptions": "all", "severities": "1,2,3,4,5", "num_images": "300"}
     with gateway.client() as client:
         first = client.post("/v1/robustness", data=form)
         second = client.post("/v1/robustness", data=form)
     assert first.status_code == 202 and second.status_code == 429
-    gateway.stop()  # shutting down interrupts the running job instead of waiting for it
-    store = JobStore(gateway.app.state.settings.state_dir / "jobs.sqlite3")
-    assert store.get(first.json()["id"]).status == "interrupted"
-    assert np.isfinite(store.get(first.json()["id"]).progress)
+    assert int(second.headers["retry-after"]) > 0
+    gateway.stop()  # the embedded worker stops at its next batch and gives the job back to the queue
+    store = JobStore(default_state_url(gateway.app.state.settings.state_dir))
+    job = store.get(first.json()["id"])
+    assert job is not None and job.status == "queued" and job.lease_token is None
+    assert np.isfinite(job.progress)
+
+
+def _zip(entries: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def test_full_queue_refuses_before_decoding_the_upload(make_gateway: GatewayFactory):
+    """Issue 10 item 4: the 429 comes before the zip is read (a broken member would otherwise be a 400)."""
+    gateway = make_gateway(max_queued_jobs=1, workers=0)  # no worker: the first job stays queued
+    raw, _ = fmnist_raw("test", 1)
+    broken = _zip({"Coat/ok.png": png_bytes(raw[0]), "Coat/broken.png": b"\x89PNG\r\n\x1a\n broken"})
+    form = {"corruptions": "fog", "severities": "1"}
+    with gateway.client() as client:
+        assert client.post("/v1/robustness", data={**form, "num_images": "10"}).status_code == 202
+        started = time.perf_counter()
+        refused = client.post("/v1/robustness", data=form, files={"file": ("b.zip", broken, "application/zip")})
+        seconds = time.perf_counter() - started
+    assert refused.status_code == 429, refused.text
+    assert int(refused.headers["retry-after"]) > 0 and seconds < 1.0
+
+
+def test_jobs_are_visible_only_to_the_key_that_created_them(make_gateway: GatewayFactory, tmp_path_factory):
+    """Issue 10 item 5: a job is stored under a fingerprint of its key (never the key) and read under it."""
+    state = tmp_path_factory.mktemp("keys")
+    form = {"corruptions": "fog", "severities": "1", "num_images": "10"}
+    first = make_gateway(state_dir=state, api_key="key-one", workers=0)
+    with first.client(headers={"X-API-Key": "key-one"}) as client:
+        job_id = client.post("/v1/robustness", data=form).json()["id"]
+        assert client.get(f"/v1/robustness/{job_id}").status_code == 200
+    with first.client() as anonymous:
+        assert anonymous.get("/v1/robustness").status_code == 401
+        assert anonymous.get(f"/v1/robustness/{job_id}").status_code == 401
+    first.stop()
+    store = JobStore(default_state_url(state))
+    stored = store.get(job_id)
+    store.close()
+    assert stored is not None and stored.owner and "key-one" not in stored.owner
+    second = make_gateway(state_dir=state, api_key="key-two", workers=0)  # the key rotated
+    with second.client(headers={"X-API-Key": "key-two"}) as client:
+        assert client.get(f"/v1/robustness/{job_id}").status_code == 404
+        assert client.get(f"/v1/robustness/{job_id}/report").status_code == 404
+        assert job_id not in [j["id"] for j in client.get("/v1/robustness").json()["jobs"]]
+    second.stop()
+    third = make_gateway(state_dir=state, workers=0)  # no key at all: still not another key's jobs
+    with third.client() as client:
+        assert client.get(f"/v1/robustness/{job_id}").status_code == 404
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the refused start
+def test_second_gateway_on_a_state_dir_refuses_and_leaves_its_jobs_alone(
+    make_gateway: GatewayFactory, tmp_path_factory
+):
+    """Issue 10 item 6: the state directory is locked by the gateway that owns it."""
+    state = tmp_path_factory.mktemp("owned")
+    first = make_gateway(state_dir=state, workers=0)
+    with first.client() as client:
+        job = client.post("/v1/robustness", data={"corruptions": "fog", "severities": "1", "num_images": "10"}).json()
+    with pytest.raises(RuntimeError, match="did not start"):
+        make_gateway(state_dir=state, workers=0)
+    started = time.perf_counter()
+    cli = subprocess.run(
+        [sys.executable, "-m", "serve", "--state-dir", str(state), "--port", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert cli.returncode == 1 and "in use by another gateway" in cli.stderr, cli.stderr
+    assert time.perf_counter() - started < 30  # refused before starting Triton
+    with first.client() as client:
+        after = client.get(f"/v1/robustness/{job['id']}").json()
+    assert after["status"] == "queued" and after["updated"] == job["updated"] and after["message"] == job["message"]
+
+
+def test_invalid_table_and_missing_builtin_data_are_400(make_gateway: GatewayFactory, monkeypatch, tmp_path):
+    """Issue 10 item 11: refused at submission, not accepted and failed later."""
+    gateway = make_gateway(workers=0)
+    with gateway.client() as client:
+        bad_table = client.post("/v1/robustness", data={"corruptions": "fog", "severities": "1", "table": "cifar100"})
+        monkeypatch.setenv("DYNTTA_FASHION_MNIST_DIR", str(tmp_path))  # an empty directory
+        no_data = client.post("/v1/robustness", data={"corruptions": "fog", "severities": "1"})
+        listed = client.get("/v1/robustness").json()["jobs"]
+    assert bad_table.status_code == 400 and "cifar100" in bad_table.json()["error"]["message"]
+    assert no_data.status_code == 400 and "Fashion-MNIST" in no_data.json()["error"]["message"]
+    assert listed == []
+
+
+def test_retention_keeps_the_newest_reports(make_gateway: GatewayFactory):
+    """Issue 10 item 11: finished jobs beyond --keep-reports are deleted with their files."""
+    gateway = make_gateway(keep_reports=1)
+    form = {"corruptions": "brightness", "severities": "1", "num_images": "10", "with_enhancer": "false"}
+    with gateway.client() as client:
+        old = wait_job(client, client.post("/v1/robustness", data=form).json()["id"])
+        new = wait_job(client, client.post("/v1/robustness", data=form).json()["id"])
+        assert old["status"] == new["status"] == "done"
+        deadline = time.monotonic() + 10
+        while client.get(f"/v1/robustness/{old['id']}").status_code != 404 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert client.get(f"/v1/robustness/{old['id']}").status_code == 404
+        assert client.get(f"/v1/robustness/{new['id']}/report").status_code == 200
+    reports = gateway.app.state.jobs.reports_dir
+    assert not (reports / old["id"]).exists() and (reports / new["id"] / "report.json").is_file()
