@@ -24,18 +24,24 @@ import numpy as np
 import torch
 from torch import nn
 
+from dyntta.data import DatasetNotFoundError
 from dyntta.models import load_recognizer, read_checkpoint_meta
-from export.build import Source, export_repository, random_images
+from export.build import ExportOptions, ExportResult, Source, export_repository, random_images
 from export.onnx import ParityError, Tolerance, to_nhwc_uint8
 from export.repository import FLAVOURS, Flavour, ServingOptions
 from export.tensorrt import TensorRTUnavailableError
 
 
+class UsageError(Exception):
+    """An argument that cannot work (exit code 2), as opposed to an export that failed (exit code 1)."""
+
+
+EXIT_FAILURE, EXIT_USAGE = 1, 2
+
+
 def load_enhancer_checkpoint(directory: str) -> tuple[nn.Module, dict[str, Any]]:
-    try:
-        from dyntta.enhancer import load_enhancer
-    except ImportError as exc:
-        raise SystemExit(f"--enhancer needs dyntta.enhancer.load_enhancer, not available: {exc}") from exc
+    from dyntta.enhancer import load_enhancer
+
     meta = read_checkpoint_meta(directory)
     return load_enhancer(directory).eval(), meta
 
@@ -43,7 +49,7 @@ def load_enhancer_checkpoint(directory: str) -> tuple[nn.Module, dict[str, Any]]
 def check_sizes(recognizer_size: int, enhancer_meta: dict[str, Any]) -> None:
     size = (enhancer_meta.get("model") or {}).get("input_size")
     if size is not None and size != recognizer_size:
-        raise SystemExit(
+        raise UsageError(
             f"the enhancer works at {size} px but the recognizer at {recognizer_size} px; "
             "both models of the ensemble take the same IMAGE tensor"
         )
@@ -53,12 +59,9 @@ def parity_batch(data: str, count: int, size: int, data_dir: str | None) -> tupl
     """The first ``count`` test images of ``data`` (uint8 NHWC), or seeded random pixels for ``random``."""
     if data == "random":
         return random_images(count, size), f"random uint8 (seed 0, {count})"
-    from dyntta.data import DatasetNotFoundError, load_dataset
+    from dyntta.data import load_dataset
 
-    try:
-        test = load_dataset(data, "test", image_size=size, root=data_dir)
-    except DatasetNotFoundError as exc:
-        raise SystemExit(f"parity data: {exc}\n(or pass --parity-data random)") from exc
+    test = load_dataset(data, "test", image_size=size, root=data_dir)  # DatasetNotFoundError: see main
     return to_nhwc_uint8(test.images[:count]), f"{data} test[:{count}]"
 
 
@@ -108,61 +111,51 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    argv_list = list(argv) if argv is not None else sys.argv[1:]
-    command = "python -m export " + shlex.join(argv_list)
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
+def _checkpoints(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any], nn.Module | None, dict[str, Any]]:
+    """The recognizer and (optionally) the enhancer with their metadata; a missing one is a usage error."""
+    try:
+        recognizer = load_recognizer(args.recognizer)
+        rec_meta = read_checkpoint_meta(args.recognizer)
+        enhancer, enh_meta = load_enhancer_checkpoint(args.enhancer) if args.enhancer else (None, {})
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from None
+    check_sizes(recognizer.config.input_size, enh_meta)
+    return recognizer, rec_meta, enhancer, enh_meta
 
-    recognizer = load_recognizer(args.recognizer)
-    rec_meta = read_checkpoint_meta(args.recognizer)
-    config = recognizer.config
-    enhancer, enh_meta = load_enhancer_checkpoint(args.enhancer) if args.enhancer else (None, {})
-    check_sizes(config.input_size, enh_meta)
-    data = args.parity_data or (rec_meta.get("recipe") or {}).get("data") or "fashion-mnist"
-    images, described = parity_batch(
-        data, args.parity_images, config.input_size, args.data_dir or (rec_meta.get("recipe") or {}).get("data_dir")
-    )
+
+def _options(
+    args: argparse.Namespace, command: str, rec_meta: dict[str, Any], enh_meta: dict[str, Any]
+) -> ExportOptions:
     tolerance = Tolerance.for_dtype(torch.float16 if args.fp16 else torch.float32)
     if args.atol is not None:
         tolerance.atol = args.atol
     if args.min_top1_agreement is not None:
         tolerance.min_top1_agreement = args.min_top1_agreement
-    flavours = cast(tuple[Flavour, ...], FLAVOURS if args.flavour == "both" else (args.flavour,))
-    options = ServingOptions(
-        max_batch_size=args.max_batch_size,
-        version=args.version,
-        cpu_instances=args.cpu_instances,
-        cpu_threads=args.cpu_threads,
-        gpu_instances=args.gpu_instances,
-        ort_tensorrt=args.ort_tensorrt,
-    )
     try:
-        result = export_repository(
-            recognizer,
-            config.classes,
-            config.input_size,
-            args.out,
-            enhancer=enhancer,
-            flavours=flavours,
+        return ExportOptions(
+            flavours=cast(tuple[Flavour, ...], FLAVOURS if args.flavour == "both" else (args.flavour,)),
             gpu_out=args.gpu_out,
             fp16=args.fp16,
             tensorrt=args.tensorrt,
-            options=options,
-            parity_images=images,
-            parity_data=described,
+            serving=ServingOptions(
+                max_batch_size=args.max_batch_size,
+                version=args.version,
+                cpu_instances=args.cpu_instances,
+                cpu_threads=args.cpu_threads,
+                gpu_instances=args.gpu_instances,
+                ort_tensorrt=args.ort_tensorrt,
+            ),
             tolerance=tolerance,
             command=command,
             recognizer_source=Source(str(Path(args.recognizer)), rec_meta),
-            enhancer_source=Source(args.enhancer, enh_meta) if args.enhancer else None,
+            enhancer_source=Source(args.enhancer, enh_meta) if args.enhancer else Source(),
         )
-    except ParityError as exc:
-        print(f"PARITY FAILED: {exc}", file=sys.stderr)
-        return 2
-    except TensorRTUnavailableError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 3
-    summary = {
+    except ValueError as exc:  # contradictory flags (--tensorrt without the gpu flavour, batch size < 1, ...)
+        raise UsageError(str(exc)) from None
+
+
+def _summary(result: ExportResult) -> dict[str, Any]:
+    return {
         "repositories": {k: str(v) for k, v in result.repositories.items()},
         "recognizer_parity": {
             k: result.reports["recognizer"]["parity"][k]
@@ -171,7 +164,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         "enhancer_parity": result.reports["enhancer"]["parity"],
         "pipeline_parity": result.pipeline,
     }
-    print(json.dumps(summary, indent=2))
+
+
+def run(args: argparse.Namespace, command: str) -> ExportResult:
+    recognizer, rec_meta, enhancer, enh_meta = _checkpoints(args)
+    options = _options(args, command, rec_meta, enh_meta)
+    recipe = rec_meta.get("recipe") or {}
+    config = recognizer.config
+    images, described = parity_batch(
+        args.parity_data or recipe.get("data") or "fashion-mnist",
+        args.parity_images,
+        config.input_size,
+        args.data_dir or recipe.get("data_dir"),
+    )
+    options.parity_data = described
+    return export_repository(
+        recognizer, config.classes, config.input_size, args.out, options, enhancer=enhancer, parity_images=images
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Exit codes: 0 written; 2 a usage error (bad or contradictory arguments, a missing checkpoint);
+    1 the export failed (parity past tolerance, TensorRT or the parity data set not available). Nothing is
+    written unless every check passed; a user error never ends in a traceback."""
+    args = build_parser().parse_args(argv)  # argparse itself exits 2 on unknown flags and bad values
+    command = "python -m export " + shlex.join(list(argv) if argv is not None else sys.argv[1:])
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
+    try:
+        result = run(args, command)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ParityError as exc:
+        print(f"PARITY FAILED: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except DatasetNotFoundError as exc:
+        print(f"error: parity data: {exc}\n(or pass --parity-data random)", file=sys.stderr)
+        return EXIT_FAILURE
+    except TensorRTUnavailableError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(json.dumps(_summary(result), indent=2))
     return 0
 
 

@@ -2,6 +2,8 @@
 
 :func:`export_repository` takes modules, not checkpoints, so any recognizer (float NCHW [0, 1] -> logits)
 and any enhancer (float NCHW [0, 1] -> float NCHW [0, 1]) plug in; ``enhancer=None`` exports the identity.
+How to export is an :class:`ExportOptions`; each step (export + parity per model, batch independence,
+TensorRT plans, the ``export.json`` reports, writing each flavour) is one function below.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import copy
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +23,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from dyntta.contract import ENHANCER, RECOGNIZER
 from dyntta.version import __version__
 from export import onnx as onnx_export
 from export import repository
@@ -36,7 +39,7 @@ from export.onnx import (
     pipeline_parity,
     recognizer_parity,
 )
-from export.repository import Flavour, ServingOptions
+from export.repository import FLAVOURS, Flavour, ServedModel, ServingOptions
 
 
 @dataclass
@@ -84,42 +87,74 @@ def batch_independence(onnx_path: Path, images: np.ndarray, output: str) -> floa
     return float(np.abs(together - alone).max())
 
 
-def export_repository(
-    recognizer: nn.Module,
-    classes: Sequence[str],
-    input_size: int,
-    out: str | Path,
-    *,
-    enhancer: nn.Module | None = None,
-    flavours: Sequence[Flavour] = ("cpu",),
-    gpu_out: str | Path | None = None,
-    fp16: bool = False,
-    tensorrt: bool = False,
-    options: ServingOptions | None = None,
-    parity_images: np.ndarray | None = None,
-    parity_data: str = "",
-    tolerance: Tolerance | None = None,
-    command: str | None = None,
-    recognizer_source: Source | None = None,
-    enhancer_source: Source | None = None,
-    log: Any = None,
-) -> ExportResult:
-    """Export, check and write. ``out`` receives the first flavour; with both, the gpu one goes to
-    ``gpu_out`` (default ``<out>_gpu``). Raises :class:`export.onnx.ParityError` past tolerance."""
-    options = options or ServingOptions()
-    dtype = torch.float16 if fp16 else torch.float32
-    tolerance = tolerance or Tolerance.for_dtype(dtype)
-    command = command or "export.build.export_repository(...)"
-    images = parity_images if parity_images is not None else random_images(256, input_size)
-    parity_data = parity_data or ("random uint8" if parity_images is None else "given")
-    if images.dtype != np.uint8 or images.shape[1:] != (input_size, input_size, 3):
+#: Where progress lines go: a callable taking one line of text (``print`` to stderr by default).
+Log = Callable[[str], None]
+
+
+def stderr_log(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def silent_log(message: str) -> None:
+    """For tests and benchmarks that do not want the progress lines."""
+
+
+@dataclass
+class ExportOptions:
+    """How to export: flavours and where they go, precision, TensorRT plans, the served models' batching
+    and instances, the parity criteria and the provenance recorded in each model's ``export.json``."""
+
+    flavours: Sequence[Flavour] = ("cpu",)
+    gpu_out: str | Path | None = None  # the gpu flavour's directory when both are written (<out>_gpu)
+    fp16: bool = False  # half-precision networks; I/O types unchanged
+    tensorrt: bool = False  # tensorrt_plan models for the gpu flavour
+    serving: ServingOptions = field(default_factory=ServingOptions)
+    tolerance: Tolerance | None = None  # None: the default for the precision
+    parity_data: str = ""  # what the parity images are, for the reports ("" -> "random uint8" / "given")
+    command: str = "export.build.export_repository(...)"
+    recognizer_source: Source = field(default_factory=Source)
+    enhancer_source: Source = field(default_factory=Source)
+
+    def __post_init__(self) -> None:
+        unknown = [f for f in self.flavours if f not in FLAVOURS]
+        if not self.flavours or unknown:
+            raise ValueError(f"flavours must be a non-empty subset of {FLAVOURS}, got {list(self.flavours)}")
+        if self.tensorrt and "gpu" not in self.flavours:
+            raise ValueError("--tensorrt builds plans for the gpu flavour: use --flavour gpu or both")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float16 if self.fp16 else torch.float32
+
+    @property
+    def precision(self) -> str:
+        return "fp16" if self.fp16 else "fp32"
+
+    def parity_tolerance(self) -> Tolerance:
+        return self.tolerance or Tolerance.for_dtype(self.dtype)
+
+
+@dataclass
+class _Exported:
+    """One model's ONNX file, its parity report and (not the identity enhancer) its float32 reference."""
+
+    onnx: Path
+    parity: dict[str, Any]
+    reference: nn.Module | None = None
+
+
+def _parity_images(images: np.ndarray | None, input_size: int, options: ExportOptions) -> tuple[np.ndarray, str]:
+    batch = images if images is not None else random_images(256, input_size)
+    described = options.parity_data or ("random uint8" if images is None else "given")
+    if batch.dtype != np.uint8 or batch.shape[1:] != (input_size, input_size, 3):
         raise ValueError(
-            f"parity images must be uint8 (N, {input_size}, {input_size}, 3), got {images.dtype} {images.shape}"
+            f"parity images must be uint8 (N, {input_size}, {input_size}, 3), got {batch.dtype} {batch.shape}"
         )
-    if tensorrt and "gpu" not in flavours:
-        raise ValueError("--tensorrt builds plans for the gpu flavour: use --flavour gpu or both")
-    say = log or (lambda message: print(message, file=sys.stderr))
-    produced_by = {
+    return batch, described
+
+
+def _produced_by(command: str) -> dict[str, Any]:
+    return {
         "command": command,
         "dyntta_version": __version__,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -127,97 +162,148 @@ def export_repository(
         "onnx": onnx.__version__,
         "onnxruntime": ort.__version__,
     }
-    precision = "fp16" if fp16 else "fp32"
 
-    with tempfile.TemporaryDirectory(prefix="dyntta-export-") as work:
-        work_dir = Path(work)
-        # Reference wrappers stay float32: fp16 graphs are judged against the model as trained.
-        rec_ref = RecognizerForServing(recognizer.eval()).eval()
-        rec_net = RecognizerForServing(copy.deepcopy(recognizer).eval().to(dtype), dtype)
-        rec_onnx = export_module(rec_net, work_dir / "recognizer.onnx", input_size, onnx_export.LOGITS)
-        rec_parity = recognizer_parity(rec_ref, rec_onnx, images, tolerance, data=parity_data)
-        rec_parity["batch_independence_max_diff"] = batch_independence(rec_onnx, images[:8], onnx_export.LOGITS)
-        say(
-            f"recognizer parity ({precision}, {len(images)} {parity_data} images): max |logit diff| "
-            f"{rec_parity['max_abs_logit_diff']:.3g}, top-1 agreement {rec_parity['top1_agreement']:.4f}"
-        )
 
-        pipeline = None
-        if enhancer is None:
-            enh_onnx = export_identity_enhancer(work_dir / "enhancer.onnx", input_size)
-            enh_parity = {
-                "model": "enhancer",
-                "identity": True,
-                "passed": True,
-                "note": "pass-through ONNX graph (one Identity node); no enhancer checkpoint given",
-            }
-            enh_ref = None
-        else:
-            enh_ref = EnhancerForServing(enhancer.eval()).eval()
-            enh_net = EnhancerForServing(copy.deepcopy(enhancer).eval().to(dtype), dtype)
-            enh_onnx = export_module(enh_net, work_dir / "enhancer.onnx", input_size, onnx_export.ENHANCED_IMAGE)
-            enh_parity = enhancer_parity(enh_ref, enh_onnx, images, tolerance, data=parity_data)
-            enh_parity["batch_independence_max_diff"] = batch_independence(
-                enh_onnx, images[:8], onnx_export.ENHANCED_IMAGE
+def _export_recognizer(
+    recognizer: nn.Module, work: Path, input_size: int, images: np.ndarray, data: str, options: ExportOptions
+) -> _Exported:
+    # The reference wrapper stays float32: an fp16 graph is judged against the model as trained.
+    reference = RecognizerForServing(recognizer.eval()).eval()
+    net = RecognizerForServing(copy.deepcopy(recognizer).eval().to(options.dtype), options.dtype)
+    path = export_module(net, work / "recognizer.onnx", input_size, onnx_export.LOGITS)
+    parity = recognizer_parity(reference, path, images, options.parity_tolerance(), data=data)
+    parity["batch_independence_max_diff"] = batch_independence(path, images[:8], onnx_export.LOGITS)
+    return _Exported(path, parity, reference)
+
+
+def _export_enhancer(
+    enhancer: nn.Module | None, work: Path, input_size: int, images: np.ndarray, data: str, options: ExportOptions
+) -> _Exported:
+    if enhancer is None:
+        path = export_identity_enhancer(work / "enhancer.onnx", input_size)
+        note = "pass-through ONNX graph (one Identity node); no enhancer checkpoint given"
+        return _Exported(path, {"model": "enhancer", "identity": True, "passed": True, "note": note})
+    reference = EnhancerForServing(enhancer.eval()).eval()
+    net = EnhancerForServing(copy.deepcopy(enhancer).eval().to(options.dtype), options.dtype)
+    path = export_module(net, work / "enhancer.onnx", input_size, onnx_export.ENHANCED_IMAGE)
+    parity = enhancer_parity(reference, path, images, options.parity_tolerance(), data=data)
+    parity["batch_independence_max_diff"] = batch_independence(path, images[:8], onnx_export.ENHANCED_IMAGE)
+    return _Exported(path, parity, reference)
+
+
+def _check_batch_independence(exported: dict[str, _Exported], tolerance: Tolerance) -> None:
+    """Triton's dynamic batcher merges clients' requests: an output must not depend on its batch."""
+    for name, model in exported.items():
+        gap = model.parity.get("batch_independence_max_diff")
+        allowed = tolerance.max_pixel_diff if name == ENHANCER else tolerance.atol
+        if gap is not None and gap > allowed:
+            raise onnx_export.ParityError(
+                f"{name} output depends on batch composition (max diff {gap}); "
+                "Triton's dynamic batching would change results"
             )
-            pipeline = pipeline_parity(enh_ref, rec_ref, enh_onnx, rec_onnx, images)
-            say(
-                f"enhancer parity: max |pixel diff| {enh_parity['max_abs_pixel_diff']} levels, "
-                f"{enh_parity['fraction_pixels_differing']:.2e} of pixels differ; pipeline top-1 agreement "
+
+
+def _build_plans(models: Sequence[ServedModel], work: Path, options: ExportOptions, log: Log) -> dict[str, Path]:
+    if not options.tensorrt:
+        return {}
+    from export.tensorrt import build_plan
+
+    plans: dict[str, Path] = {}
+    for model in models:
+        if model.identity:
+            continue  # a pass-through needs no engine; it stays on onnxruntime
+        plans[model.name] = build_plan(
+            model.onnx_path,
+            work / f"{model.name}.plan",
+            model.input_size,
+            options.serving.max_batch_size,
+            fp16=options.fp16,
+        )
+        log(f"built TensorRT plan for {model.name}")
+    return plans
+
+
+def _export_reports(
+    recognizer: _Exported, enhancer: _Exported, identity: bool, pipeline: dict[str, Any] | None, options: ExportOptions
+) -> dict[str, dict[str, Any]]:
+    """Each model's ``export.json``: provenance, precision, the ONNX file, parity, serving options."""
+    produced_by, serving = _produced_by(options.command), asdict(options.serving)
+    return {
+        RECOGNIZER: {
+            "produced_by": produced_by,
+            "source": options.recognizer_source.summary(),
+            "precision": options.precision,
+            "onnx": describe_onnx(recognizer.onnx),
+            "parity": recognizer.parity,
+            "serving": serving,
+        },
+        ENHANCER: {
+            "produced_by": produced_by,
+            "source": options.enhancer_source.summary(),
+            "identity": identity,
+            "precision": "uint8" if identity else options.precision,
+            "onnx": describe_onnx(enhancer.onnx),
+            "parity": enhancer.parity,
+            "pipeline_parity": pipeline,
+            "serving": serving,
+        },
+    }
+
+
+def _targets(out: Path, options: ExportOptions) -> dict[Flavour, Path]:
+    """The first flavour goes to ``out``, a second one to ``gpu_out`` (default ``<out>_gpu``)."""
+    return {
+        flavour: out if i == 0 else Path(options.gpu_out or f"{out}_gpu") for i, flavour in enumerate(options.flavours)
+    }
+
+
+def export_repository(
+    recognizer: nn.Module,
+    classes: Sequence[str],
+    input_size: int,
+    out: str | Path,
+    options: ExportOptions | None = None,
+    *,
+    enhancer: nn.Module | None = None,
+    parity_images: np.ndarray | None = None,
+    log: Log = stderr_log,
+) -> ExportResult:
+    """Export, check and write the repositories; ``enhancer=None`` exports the identity enhancer.
+
+    ``parity_images`` (uint8 NHWC at ``input_size``; default 256 random images) are what the ONNX graphs
+    are compared with PyTorch on. Raises :class:`export.onnx.ParityError` past tolerance, before anything
+    is written.
+    """
+    options = options or ExportOptions()
+    images, data = _parity_images(parity_images, input_size, options)
+    with tempfile.TemporaryDirectory(prefix="dyntta-export-") as tmp:
+        work = Path(tmp)
+        rec = _export_recognizer(recognizer, work, input_size, images, data, options)
+        log(
+            f"recognizer parity ({options.precision}, {len(images)} {data} images): max |logit diff| "
+            f"{rec.parity['max_abs_logit_diff']:.3g}, top-1 agreement {rec.parity['top1_agreement']:.4f}"
+        )
+        enh = _export_enhancer(enhancer, work, input_size, images, data, options)
+        pipeline = None
+        if enh.reference is not None and rec.reference is not None:
+            pipeline = pipeline_parity(enh.reference, rec.reference, enh.onnx, rec.onnx, images)
+            log(
+                f"enhancer parity: max |pixel diff| {enh.parity['max_abs_pixel_diff']} levels, "
+                f"{enh.parity['fraction_pixels_differing']:.2e} of pixels differ; pipeline top-1 agreement "
                 f"{pipeline['top1_agreement']:.4f}"
             )
-        for name, report in (("recognizer", rec_parity), ("enhancer", enh_parity)):
-            gap = report.get("batch_independence_max_diff")
-            allowed = tolerance.max_pixel_diff if name == "enhancer" else tolerance.atol
-            if gap is not None and gap > allowed:
-                raise onnx_export.ParityError(
-                    f"{name} output depends on batch composition (max diff {gap}); "
-                    "Triton's dynamic batching would change results"
-                )
+        _check_batch_independence({RECOGNIZER: rec, ENHANCER: enh}, options.parity_tolerance())
 
-        rec_model = repository.recognizer_model(rec_onnx, input_size, classes)
-        enh_model = repository.enhancer_model(enh_onnx, input_size, identity=enhancer is None)
-        plans: dict[str, Path] = {}
-        if tensorrt:
-            from export.tensorrt import build_plan
-
-            for model in (rec_model, enh_model):
-                if model.identity:
-                    continue  # a pass-through needs no engine; it stays on onnxruntime
-                plans[model.name] = build_plan(
-                    model.onnx_path, work_dir / f"{model.name}.plan", input_size, options.max_batch_size, fp16=fp16
-                )
-                say(f"built TensorRT plan for {model.name}")
-
-        reports = {
-            "recognizer": {
-                "produced_by": produced_by,
-                "source": (recognizer_source or Source()).summary(),
-                "precision": precision,
-                "onnx": describe_onnx(rec_onnx),
-                "parity": rec_parity,
-                "serving": asdict(options),
-            },
-            "enhancer": {
-                "produced_by": produced_by,
-                "source": (enhancer_source or Source()).summary(),
-                "identity": enhancer is None,
-                "precision": "uint8" if enhancer is None else precision,
-                "onnx": describe_onnx(enh_onnx),
-                "parity": enh_parity,
-                "pipeline_parity": pipeline,
-                "serving": asdict(options),
-            },
-        }
-        out = Path(out)
-        targets: dict[str, Path] = {}
-        for i, flavour in enumerate(flavours):
-            targets[flavour] = out if i == 0 else Path(gpu_out or f"{out}_gpu")
+        rec_model = repository.recognizer_model(rec.onnx, input_size, classes)
+        enh_model = repository.enhancer_model(enh.onnx, input_size, identity=enhancer is None)
+        plans = _build_plans((rec_model, enh_model), work, options, log)
+        reports = _export_reports(rec, enh, enhancer is None, pipeline, options)
+        targets = _targets(Path(out), options)
         for flavour, target in targets.items():
             for model in (rec_model, enh_model):
                 model.plan_path = plans.get(model.name) if flavour == "gpu" else None
             repository.write_repository(
-                target, enh_model, rec_model, flavour, options, command=command, reports=reports
+                target, enh_model, rec_model, flavour, options.serving, command=options.command, reports=reports
             )
-            say(f"wrote the {flavour} flavour to {target}")
-    return ExportResult(targets, reports, pipeline)
+            log(f"wrote the {flavour} flavour to {target}")
+    return ExportResult(dict(targets), reports, pipeline)

@@ -12,7 +12,6 @@ in; logits or enhanced float images out), so a new enhancer plugs in by passing 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from dataclasses import asdict, dataclass
@@ -26,9 +25,9 @@ import torch
 from onnx import TensorProto, helper
 from torch import nn
 
-IMAGE = "IMAGE"  # uint8 (N, S, S, 3): the input of every served model
-LOGITS = "LOGITS"  # float32 (N, num_classes): the recognizer's output
-ENHANCED_IMAGE = "ENHANCED_IMAGE"  # uint8 (N, S, S, 3): the enhancer's output
+# The tensor names every layer agrees on (IMAGE uint8 NHWC in; LOGITS / ENHANCED_IMAGE out).
+from dyntta.contract import ENHANCED_IMAGE, IMAGE, LOGITS, sha256_file
+
 BATCH = "batch"
 OPSET = 17
 
@@ -63,14 +62,6 @@ class EnhancerForServing(nn.Module):
         enhanced = self.enhancer(pixels).float().clamp(0.0, 1.0)
         # Round half away from zero is what a reader of the bytes expects; values are >= 0 so floor(x + .5).
         return torch.floor(enhanced * 255.0 + 0.5).to(torch.uint8).permute(0, 2, 3, 1)
-
-
-def sha256(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def export_module(
@@ -267,7 +258,7 @@ def describe_onnx(path: str | os.PathLike[str]) -> dict[str, Any]:
 
     return {
         "file": Path(path).name,
-        "sha256": sha256(path),
+        "sha256": sha256_file(path),
         "bytes": Path(path).stat().st_size,
         "opset": max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
         "inputs": io(model.graph.input),

@@ -34,11 +34,10 @@ from typing import Any, Literal
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from export.onnx import ENHANCED_IMAGE, IMAGE, LOGITS
+from dyntta.contract import ENHANCED_IMAGE, ENHANCER, ENSEMBLE, IMAGE, LOGITS, RECOGNIZER
 
 Flavour = Literal["cpu", "gpu"]
 FLAVOURS: tuple[Flavour, ...] = ("cpu", "gpu")
-ENHANCER, RECOGNIZER, ENSEMBLE = "enhancer", "recognizer", "dyntta"
 LABELS_FILE = "labels.txt"
 REPORT_FILE = "export.json"
 HOST_SOURCE = Path(__file__).with_name("triton_onnx_host.py")

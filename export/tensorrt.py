@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from export.onnx import IMAGE
+from dyntta.contract import IMAGE
 
 
 class TensorRTUnavailableError(RuntimeError):

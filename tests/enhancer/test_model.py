@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 
@@ -84,26 +83,33 @@ def test_frequency_filter_all_pass_and_low_pass() -> None:
     assert (smooth[..., 1:] - smooth[..., :-1]).abs().mean() < 0.5 * (x[..., 1:] - x[..., :-1]).abs().mean()
 
 
-def test_onnx_export_matches_pytorch(tmp_path, fmnist_test) -> None:
-    model = _perturbed_enhancer(1)
-    x = fmnist_test.images[:8].float() / 255
-    path = tmp_path / "enhancer.onnx"
-    torch.onnx.export(
-        model,
-        (x,),
-        str(path),
-        input_names=["pixels"],
-        output_names=["enhanced"],
-        dynamic_axes={"pixels": {0: "batch"}, "enhanced": {0: "batch"}},
-        opset_version=17,
-        dynamo=False,
+def test_served_onnx_graph_matches_pytorch(tmp_path, fmnist_test) -> None:
+    """The graph Triton serves, exported by ``export.onnx`` (uint8 NHWC in and out, scaling and rounding in
+    the graph), against the PyTorch enhancer at several batch sizes."""
+    from export.onnx import (
+        ENHANCED_IMAGE,
+        IMAGE,
+        EnhancerForServing,
+        Tolerance,
+        cpu_session,
+        enhancer_parity,
+        export_module,
+        to_nhwc_uint8,
     )
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    model = _perturbed_enhancer(1)
+    served = EnhancerForServing(model).eval()
+    path = export_module(served, tmp_path / "enhancer.onnx", 32, ENHANCED_IMAGE)
+    images = to_nhwc_uint8(fmnist_test.images[:8])
+    session = cpu_session(path)
     for n in (1, 3, 8):
-        got = session.run(None, {"pixels": x[:n].numpy()})[0]
+        got = session.run([ENHANCED_IMAGE], {IMAGE: images[:n]})[0]
         with torch.no_grad():
-            want = model(x[:n]).numpy()
-        assert np.abs(got - want).max() < 1e-4
+            want = model(fmnist_test.images[:n].float() / 255).clamp(0, 1).mul(255).round().permute(0, 2, 3, 1)
+        assert got.dtype == np.uint8 and got.shape == (n, 32, 32, 3)
+        assert np.abs(got.astype(np.int16) - want.numpy().astype(np.int16)).max() <= 1  # one level: rounding
+    assert (got != images).any()  # the perturbed enhancer changes the image, so the check has teeth
+    assert enhancer_parity(served, path, images, Tolerance())["passed"]
 
 
 def test_checkpoint_round_trip(tmp_path, fmnist_test) -> None:

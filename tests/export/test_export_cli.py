@@ -51,7 +51,7 @@ def test_cli_fails_loudly_past_tolerance(checkpoint: Path, tmp_path: Path, capsy
             "-1",
         ]
     )
-    assert code == 2
+    assert code == 1  # the export failed (a runtime failure), not the arguments
     assert "PARITY FAILED" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
 
@@ -73,25 +73,46 @@ def test_tensorrt_without_tensorrt_is_a_clear_error(checkpoint: Path, tmp_path: 
             "8",
         ]
     )
-    assert code == 3
+    assert code == 1
     assert "--tensorrt needs the TensorRT Python package" in capsys.readouterr().err
 
 
-def test_tensorrt_needs_the_gpu_flavour(checkpoint: Path, tmp_path: Path):
-    with pytest.raises(ValueError, match="gpu flavour"):
-        main(
-            [
-                "--recognizer",
-                str(checkpoint),
-                "--out",
-                str(tmp_path / "r"),
-                "--tensorrt",
-                "--parity-data",
-                "random",
-                "--parity-images",
-                "8",
-            ]
-        )
+def test_tensorrt_needs_the_gpu_flavour(checkpoint: Path, tmp_path: Path, capsys):
+    """A contradictory flag is a usage error: exit code 2 and one line saying why, no traceback."""
+    code = main(["--recognizer", str(checkpoint), "--out", str(tmp_path / "r"), "--tensorrt"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "error: --tensorrt builds plans for the gpu flavour" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--max-batch-size", "0"], "max_batch_size must be >= 1"),
+        (["--version", "0"], "model versions start at 1"),
+    ],
+)
+def test_bad_serving_options_are_usage_errors(checkpoint: Path, tmp_path: Path, capsys, extra, message):
+    assert main(["--recognizer", str(checkpoint), "--out", str(tmp_path / "r"), *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_checkpoint_is_a_usage_error(tmp_path: Path, capsys):
+    code = main(["--recognizer", str(tmp_path / "nope"), "--out", str(tmp_path / "r")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "nope" in err and "Traceback" not in err
+
+
+def test_missing_parity_data_is_a_runtime_failure(checkpoint: Path, tmp_path: Path, capsys):
+    code = main(
+        ["--recognizer", str(checkpoint), "--out", str(tmp_path / "r"), "--data-dir", str(tmp_path / "no-data")]
+    )
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "parity data" in err and "--parity-data random" in err
+    assert not (tmp_path / "r").exists()
 
 
 def test_cli_exports_the_dyntta_enhancer_checkpoint(checkpoint: Path, tmp_path: Path, capsys):

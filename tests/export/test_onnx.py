@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dyntta.data import to_float
-from export.build import export_repository, random_images
+from export.build import ExportOptions, export_repository, random_images
 from export.onnx import (
     ENHANCED_IMAGE,
     IMAGE,
@@ -97,7 +97,7 @@ def test_fp16_variant_keeps_the_interface(tiny_recognizer, tmp_path: Path):
         tiny_recognizer.config.classes,
         32,
         tmp_path / "repo",
-        fp16=True,
+        ExportOptions(fp16=True),
         parity_images=random_images(32, 32),
     )
     report = result.reports["recognizer"]

@@ -9,7 +9,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from export.build import export_repository, random_images
+from export.build import ExportOptions, export_repository, random_images
 from export.repository import ServingOptions, enhancer_model, recognizer_model, write_repository
 
 KIND_CPU, KIND_GPU = mc.ModelInstanceGroup.KIND_CPU, mc.ModelInstanceGroup.KIND_GPU
@@ -23,10 +23,9 @@ def repositories(tiny_recognizer, toy_enhancer, tmp_path_factory) -> dict[str, P
         tiny_recognizer.config.classes,
         32,
         out,
+        ExportOptions(flavours=("cpu", "gpu"), serving=ServingOptions(ort_tensorrt=True, max_batch_size=64)),
         enhancer=toy_enhancer,
-        flavours=("cpu", "gpu"),
         parity_images=random_images(32, 32),
-        options=ServingOptions(ort_tensorrt=True, max_batch_size=64),
     )
     assert result.repositories == {"cpu": out, "gpu": Path(f"{out}_gpu")}
     return result.repositories
@@ -119,7 +118,9 @@ def test_gpu_flavour_is_onnxruntime_on_gpu_with_tensorrt_accelerator(repositorie
 def test_rewriting_removes_stale_versions(tiny_recognizer, tmp_path: Path):
     out = tmp_path / "repo"
     classes, images = tiny_recognizer.config.classes, random_images(8, 32)
-    export_repository(tiny_recognizer, classes, 32, out, parity_images=images, options=ServingOptions(version=3))
+    export_repository(
+        tiny_recognizer, classes, 32, out, ExportOptions(serving=ServingOptions(version=3)), parity_images=images
+    )
     export_repository(tiny_recognizer, classes, 32, out, parity_images=images)
     assert sorted(p.name for p in (out / "recognizer").iterdir() if p.is_dir()) == ["1"]
 
