@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ import uvicorn
 
 from serve.app import create_app
 from serve.config import Settings, add_arguments, settings_from_args
+from serve.observability import configure_logging
 
 log = logging.getLogger("serve")
 
@@ -57,15 +59,50 @@ def wait_for_external(urls: Sequence[str], wait_s: float, models: Sequence[str])
         time.sleep(0.5)
 
 
+class Terminated(Exception):
+    """SIGTERM, raised in the main thread once uvicorn has drained, so that every ``with`` unwinds (Triton's
+    process group stopped, temporary directories removed) exactly as after Ctrl-C."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+class _Gateway(uvicorn.Server):
+    """uvicorn's server, which also tells the app it is draining: new requests get 503 + Retry-After."""
+
+    def handle_exit(self, sig: int, frame: object) -> None:
+        admission = getattr(getattr(self.config.app, "state", None), "admission", None)
+        if admission is not None:
+            admission.draining = True
+        super().handle_exit(sig, frame)  # type: ignore[arg-type]
+
+
+def run_gateway(app: object, settings: Settings, log_level: str) -> None:
+    """Serve until SIGINT or SIGTERM. uvicorn drains in-flight requests (10 s at most), runs the lifespan
+    shutdown (jobs handed back, decoders stopped), then re-raises the signal it caught: SIGINT becomes
+    KeyboardInterrupt and SIGTERM :class:`Terminated`, so the caller's context managers run either way
+    (without main's handler for it, the re-raised SIGTERM would kill the process on the spot, Triton orphaned)."""
+    config = uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        log_config=None,  # configure_logging's handlers: one format, with request ids
+        timeout_graceful_shutdown=10,
+        limit_concurrency=settings.limit_concurrency,  # beyond it uvicorn answers 503 without calling the app
+    )
+    _Gateway(config).run()
+
+
 def serve(settings: Settings, *, triton_log: str | None = None, log_level: str = "info") -> None:
-    config = dict(host=settings.host, port=settings.port, log_level=log_level, timeout_graceful_shutdown=10)
     models = [settings.ensemble_model, settings.recognizer_model, settings.enhancer_model]
     if settings.triton_url:
         from serve.triton import split_urls
 
         urls_given = split_urls(settings.triton_url)
         wait_for_external(urls_given, 30.0, models)
-        uvicorn.run(create_app(settings, urls_given), **config)
+        run_gateway(create_app(settings, urls_given), settings, log_level)
         return
     from serve.triton import TritonServer, TritonSupervisor
 
@@ -75,25 +112,31 @@ def serve(settings: Settings, *, triton_log: str | None = None, log_level: str =
     # The supervisor restarts a Triton that dies (same ports, bounded back-off); /readyz is 503 meanwhile.
     with TritonSupervisor(TritonServer(settings.model_repository, log_file=triton_log)) as urls:
         log.info("Triton ready: HTTP %s, gRPC %s, metrics %s", urls.http_url, urls.grpc_url, urls.metrics_url)
-        uvicorn.run(create_app(settings, urls.grpc_address), **config)
+        run_gateway(create_app(settings, urls.grpc_address), settings, log_level)
     log.info("stopped")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = settings_from_args(args)
+    configure_logging(args.log_level, json_logs=settings.json_logs)
     if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
-        log.warning("binding %s without an API key: POST endpoints are open to the network", settings.host)
+        log.warning("binding %s without an API key: every endpoint is open to the network", settings.host)
+    from serve.store.lock import StateDirBusy, check_state_dir_free
     from serve.triton import TritonError
 
+    signal.signal(signal.SIGTERM, _terminate)  # also while Triton starts: every ``with`` unwinds
     try:
+        check_state_dir_free(settings.state_dir)  # before Triton starts: a second gateway on a dir refuses now
         serve(settings, triton_log=args.triton_log, log_level=args.log_level)
+    except StateDirBusy as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except TritonError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        pass
+    except (KeyboardInterrupt, Terminated):
+        pass  # graceful: uvicorn drained, the lifespan and Triton were stopped on the way out
     return 0
 
 

@@ -18,12 +18,16 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image
 
 from dyntta.version import __version__
+from serve.admission import Admission
 from serve.config import Settings
+from serve.decode_pool import DecodePool
 from serve.errors import install_error_handlers
 from serve.inference import TritonBackend
-from serve.jobs import JobManager, triton_classifiers
+from serve.jobs import JobManager
 from serve.middleware import BodySizeLimit, Metrics, MetricsMiddleware
+from serve.observability import RequestIdMiddleware
 from serve.routes import health, inference, robustness, web
+from serve.security import ApiKeyGuard, BrowserGuard, SecurityHeaders, default_allowed_hosts
 
 log = logging.getLogger("serve")
 WEB_DIR = Path(__file__).parent / "web"
@@ -36,13 +40,17 @@ def create_app(settings: Settings | None = None, triton_grpc: str | Sequence[str
     url = triton_grpc or settings.triton_url
     if not url:
         raise ValueError("no Triton gRPC address: pass triton_grpc or set settings.triton_url")
-    metrics = Metrics()
+    metrics = Metrics(triton_deadline_s=settings.triton_timeout_s)
+    admission = Admission(settings.max_inflight, settings.max_waiting, settings.queue_wait_s)
+    decoder = DecodePool(settings.decode_workers, settings.decode_cpu_s)
+    metrics.inference_waiting.set_function(lambda: admission.waiting)
+    metrics.inference_in_flight.set_function(lambda: admission.in_flight)
+    metrics.decode_waiting.set_function(lambda: decoder.waiting)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Pillow's own bomb guard (it raises at twice this); decode_to_model_input refuses at 1x itself.
         Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
-        loop = asyncio.get_running_loop()
         backend = TritonBackend(
             url,
             models=[settings.ensemble_model, settings.recognizer_model, settings.enhancer_model],
@@ -51,35 +59,18 @@ def create_app(settings: Settings | None = None, triton_grpc: str | Sequence[str
             registry=metrics.registry,  # per-replica request counts, errors, state
         )
         await backend.start()
+        await decoder.open()
 
-        jobs = JobManager(
-            settings.state_dir,
-            triton_classifiers(
-                backend,
-                loop,
-                ensemble=settings.ensemble_model,
-                recognizer=settings.recognizer_model,
-                chunk=settings.job_batch_size,
-            ),
-            max_active=settings.max_queued_jobs,
-            batch_size=256,
-            header=lambda: {
-                "served_by": {
-                    "gateway": f"dyntta {__version__}",
-                    "triton": backend.url,
-                    "ensemble": settings.ensemble_model,
-                    "recognizer": settings.recognizer_model,
-                }
-            },
-            on_finish=lambda state: metrics.jobs.labels(state).inc(),
-        )
+        # the store, the state-directory lock and the embedded worker process(es) (jobs never run here)
+        jobs = await asyncio.to_thread(JobManager, settings, url)
         app.state.backend, app.state.jobs = backend, jobs
         log.info("gateway ready: Triton gRPC at %s, state in %s", backend.url, settings.state_dir)
         try:
             yield
         finally:
-            # the worker thread may be waiting on this loop for a Triton answer: shut it down off-loop
-            await asyncio.to_thread(jobs.shutdown)
+            admission.draining = True  # anything still arriving gets 503 + Retry-After
+            await decoder.close()
+            await asyncio.to_thread(jobs.shutdown)  # waits for the embedded workers to hand their job back
             await backend.close()
 
     app = FastAPI(
@@ -88,20 +79,47 @@ def create_app(settings: Settings | None = None, triton_grpc: str | Sequence[str
         description="Test-time image enhancement (DynTTA) served by NVIDIA Triton: classify uploads with or "
         "without the enhancer, get enhanced images, and run corruption-robustness reports.",
         lifespan=lifespan,
+        docs_url=None,  # served from local files by routes/web.py (no CDN: offline hosts are the norm)
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.admission, app.state.decoder = admission, decoder
     install_error_handlers(app)
 
     def limit_for(path: str) -> int:
         return settings.max_zip_bytes if path.rstrip("/") == "/v1/robustness" else settings.max_upload_bytes
 
-    # added last = outermost: metrics see every response, including the 413s of the size limit
+    def protected(path: str) -> bool:
+        if path == "/v1" or path.startswith("/v1/"):
+            return True
+        if path == "/metrics":
+            return not settings.public_metrics
+        if path in ("/docs", "/openapi.json") or path.startswith("/docs/"):
+            return not settings.public_docs
+        return False
+
+    # added last = outermost: request id, security headers and metrics see every response, including the
+    # 401s, 403s and 413s answered (before any body is read) by the guards and the size limit
     app.add_middleware(BodySizeLimit, limit_for=limit_for)
+    app.add_middleware(ApiKeyGuard, keys=settings.api_keys, protected=protected)
+    if not settings.api_keys:
+        hosts = settings.allowed_hosts
+        allowed = (
+            None
+            if hosts and hosts.strip() == "*"
+            else {h.strip().lower() for h in hosts.split(",") if h.strip()}
+            if hosts
+            else default_allowed_hosts(settings.host)
+        )
+        app.add_middleware(BrowserGuard, allowed_hosts=allowed)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(SecurityHeaders)
+    app.add_middleware(RequestIdMiddleware)
     app.include_router(inference.router)
     app.include_router(robustness.router)
     app.include_router(health.router)
     app.include_router(web.router)
     app.mount("/static", StaticFiles(directory=WEB_DIR / "static"), name="static")
+    app.mount("/docs/static", web.swagger_assets, name="swagger-ui")
     return app

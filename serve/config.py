@@ -23,7 +23,11 @@ _ENV = {
     ),
     "model_repository": ("DYNTTA_MODEL_REPOSITORY", "Triton model repository for the bundled server"),
     "state_dir": ("DYNTTA_STATE_DIR", "where robustness jobs (SQLite) and reports are kept"),
-    "api_key": ("DYNTTA_API_KEY", "if set, POST endpoints require this value in the X-API-Key header"),
+    "api_key": (
+        "DYNTTA_API_KEY",
+        "if set, every /v1 route (and /metrics, /docs unless made public) requires it in the X-API-Key header "
+        "or as Authorization: Bearer; several keys: comma-separated (jobs are visible to their key only)",
+    ),
     "max_upload_mb": ("DYNTTA_MAX_UPLOAD_MB", "request body limit for image endpoints (MB)"),
     "max_zip_mb": ("DYNTTA_MAX_ZIP_MB", "request body limit for robustness uploads (MB)"),
     "max_zip_files": ("DYNTTA_MAX_ZIP_FILES", "most files an uploaded evaluation zip may hold"),
@@ -36,6 +40,36 @@ _ENV = {
     "ensemble_model": ("DYNTTA_ENSEMBLE_MODEL", "Triton model: enhancer -> recognizer"),
     "recognizer_model": ("DYNTTA_RECOGNIZER_MODEL", "Triton model: recognizer alone (no enhancer)"),
     "enhancer_model": ("DYNTTA_ENHANCER_MODEL", "Triton model: enhancer alone"),
+    # hardening: decode budget, backpressure, browser safety, logs (serve/security.py, admission.py, ...)
+    "max_request_pixels": ("DYNTTA_MAX_REQUEST_PIXELS", "decoded pixels summed over one request's images (413 above)"),
+    "decode_cpu_s": ("DYNTTA_DECODE_CPU_S", "CPU seconds one request's decoding may take (413 above)"),
+    "decode_workers": ("DYNTTA_DECODE_WORKERS", "processes decoding uploads (anything but tiny ones)"),
+    "max_waiting": ("DYNTTA_MAX_WAITING", "requests waiting for an inference slot; more get 503 at once"),
+    "queue_wait_s": ("DYNTTA_QUEUE_WAIT_S", "longest wait for an inference slot before a 503"),
+    "limit_concurrency": ("DYNTTA_LIMIT_CONCURRENCY", "connections + tasks uvicorn serves at once (503 above)"),
+    "public_metrics": ("DYNTTA_PUBLIC_METRICS", "with an API key set, still serve /metrics without it (true/false)"),
+    "public_docs": ("DYNTTA_PUBLIC_DOCS", "with an API key set, still serve /docs and /openapi.json without it"),
+    "allowed_hosts": (
+        "DYNTTA_ALLOWED_HOSTS",
+        "Host names accepted when no API key is set, comma-separated, '*' for any (default: loopback names "
+        "and --host; any when bound to 0.0.0.0)",
+    ),
+    "json_logs": ("DYNTTA_JSON_LOGS", "log one JSON object per line (true/false)"),
+    # robustness jobs (serve/jobs.py, serve/worker.py)
+    "state_url": (
+        "DYNTTA_STATE_URL",
+        "job store: sqlite:///path or postgresql://user@host/db, shared by gateways and workers "
+        "(default: SQLite in the state directory)",
+    ),
+    "reports_dir": (
+        "DYNTTA_REPORTS_DIR",
+        "report directory shared by gateways and workers (default: <state dir>/reports)",
+    ),
+    "workers": ("DYNTTA_WORKERS", "job worker processes python -m serve starts (0: workers run elsewhere)"),
+    "job_lease_s": ("DYNTTA_JOB_LEASE_S", "a job whose worker sent no heartbeat for this long is resumed by another"),
+    "job_batch_size": ("DYNTTA_JOB_BATCH_SIZE", "images per Triton call in robustness jobs"),
+    "keep_reports": ("DYNTTA_KEEP_REPORTS", "finished jobs kept, newest first (0: all)"),
+    "report_max_age_days": ("DYNTTA_REPORT_MAX_AGE_DAYS", "finished jobs older than this are deleted (0: never)"),
 }
 
 
@@ -63,10 +97,30 @@ class Settings:
     job_batch_size: int = 64
     #: built-in evaluation set: the first N Fashion-MNIST test images at most
     builtin_max_images: int = 10_000
+    max_request_pixels: int = 40_000_000
+    decode_cpu_s: float = 1.0
+    decode_workers: int = 2
+    max_waiting: int = 64
+    queue_wait_s: float = 10.0
+    limit_concurrency: int = 512
+    public_metrics: bool = False
+    public_docs: bool = False
+    allowed_hosts: str | None = None
+    json_logs: bool = False
+    state_url: str | None = None
+    reports_dir: Path | None = None
+    workers: int = 1
+    job_lease_s: float = 30.0
+    keep_reports: int = 1000
+    report_max_age_days: float = 90.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.model_repository, self.state_dir = Path(self.model_repository), Path(self.state_dir)
+
+    @property
+    def api_keys(self) -> list[str]:
+        return [k.strip() for k in (self.api_key or "").split(",") if k.strip()]
 
     @property
     def max_upload_bytes(self) -> int:
@@ -93,9 +147,16 @@ class Settings:
         return cls(**values)
 
 
+def _bool(raw: str) -> bool:
+    value = str(raw).strip().lower()
+    if value not in ("1", "true", "yes", "on", "0", "false", "no", "off", ""):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {raw!r}")
+    return value in ("1", "true", "yes", "on")
+
+
 def _convert(type_name: Any, raw: str) -> Any:
     # field types are strings here (postponed annotations)
-    return {"int": int, "float": float, "Path": Path}.get(str(type_name), str)(raw)
+    return {"int": int, "float": float, "Path": Path, "bool": _bool}.get(str(type_name), str)(raw)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -105,7 +166,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if f.name not in _ENV:
             continue
         var, help_text = _ENV[f.name]
-        kind = {"int": int, "float": float, "Path": Path}.get(str(f.type), str)
+        kind = {"int": int, "float": float, "Path": Path, "bool": _bool}.get(str(f.type), str)
         parser.add_argument(
             "--" + f.name.replace("_", "-"),
             dest=f.name,

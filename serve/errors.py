@@ -40,6 +40,10 @@ class Unauthorized(ApiError):
     status_code, code = 401, "unauthorized"
 
 
+class Forbidden(ApiError):
+    status_code, code = 403, "forbidden"
+
+
 class NotFound(ApiError):
     status_code, code = 404, "not_found"
 
@@ -56,8 +60,17 @@ class UnsupportedMediaType(ApiError):
     status_code, code = 415, "unsupported_media_type"
 
 
+class MissingField(ApiError):
+    """A required form field is absent: 422 like FastAPI's own validation errors, with a useful message."""
+
+    status_code, code = 422, "validation_error"
+
+
 class TooManyJobs(ApiError):
     status_code, code = 429, "too_many_jobs"
+
+    def __init__(self, message: str, retry_after_s: int = 10) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
 
 
 class BackendError(ApiError):
@@ -70,6 +83,24 @@ class BackendUnavailable(ApiError):
     def __init__(self, message: str) -> None:
         # Retry-After tells well-behaved clients to come back rather than hammer a restarting server.
         super().__init__(message, headers={"Retry-After": "2"})
+
+
+class Overloaded(ApiError):
+    """The gateway's own wait queue is full (not Triton's fault): come back in a moment."""
+
+    status_code, code = 503, "overloaded"
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
+class ShuttingDown(ApiError):
+    """The gateway is draining (SIGTERM, Ctrl-C): 503, not 429, so clients and balancers go elsewhere."""
+
+    status_code, code = 503, "shutting_down"
+
+    def __init__(self, message: str = "the gateway is shutting down; retry shortly", retry_after_s: int = 2) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s), "Connection": "close"})
 
 
 class BackendTimeout(ApiError):

@@ -81,10 +81,17 @@ class BodySizeLimit:
                     await send(part)
 
 
+def deadline_buckets(deadline_s: float) -> tuple[float, ...]:
+    """Latency buckets from 0.5 ms up to (and including) the Triton deadline, so slow calls are not all
+    lumped into +Inf."""
+    base = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120]
+    return (*[b for b in base if b < deadline_s], deadline_s)
+
+
 class Metrics:
     """The gateway's Prometheus metrics, in a registry of its own (one per app, so tests can build many)."""
 
-    def __init__(self) -> None:
+    def __init__(self, triton_deadline_s: float = 30.0) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "dyntta_gateway_requests", "HTTP requests", ["method", "route", "status"], registry=self.registry
@@ -103,8 +110,18 @@ class Metrics:
             "dyntta_gateway_triton_duration_seconds",
             "time spent waiting on Triton",
             ["model"],
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            buckets=deadline_buckets(triton_deadline_s),
             registry=self.registry,
+        )
+        # set_function'ed to the admission queue and decode pool once they exist (app lifespan)
+        self.inference_waiting = Gauge(
+            "dyntta_gateway_inference_waiting", "requests waiting for an inference slot", registry=self.registry
+        )
+        self.inference_in_flight = Gauge(
+            "dyntta_gateway_inference_in_flight", "requests holding an inference slot", registry=self.registry
+        )
+        self.decode_waiting = Gauge(
+            "dyntta_gateway_decode_waiting", "requests waiting for a decoding process", registry=self.registry
         )
         self.images = Counter(
             "dyntta_gateway_images", "images classified or enhanced", ["endpoint"], registry=self.registry

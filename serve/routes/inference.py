@@ -11,9 +11,11 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from serve.config import Settings
-from serve.deps import BackendDep, MetricsDep, SettingsDep, require_api_key
-from serve.errors import PayloadTooLarge
+from serve.decode_pool import DecodePool
+from serve.deps import AdmissionDep, BackendDep, DecoderDep, MetricsDep, SettingsDep, require_api_key
+from serve.errors import MissingField, PayloadTooLarge
 from serve.imaging import Upload, cheap_to_decode, decode_batch, encode_png
+from serve.observability import current_request_id
 from serve.routes import UPLOAD_ERRORS
 from serve.schemas import ClassifyResponse, ImageResult, ModelRef, Prediction, Timing
 
@@ -30,12 +32,20 @@ async def _read(files: list[UploadFile], settings: Settings) -> list[Upload]:
     return uploads
 
 
-async def decode(uploads: list[Upload], size: int, max_pixels: int) -> np.ndarray:
-    """Pillow work is CPU-bound: it runs in the thread pool so the event loop keeps serving, except for
-    tiny uploads, whose decoding takes less time than the hop to a thread."""
+async def decode(uploads: list[Upload], size: int, settings: Settings, pool: DecodePool) -> np.ndarray:
+    """Tiny uploads (their cost is bounded by their few bytes) are decoded on the event loop, faster than
+    any hop; everything else in a decoding process under the per-request CPU limit (serve.decode_pool)."""
+    limits = (size, settings.max_image_pixels, settings.max_request_pixels)
     if cheap_to_decode(uploads):
-        return decode_batch(uploads, size, max_pixels)
-    return await run_in_threadpool(decode_batch, uploads, size, max_pixels)
+        return decode_batch(uploads, *limits)
+    return await pool.run(decode_batch, uploads, *limits)
+
+
+def _images(files: list[UploadFile] | None, file: list[UploadFile] | None) -> list[UploadFile]:
+    images = [*(files or []), *(file or [])]
+    if not images:
+        raise MissingField("no image in the request: send multipart field 'files' (or 'file'), e.g. -F file=@x.jpg")
+    return images
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -51,21 +61,25 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     summary="Classify one or more images, with or without the enhancer",
 )
 async def classify(
-    files: Annotated[list[UploadFile], File(description="image files (JPEG, PNG, WebP, BMP), any size")],
     backend: BackendDep,
     settings: SettingsDep,
     metrics: MetricsDep,
+    admission: AdmissionDep,
+    decoder: DecoderDep,
+    files: Annotated[list[UploadFile] | None, File(description="image files (JPEG, PNG, WebP, BMP), any size")] = None,
+    file: Annotated[list[UploadFile] | None, File(description="the same, for clients that name it 'file'")] = None,
     enhance: Annotated[bool, Query(description="enhancer -> recognizer (the ensemble); false: recognizer")] = True,
     top_k: Annotated[int, Query(ge=1, le=1000, description="how many classes to return per image")] = 5,
 ) -> ClassifyResponse:
     start = time.perf_counter()
     model = settings.ensemble_model if enhance else settings.recognizer_model
-    uploads = await _read(files, settings)
-    info = await backend.model_info(model)
-    decode_start = time.perf_counter()
-    pixels = await decode(uploads, info.input_size, settings.max_image_pixels)
-    decoded = time.perf_counter()
-    output = await backend.infer(model, pixels)
+    async with admission.slot():  # a slot first: nothing is decoded or sent to Triton without one
+        uploads = await _read(_images(files, file), settings)
+        info = await backend.model_info(model)
+        decode_start = time.perf_counter()
+        pixels = await decode(uploads, info.input_size, settings, decoder)
+        decoded = time.perf_counter()
+        output = await backend.infer(model, pixels, request_id=current_request_id())
     metrics.inference.labels(model).observe(output.seconds)
     metrics.images.labels("classify").inc(len(uploads))
     probabilities = softmax(output.array.reshape(len(uploads), -1))
@@ -112,11 +126,14 @@ async def enhance(
     backend: BackendDep,
     settings: SettingsDep,
     metrics: MetricsDep,
+    admission: AdmissionDep,
+    decoder: DecoderDep,
 ) -> Response:
-    (upload,) = await _read([file], settings)
-    info = await backend.model_info(settings.enhancer_model)
-    pixels = await decode([upload], info.input_size, settings.max_image_pixels)
-    output = await backend.infer(settings.enhancer_model, pixels)
+    async with admission.slot():
+        (upload,) = await _read([file], settings)
+        info = await backend.model_info(settings.enhancer_model)
+        pixels = await decode([upload], info.input_size, settings, decoder)
+        output = await backend.infer(settings.enhancer_model, pixels, request_id=current_request_id())
     metrics.inference.labels(settings.enhancer_model).observe(output.seconds)
     metrics.images.labels("enhance").inc()
     png = await run_in_threadpool(encode_png, output.array[0])

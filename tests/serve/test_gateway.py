@@ -100,7 +100,7 @@ def test_body_limit_answers_413_without_reading_the_body(gateway: LiveGateway):
     host, port = "127.0.0.1", gateway.port
     with socket.create_connection((host, port), timeout=10) as sock:
         sock.sendall(
-            b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
+            b"POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
             b"boundary=b\r\nContent-Length: 11000000\r\n\r\n"
         )
         reply = sock.recv(4096).decode()
@@ -119,7 +119,7 @@ def test_body_limit_answers_413_without_reading_the_body(gateway: LiveGateway):
     assert response.status_code == 413
 
 
-def test_api_key_protects_post_endpoints(make_gateway: GatewayFactory, sample_png: bytes):
+def test_api_key_protects_every_v1_route(make_gateway: GatewayFactory, sample_png: bytes):
     gateway = make_gateway(api_key="s3cret")
     with gateway.client() as client:
         assert client.post("/v1/classify", files=files(sample_png)).status_code == 401
@@ -127,8 +127,13 @@ def test_api_key_protects_post_endpoints(make_gateway: GatewayFactory, sample_pn
         assert wrong.status_code == 401
         ok = client.post("/v1/classify", files=files(sample_png), headers={"X-API-Key": "s3cret"})
         assert ok.status_code == 200
-        assert client.get("/v1/robustness").status_code == 200  # reads stay open
-        assert client.get("/readyz").status_code == 200
+        for path in ("/v1/robustness", "/v1/models", "/metrics", "/docs", "/openapi.json"):  # reads too (issue 10)
+            assert client.get(path).status_code == 401, path
+            assert client.get(path, headers={"X-API-Key": "s3cret"}).status_code == 200, path
+        assert client.get("/metrics", headers={"Authorization": "Bearer s3cret"}).status_code == 200  # Prometheus
+        assert client.get("/readyz").status_code == 200  # probes and the page itself stay open
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/").status_code == 200
 
 
 def test_metrics_count_requests_latency_and_errors(gateway: LiveGateway, sample_png: bytes):

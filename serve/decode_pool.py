@@ -1,0 +1,188 @@
+"""Worker processes that decode uploads under a CPU-time limit.
+
+Pillow parses JPEG markers and PNG chunks in Python, one loop iteration per fill byte or chunk, so a 5 MB
+JPEG of padding costs ~2 s of CPU before a pixel is decoded; no header check can see that coming. Anything
+but tiny uploads is therefore decoded here: in a separate process (the event loop and the other requests
+keep their core), under ``ITIMER_PROF`` (the worker's own CPU time, user + system), whose signal interrupts
+the Python loops; a worker that overruns even that (stuck in C) is killed after a wall-clock grace and
+replaced. Either way the client gets a 413 naming the limit.
+
+Workers are forked from a forkserver that has imported the decoding code once, so a replacement costs
+milliseconds, not the seconds of importing numpy, Pillow and torch again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.connection import Connection
+from typing import Any, TypeVar
+
+from serve.errors import ApiError, BadImage, PayloadTooLarge
+
+log = logging.getLogger("serve.decode")
+T = TypeVar("T")
+
+#: imported once by the forkserver, so that forked workers start with the decoding code loaded
+_PRELOAD = ["serve.imaging"]
+#: a worker stuck in C code past its CPU limit is killed after this many times the limit (wall clock)
+_WALL_GRACE = 5.0
+
+
+class CpuLimitExceeded(Exception):
+    pass
+
+
+_armed = False
+
+
+def _on_cpu_limit(signum: int, frame: object) -> None:
+    if _armed:
+        raise CpuLimitExceeded
+
+
+def _worker(conn: Connection, cpu_s: float) -> None:
+    """Worker process: run ``(fn, args)`` tasks one at a time, each under ``cpu_s`` seconds of CPU."""
+    global _armed
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent stops us
+    signal.signal(signal.SIGPROF, _on_cpu_limit)
+    while True:
+        try:
+            fn, args = conn.recv()
+        except (EOFError, OSError):
+            return
+        _armed = True
+        signal.setitimer(signal.ITIMER_PROF, cpu_s)
+        try:
+            result: tuple[str, Any] = ("ok", fn(*args))
+            _armed = False
+        except CpuLimitExceeded:
+            result = ("cpu", None)
+        except ApiError as exc:
+            result = ("api", (type(exc), exc.message))
+        except Exception as exc:  # a decoder bug must not take the worker down: report it
+            result = ("error", f"{exc.__class__.__name__}: {exc}")
+        finally:
+            _armed = False
+            signal.setitimer(signal.ITIMER_PROF, 0)
+        try:
+            conn.send(result)
+        except (OSError, ValueError):
+            return
+
+
+class _Worker:
+    def __init__(self, context: Any, cpu_s: float) -> None:
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_worker, args=(child, cpu_s), daemon=True, name="dyntta-decode")
+        self.process.start()
+        child.close()
+
+    def stop(self) -> None:
+        self.conn.close()
+        self.process.join(timeout=2)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(timeout=2)
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(timeout=5)
+        self.conn.close()
+
+
+class DecodePool:
+    """``workers`` decoding processes; :meth:`run` sends ``fn(*args)`` (picklable, module-level) to an idle
+    one and returns its result, re-raising :class:`serve.errors.ApiError` s raised there.
+
+    Any module-level function works, so the zip reader can use the same pool for a whole archive.
+    """
+
+    def __init__(self, workers: int = 2, cpu_s: float = 1.0) -> None:
+        self.size = max(1, workers)
+        self.cpu_s = cpu_s
+        self._context = multiprocessing.get_context("forkserver")
+        self._workers: list[_Worker] = []
+        self._idle: asyncio.Queue[_Worker] | None = None
+        self._threads = ThreadPoolExecutor(self.size, thread_name_prefix="decode-pool")
+        self._lock = threading.Lock()
+        #: tasks waiting for a worker (a gauge reads it)
+        self.waiting = 0
+
+    def start(self) -> None:
+        """Start the workers (blocking: the first start of the forkserver imports the decoding code)."""
+        self._context.set_forkserver_preload(_PRELOAD)
+        self._workers = [_Worker(self._context, self.cpu_s) for _ in range(self.size)]
+
+    async def open(self) -> None:
+        await asyncio.to_thread(self.start)
+        self._idle = asyncio.Queue()
+        for worker in self._workers:
+            self._idle.put_nowait(worker)
+
+    async def close(self) -> None:
+        workers, self._workers = self._workers, []
+        await asyncio.to_thread(lambda: [w.stop() for w in workers])
+        self._threads.shutdown(wait=False, cancel_futures=True)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._idle is None:
+            raise RuntimeError("DecodePool.open() was not awaited")
+        self.waiting += 1
+        try:
+            worker = await self._idle.get()
+        finally:
+            self.waiting -= 1
+        loop = asyncio.get_running_loop()
+        future = self._threads.submit(self._call, worker, fn, args)
+        idle = self._idle
+
+        def release(done: Any) -> None:
+            # the worker goes back only when its task is over, even if the request was cancelled meanwhile
+            replacement = done.result()[2] if not done.cancelled() and done.exception() is None else worker
+            loop.call_soon_threadsafe(idle.put_nowait, replacement)
+
+        future.add_done_callback(release)
+        status, value, _ = await asyncio.wrap_future(future)
+        if status == "ok":
+            return value
+        if status == "api":
+            kind, message = value
+            raise kind(message)
+        if status == "cpu":
+            raise PayloadTooLarge(
+                f"decoding needed more than {self.cpu_s:g} s of CPU; the image is too expensive to decode "
+                "(send a smaller or plainer file)"
+            )
+        raise BadImage(f"the image could not be decoded ({value})")
+
+    def _call(self, worker: _Worker, fn: Callable[..., Any], args: tuple) -> tuple[str, Any, _Worker]:
+        """In a pool thread: one task on ``worker``; a dead or stuck worker is replaced (returned third)."""
+        try:
+            worker.conn.send((fn, args))
+            if worker.conn.poll(max(_WALL_GRACE * self.cpu_s, 5.0)):
+                status, value = worker.conn.recv()
+                return status, value, worker
+            log.warning("decode worker %s overran its CPU limit in C code; killing it", worker.process.pid)
+            status, value = "cpu", None
+        except (EOFError, OSError) as exc:
+            log.warning("decode worker %s died (%s); replacing it", worker.process.pid, exc)
+            status, value = "error", f"the decoder crashed: {exc.__class__.__name__}"
+        worker.kill()
+        with self._lock:
+            replacement = _Worker(self._context, self.cpu_s)
+            self._workers = [replacement if w is worker else w for w in self._workers]
+        return status, value, replacement
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process (user + system), for tests and logs."""
+    times = os.times()
+    return times.user + times.system
