@@ -181,3 +181,28 @@ def test_training_args_are_rejected_when_wrong() -> None:
         _train_args(["recognizer", "--out=/x", "--epochz=3"])
     with pytest.raises(SystemExit):
         _torchrun_args(["--node-rnak=1", "-m", "dyntta.train"])
+
+
+def _world_sizes(kustomization: str) -> list[int]:
+    objs = render(kustomization)
+    if "pytorchjob" in kustomization:
+        spec = by_kind(objs, "PyTorchJob")["dyntta-train"]["spec"]
+        nodes = range(spec["elasticPolicy"]["minReplicas"], spec["elasticPolicy"]["maxReplicas"] + 1)
+        return [n * int(spec["nprocPerNode"]) for n in nodes]
+    run = _torchrun_args(by_kind(objs, "Job")["dyntta-train"]["spec"]["template"]["spec"]["containers"][0]["args"])
+    return [int(run.nnodes) * int(run.nproc_per_node)]
+
+
+@pytest.mark.parametrize("kustomization", ["k8s/training/pytorchjob", "k8s/training/indexed-job"])
+def test_global_batch_divides_by_every_world_size(kustomization: str) -> None:
+    """--batch-size is the global batch; the trainer refuses one that the world size does not divide."""
+    from dyntta.train.loop import per_rank_batch
+
+    template = next(pod_templates(render(kustomization)))
+    train = _train_args(_torchrun_args(template.spec["containers"][0]["args"]).training_script_args)
+    sizes = _world_sizes(kustomization)
+    assert sizes and min(sizes) >= 2
+    for world_size in sizes:
+        per_rank_batch(train.batch_size, world_size)  # raises ValueError otherwise
+    with pytest.raises(ValueError):
+        per_rank_batch(train.batch_size + 1, 2)
