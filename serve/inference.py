@@ -252,6 +252,7 @@ class TritonBackend:
                 tried.append(replica)
                 if len(tried) >= 2 or not self.pool.has_other(replica) or time.monotonic() >= deadline:
                     raise self._translate(exc, model, replica.address) from None
+                replica.retried += 1
                 log.info("retrying %s on another replica after %s from %s", model, status, replica.address)
 
     def _translate(self, exc: InferenceServerException, model: str, address: str) -> ApiError:

@@ -64,6 +64,7 @@ class Replica:
     outstanding: int = 0
     requests: int = 0
     errors: int = 0
+    retried: int = 0  # calls that failed here and were retried on another replica
     last_error: str = ""
     backoff: float = 0.0
     next_probe: float = 0.0
@@ -79,6 +80,7 @@ class ReplicaStatus:
     outstanding: int
     requests: int
     errors: int
+    retried: int
     last_error: str
 
 
@@ -182,7 +184,7 @@ class ReplicaPool:
 
     def status(self) -> list[ReplicaStatus]:
         return [
-            ReplicaStatus(r.address, r.state.value, r.outstanding, r.requests, r.errors, r.last_error)
+            ReplicaStatus(r.address, r.state.value, r.outstanding, r.requests, r.errors, r.retried, r.last_error)
             for r in self.replicas
         ]
 
@@ -269,6 +271,11 @@ class PoolCollector:
         errors = CounterMetricFamily(
             "dyntta_gateway_triton_replica_errors", "Triton calls that failed, per replica", labels=["replica"]
         )
+        retried = CounterMetricFamily(
+            "dyntta_gateway_triton_replica_retried",
+            "Triton calls that failed on the replica and were retried on another",
+            labels=["replica"],
+        )
         outstanding = GaugeMetricFamily(
             "dyntta_gateway_triton_replica_outstanding", "Triton calls in flight per replica", labels=["replica"]
         )
@@ -280,7 +287,8 @@ class PoolCollector:
         for r in self.pool.replicas:
             requests.add_metric([r.address], r.requests)
             errors.add_metric([r.address], r.errors)
+            retried.add_metric([r.address], r.retried)
             outstanding.add_metric([r.address], r.outstanding)
             for s in ReplicaState:
                 state.add_metric([r.address, s.value], 1.0 if r.state is s else 0.0)
-        return [requests, errors, outstanding, state]
+        return [requests, errors, retried, outstanding, state]
