@@ -123,6 +123,25 @@ def test_references_resolve(kustomization: str) -> None:
                 )
 
 
+@pytest.mark.parametrize("kustomization", SERVING)
+def test_network_policies_admit_the_gateway_and_workers_only(kustomization: str) -> None:
+    objs = render(kustomization)
+    templates = list(pod_templates(objs))
+    policies = by_kind(objs, "NetworkPolicy")
+    assert ("dyntta-triton" in policies) != (kustomization == "kserve")
+    for name, policy in policies.items():
+        targets = [t for t in templates if selects(policy["spec"]["podSelector"]["matchLabels"], t.metadata["labels"])]
+        assert targets, f"NetworkPolicy {name} selects no pod"
+        port_names = {p["name"] for t in targets for c in t.containers for p in c.get("ports", [])}
+        for rule in policy["spec"]["ingress"]:
+            assert {p["port"] for p in rule["ports"]} <= port_names, name
+            for peer in rule.get("from", []):
+                owners = {
+                    t.owner for t in templates if selects(peer["podSelector"]["matchLabels"], t.metadata["labels"])
+                }
+                assert owners and owners <= {"Deployment/dyntta-gateway", "Deployment/dyntta-worker"}, (name, owners)
+
+
 def _container(objs: list, owner: str, name: str) -> dict:
     template = next(t for t in pod_templates(objs) if t.owner == owner)
     return template.container(name)
