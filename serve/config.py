@@ -32,6 +32,7 @@ _ENV = {
     "max_zip_mb": ("DYNTTA_MAX_ZIP_MB", "request body limit for robustness uploads (MB)"),
     "max_zip_files": ("DYNTTA_MAX_ZIP_FILES", "most files an uploaded evaluation zip may hold"),
     "max_zip_uncompressed_mb": ("DYNTTA_MAX_ZIP_UNCOMPRESSED_MB", "most bytes an evaluation zip may inflate to"),
+    "max_zip_pixels": ("DYNTTA_MAX_ZIP_PIXELS", "decoded pixels summed over an evaluation zip's images (413 above)"),
     "max_images": ("DYNTTA_MAX_IMAGES", "most images in one classify request"),
     "max_image_pixels": ("DYNTTA_MAX_IMAGE_PIXELS", "decoded images above this pixel count are refused (413)"),
     "max_inflight": ("DYNTTA_MAX_INFLIGHT", "requests inferring at once; more wait, then get 503"),
@@ -85,6 +86,7 @@ class Settings:
     max_zip_mb: float = 100.0
     max_zip_files: int = 20_000
     max_zip_uncompressed_mb: float = 500.0
+    max_zip_pixels: int = 500_000_000
     max_images: int = 64
     max_image_pixels: int = 40_000_000
     max_inflight: int = 64

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from serve.errors import ApiError, BadRequest, PayloadTooLarge
-from serve.imaging import open_image
+from serve.imaging import PixelBudget, open_image
 
 if TYPE_CHECKING:
     from dyntta.data import LabelledImages
@@ -45,6 +45,8 @@ class ZipLimits:
     max_files: int
     max_uncompressed_bytes: int
     max_image_pixels: int
+    #: pixels the whole archive may decode (charged from each image's header before it is decoded)
+    max_total_pixels: int | None = None
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,7 @@ def read_imagefolder_zip(
                 raise BadRequest(f"{name}: refused entry {info.filename!r}: {reason}")
 
         images = np.empty((len(files), size, size, 3), dtype=np.uint8)
+        pixels = PixelBudget(limits.max_image_pixels, limits.max_total_pixels or len(files) * limits.max_image_pixels)
         budget = limits.max_uncompressed_bytes
         for i, (info, _) in enumerate(files):
             blob = _read_member(archive, info, min(info.file_size, budget) + 1, name)
@@ -170,7 +173,7 @@ def read_imagefolder_zip(
                 raise PayloadTooLarge(f"{name}: entry {info.filename!r} inflates beyond its declared size")
             budget -= len(blob)
             try:
-                with open_image(blob, max_pixels=limits.max_image_pixels, name=info.filename) as image:
+                with open_image(blob, max_pixels=limits.max_image_pixels, name=info.filename, budget=pixels) as image:
                     images[i] = to_model_input(image, size)
             except ApiError as exc:
                 raise type(exc)(f"{name}: {exc.message}") from None

@@ -139,7 +139,12 @@ async def submit(
         await file.close()
         if kind not in _ZIP_TYPES or not data.startswith((b"PK\x03\x04", b"PK\x05\x06")):
             raise UnsupportedMediaType(f"{file.filename}: not a zip archive (content type {kind!r})")
-        limits = ZipLimits(settings.max_zip_files, settings.max_zip_uncompressed_bytes, settings.max_image_pixels)
+        limits = ZipLimits(
+            settings.max_zip_files,
+            settings.max_zip_uncompressed_bytes,
+            settings.max_image_pixels,
+            settings.max_zip_pixels,
+        )
         name = (file.filename or "upload.zip").replace("/", "_")[-100:]
         dataset = await run_in_threadpool(
             read_imagefolder_zip, data, size=info.input_size, labels=labels, limits=limits, name=name

@@ -180,3 +180,14 @@ def test_digit_like_class_folder_is_400_naming_the_member(folder: str):
     # "²".isdigit() is True but int("²") raises: such folders are unknown classes, not a crash
     with pytest.raises(BadRequest, match="match none"):
         read_imagefolder_zip(make_zip({f"{folder}/a.png": image()}), size=32, labels=LABELS, limits=LIMITS)
+
+
+def test_archive_pixel_budget_is_413_naming_the_member():
+    """Issue 10 item 1 (archive side): the images of one archive share a decode budget, checked from each
+    header before that image is decoded."""
+    entries = {f"Coat/{i}.png": image() for i in range(3)}  # 28 x 28 = 784 pixels each
+    budget = ZipLimits(max_files=100, max_uncompressed_bytes=5_000_000, max_image_pixels=10**7, max_total_pixels=2000)
+    with pytest.raises(PayloadTooLarge, match="Coat/2.png.*decode budget"):
+        read_imagefolder_zip(make_zip(entries), size=32, labels=LABELS, limits=budget)
+    roomy = ZipLimits(max_files=100, max_uncompressed_bytes=5_000_000, max_image_pixels=10**7, max_total_pixels=2352)
+    assert len(read_imagefolder_zip(make_zip(entries), size=32, labels=LABELS, limits=roomy)) == 3
