@@ -26,7 +26,7 @@ import math
 import os
 from collections.abc import Iterable
 from pathlib import Path, PurePath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # numpy is imported lazily: importing this module must stay free of it
     import numpy as np
@@ -102,7 +102,7 @@ def _severity(raw: object) -> int:
         exact = False
     if not exact or isinstance(raw, bool) or level not in SEVERITIES:
         raise ValueError(f"invalid severity {raw!r}; severities are integers 1 to 5")
-    return level
+    return int(level)
 
 
 def resolve_conditions(
@@ -184,14 +184,15 @@ def parse_classification(entries: Iterable[bytes | str], num_classes: int) -> tu
 # --- Numbers --------------------------------------------------------------------------------------------
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
+def softmax(logits: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     """Row-wise softmax of ``[N, C]`` logits in float64 (stable: the row maximum is subtracted first)."""
     import numpy as np
 
     shifted = np.asarray(logits, dtype=np.float64)
     shifted = shifted - shifted.max(axis=-1, keepdims=True)
     exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
+    probabilities: np.ndarray[Any, Any] = exp / exp.sum(axis=-1, keepdims=True)
+    return probabilities
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:

@@ -18,6 +18,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -74,13 +75,13 @@ class LabelledImages:
     def image_size(self) -> int:
         return int(self.images.shape[-1])
 
-    def subset(self, indices: torch.Tensor | np.ndarray | list[int]) -> LabelledImages:
+    def subset(self, indices: torch.Tensor | np.ndarray[Any, Any] | list[int]) -> LabelledImages:
         index = torch.as_tensor(indices, dtype=torch.long)
         return LabelledImages(self.name, self.split, self.images[index], self.labels[index], self.classes)
 
 
 def load_dataset(
-    name: str, split: str = "train", *, image_size: int = 32, root: str | os.PathLike | None = None
+    name: str, split: str = "train", *, image_size: int = 32, root: str | os.PathLike[str] | None = None
 ) -> LabelledImages:
     """Load one split of a data set at ``image_size`` x ``image_size`` RGB.
 
@@ -96,7 +97,7 @@ def load_dataset(
 
 
 @DATASETS.register("fashion-mnist", aliases=("fashionmnist",))
-def _fashion_mnist(split: str, size: int, root: str | os.PathLike | None) -> LabelledImages:
+def _fashion_mnist(split: str, size: int, root: str | os.PathLike[str] | None) -> LabelledImages:
     directory = Path(root or os.environ.get(FASHION_MNIST_ENV) or FASHION_MNIST_DEFAULT_DIR)
     prefix = "train" if split == "train" else "t10k"
     images_path = _find_idx(directory, f"{prefix}-images-idx3-ubyte")
@@ -116,7 +117,7 @@ def _find_idx(directory: Path, stem: str) -> Path:
     )
 
 
-def read_idx(path: Path) -> np.ndarray:
+def read_idx(path: Path) -> np.ndarray[Any, Any]:
     """Read an IDX file (optionally gzipped); numpy has no IDX reader and the format is 10 lines of code."""
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as fh:
@@ -132,16 +133,16 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 @DATASETS.register("cifar10", aliases=("cifar-10",))
-def _cifar10(split: str, size: int, root: str | os.PathLike | None) -> LabelledImages:
+def _cifar10(split: str, size: int, root: str | os.PathLike[str] | None) -> LabelledImages:
     return _cifar("cifar10", split, size, root)
 
 
 @DATASETS.register("cifar100", aliases=("cifar-100",))
-def _cifar100(split: str, size: int, root: str | os.PathLike | None) -> LabelledImages:
+def _cifar100(split: str, size: int, root: str | os.PathLike[str] | None) -> LabelledImages:
     return _cifar("cifar100", split, size, root)
 
 
-def _cifar(key: str, split: str, size: int, root: str | os.PathLike | None) -> LabelledImages:
+def _cifar(key: str, split: str, size: int, root: str | os.PathLike[str] | None) -> LabelledImages:
     default = "cifar-10-batches-py" if key == "cifar10" else "cifar-100-python"
     directory = Path(root or os.environ.get(DATA_DIR_ENV) or Path.cwd() / "data" / default)
     if key == "cifar10":
@@ -166,16 +167,17 @@ def _cifar(key: str, split: str, size: int, root: str | os.PathLike | None) -> L
     return LabelledImages(key, split, images, torch.tensor(labels, dtype=torch.int64), classes)
 
 
-def _unpickle(path: Path) -> dict:
+def _unpickle(path: Path) -> dict[bytes, Any]:
     with open(path, "rb") as fh:
-        return pickle.load(fh, encoding="bytes")
+        batch: dict[bytes, Any] = pickle.load(fh, encoding="bytes")
+    return batch
 
 
 # --- ImageFolder ---------------------------------------------------------------------------------------
 
 
 @DATASETS.register("imagefolder", aliases=("image-folder",))
-def _imagefolder(split: str, size: int, root: str | os.PathLike | None) -> LabelledImages:
+def _imagefolder(split: str, size: int, root: str | os.PathLike[str] | None) -> LabelledImages:
     if root is None and not os.environ.get(DATA_DIR_ENV):
         raise DatasetNotFoundError(f"--data imagefolder needs --data-dir DIR (or {DATA_DIR_ENV}=DIR)")
     return _image_folder(Path(root or os.environ[DATA_DIR_ENV]), split, size)

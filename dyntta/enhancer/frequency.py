@@ -34,6 +34,11 @@ def radial_distance(size: int) -> torch.Tensor:
 class RadialFrequencyFilter(nn.Module):
     """Apply per-image radial masks built from low-pass / high-pass ring weights. Input (B, C, S, S)."""
 
+    cos: torch.Tensor  # buffers, declared for type checkers (nn.Module.__getattr__ returns Tensor | Module)
+    sin: torch.Tensor
+    lowpass_bands: torch.Tensor
+    highpass_bands: torch.Tensor
+
     def __init__(self, size: int, radii: tuple[float, ...] = RADII) -> None:
         super().__init__()
         self.size = size

@@ -56,7 +56,7 @@ class DynTTAEnhancer(nn.Module):
         super().__init__()
         self.config = config or EnhancerConfig()
         self.ops = OPS
-        self.param_slot = {}
+        self.param_slot: dict[str, int] = {}
         for op in OPS:
             if op.parameterised:
                 self.param_slot[op.name] = len(self.param_slot)

@@ -98,7 +98,7 @@ class PolicyAugment(nn.Module):
         self.by_name = {op.name: op.fn for op in OPS}
         self.frequency = RadialFrequencyFilter(image_size) if {"lowpass", "highpass"} & set(self.ops) else None
 
-    def _apply(self, name: str, x: torch.Tensor) -> torch.Tensor:
+    def _augment(self, name: str, x: torch.Tensor) -> torch.Tensor:
         n = len(x)
         if name in ("lowpass", "highpass"):
             assert self.frequency is not None
@@ -130,7 +130,7 @@ class PolicyAugment(nn.Module):
                 for k, name in enumerate(self.ops):
                     chosen = (which == k).to(x).view(-1, 1, 1, 1)
                     if chosen.any():
-                        stepped = stepped + chosen * self._apply(name, y)
+                        stepped = stepped + chosen * self._augment(name, y)
                 y = (active * stepped + (1 - active) * y).clamp(0, 1)
             mixed = mixed + chain_weights[:, chain].view(-1, 1, 1, 1) * y
         beta = torch.rand(n, 1, 1, 1, device=x.device)

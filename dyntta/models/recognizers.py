@@ -28,7 +28,7 @@ def resnet18_half(pretrained: bool = False, **kwargs: Any) -> ResNet:
         kwargs.pop(hub_only, None)
     kwargs.setdefault("channels", (32, 64, 128, 256))
     kwargs.setdefault("stem_width", 32)
-    return ResNet(BasicBlock, (2, 2, 2, 2), **kwargs)
+    return ResNet(BasicBlock, (2, 2, 2, 2), **kwargs)  # type: ignore[arg-type]  # timm types the class as an instance
 
 
 @dataclass
@@ -63,6 +63,9 @@ class RecognizerConfig:
 
 class Recognizer(nn.Module):
     """Normalisation + a timm classifier. Input: float (N, 3, H, W) in [0, 1]. Output: logits (N, classes)."""
+
+    mean: torch.Tensor  # buffers, declared for type checkers (nn.Module.__getattr__ returns Tensor | Module)
+    std: torch.Tensor
 
     def __init__(self, config: RecognizerConfig, backbone: nn.Module | None = None) -> None:
         super().__init__()
