@@ -4,6 +4,7 @@ a deliberately broken copy."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -92,6 +93,10 @@ def test_dockerfile_installs_from_the_lock_file_and_runs_as_non_root() -> None:
         o for o in render("k8s/overlays/cpu") if o["metadata"]["name"] == "dyntta-gateway" and o["kind"] == "Deployment"
     )
     assert int(user) == gateway["spec"]["template"]["spec"]["securityContext"]["runAsUser"]
+    # read-only root filesystem: every cache a library may write lies under /tmp (a volume in every pod)
+    env = " ".join(i.args for i in final if i.keyword == "ENV")
+    for variable in ("HOME", "XDG_CACHE_HOME", "MPLCONFIGDIR", "TORCH_HOME"):
+        assert re.search(rf"\b{variable}=/tmp(/|\s|$)", env), variable
     expose = next(i.args for i in final if i.keyword == "EXPOSE")
     assert int(expose) == gateway["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"]
 
