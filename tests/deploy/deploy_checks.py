@@ -63,7 +63,13 @@ def render(kustomization: str | Path) -> list[Obj]:
 
 @functools.cache
 def _render_cached(directory: str) -> tuple[Obj, ...]:
-    out = subprocess.run(["kubectl", "kustomize", directory], capture_output=True, text=True, timeout=60)
+    try:
+        out = subprocess.run(["kubectl", "kustomize", directory], capture_output=True, text=True, timeout=60)
+    except FileNotFoundError as error:
+        # Debian's kubernetes-client is 1.20 (kustomize 2, cannot build these); the tests need kubectl >= 1.27
+        raise ManifestError(
+            "kubectl not found: install kubectl >= 1.27 (kustomize 5), e.g. from pkgs.k8s.io"
+        ) from error
     if out.returncode != 0:
         raise ManifestError(f"kubectl kustomize {directory} failed:\n{out.stderr[-2000:]}")
     return tuple(o for o in yaml.safe_load_all(out.stdout) if o)
