@@ -23,6 +23,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -61,25 +62,50 @@ def remove_job_files(reports_dir: Path, job_id: str, *, keep_report: bool) -> No
 
 
 class EmbeddedWorkers:
-    """``python -m serve``'s own worker(s), as child processes of the gateway.
+    """``python -m serve``'s own worker(s), as child processes of the gateway, restarted if they die.
 
     Processes rather than threads in the gateway: the gateway stays free of torch and of the corruption
     code's CPU time under the GIL (a report would otherwise add latency to every classify request), a
     crashing job cannot take the gateway down, and the single-host default runs the very code path of a
     multi-host deployment (claims, leases, resuming). The children die with the gateway (PDEATHSIG)."""
 
-    def __init__(self, count: int, args: list[str]) -> None:
-        self.processes = [
-            subprocess.Popen(
-                [sys.executable, "-m", "serve.worker", *args],
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 (no threads started yet in the child)
-            )
-            for _ in range(count)
-        ]
+    def __init__(self, count: int, args: list[str], env: dict[str, str] | None = None) -> None:
+        self._command = [sys.executable, "-m", "serve.worker", *args]
+        self._env = env
+        self._stopping = threading.Event()
+        self.restarts = 0
+        self.processes = [self._spawn() for _ in range(count)]
+        self._monitor: threading.Thread | None = None
         if self.processes:
             log.info("started %d embedded worker(s): pids %s", count, [p.pid for p in self.processes])
+            self._monitor = threading.Thread(target=self._supervise, name="embedded-workers", daemon=True)
+            self._monitor.start()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            self._command,
+            env=self._env,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 (no threads started yet in the child)
+        )
+
+    def _supervise(self) -> None:
+        delay = 1.0
+        while not self._stopping.wait(delay):
+            for i, process in enumerate(self.processes):
+                if process.poll() is not None and not self._stopping.is_set():
+                    # its job, if any, goes to the next worker when the lease expires
+                    log.error("embedded worker pid %d exited with %s; restarting it", process.pid, process.returncode)
+                    self.processes[i] = self._spawn()
+                    self.restarts += 1
+                    delay = min(delay * 2, 30.0)  # a worker that cannot start must not spin
+                    break
+            else:
+                delay = 1.0
 
     def stop(self, timeout: float = 20.0) -> None:
+        self._stopping.set()
+        if self._monitor is not None:
+            self._monitor.join(timeout=5)
         for process in self.processes:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)  # the running job goes back to the queue
@@ -110,7 +136,7 @@ class JobManager:
             self.reports_dir.mkdir(parents=True, exist_ok=True)
             self.store = JobStore(self.state_url)
             urls = [triton] if isinstance(triton, str) else list(triton or ())
-            self.workers = EmbeddedWorkers(settings.workers if urls else 0, self._worker_args(urls))
+            self.workers = EmbeddedWorkers(settings.workers if urls else 0, self._worker_args(urls), self._worker_env())
         except BaseException:
             self.lock.release()
             raise
@@ -121,7 +147,6 @@ class JobManager:
         s = self.settings
         args = [
             f"--triton-url={','.join(triton)}",
-            f"--state-url={self.state_url}",
             f"--reports-dir={self.reports_dir}",
             f"--job-lease-s={s.job_lease_s}",
             f"--job-batch-size={s.job_batch_size}",
@@ -132,6 +157,10 @@ class JobManager:
             f"--log-level={logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()}",
         ]
         return [a for a in args if not a.endswith("=None")]
+
+    def _worker_env(self) -> dict[str, str]:
+        # the store URL goes by environment, not argv: a PostgreSQL password must not show in ps
+        return {**os.environ, "DYNTTA_STATE_URL": self.state_url}
 
     def report_dir(self, job_id: str) -> Path:
         return self.reports_dir / job_id

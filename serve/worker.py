@@ -26,7 +26,6 @@ import os
 import shutil
 import signal
 import socket
-import sys
 import threading
 import time
 import uuid
@@ -39,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from serve.config import Settings, add_arguments, settings_from_args
+from serve.errors import BackendTimeout, BackendUnavailable
 from serve.jobs import REPORT_HTML, REPORT_JSON, input_path, remove_job_files, resolve_paths
 from serve.store import Job, JobStore, LeaseLost, StoredPredictions
 from serve.store.models import DONE, FAILED
@@ -158,6 +158,10 @@ class Worker:
             log.info("job %s: released (worker stopping)", job.id)
         except LeaseLost as exc:
             log.warning("%s; leaving it to that worker", exc)
+        except (BackendUnavailable, BackendTimeout) as exc:  # Triton restarting or overloaded: not the job's fault
+            self.store.release(job, f"waiting for Triton ({exc.message}); the job resumes when it answers")
+            log.warning("job %s: released, Triton unavailable (%s)", job.id, exc.message)
+            self.stop.wait(self.config.poll_s * 5)
         except Exception as exc:  # a job must never take the worker down; the error is the job's result
             log.exception("job %s failed", job.id)
             try:
@@ -314,23 +318,28 @@ def _safe_url(url: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m serve.worker", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    from dyntta.cli import ArgumentParser
+
+    parser = ArgumentParser(prog="python -m serve.worker", description=__doc__)
     add_arguments(parser)
     parser.add_argument("--once", action="store_true", help="exit when no job is waiting (benchmarks, cron)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _work(args: argparse.Namespace) -> int:
+    from dyntta.cli import CommandError, UsageError
+
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = settings_from_args(args)
     if not settings.triton_url:
-        print("error: a worker needs Triton: pass --triton-url (or set DYNTTA_TRITON_URL)", file=sys.stderr)
-        return 2
-    worker = Worker(WorkerConfig.from_settings(settings))
+        raise UsageError("a worker needs Triton: pass --triton-url (or set DYNTTA_TRITON_URL)")
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        worker = Worker(WorkerConfig.from_settings(settings))
+    except SQLAlchemyError as exc:
+        raise CommandError(f"cannot open the job store: {exc.__class__.__name__}: {exc}") from None
 
     def stop(signum: int, _frame: Any) -> None:
         log.info("worker %s: signal %d, stopping after the current batch", worker.id, signum)
@@ -343,6 +352,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         worker.close()
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from dyntta.cli import run
+
+    return run(build_parser(), _work, argv)
 
 
 if __name__ == "__main__":

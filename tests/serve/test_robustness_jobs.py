@@ -233,3 +233,15 @@ def test_retention_keeps_the_newest_reports(make_gateway: GatewayFactory):
         assert client.get(f"/v1/robustness/{new['id']}/report").status_code == 200
     reports = gateway.app.state.jobs.reports_dir
     assert not (reports / old["id"]).exists() and (reports / new["id"] / "report.json").is_file()
+
+
+def test_embedded_worker_is_restarted_when_it_dies(make_gateway: GatewayFactory):
+    gateway = make_gateway()
+    workers = gateway.app.state.jobs.workers
+    first = workers.processes[0]
+    first.kill()
+    first.wait()
+    with gateway.client() as client:
+        job = client.post("/v1/robustness", data={"corruptions": "fog", "severities": "1", "num_images": "8"})
+        assert wait_job(client, job.json()["id"])["status"] == "done"
+    assert workers.restarts == 1 and workers.processes[0].pid != first.pid
