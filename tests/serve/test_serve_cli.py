@@ -20,14 +20,14 @@ import torch
 from dyntta.data import arrays_to_model_input
 from serve import client as batch_client
 from serve.triton import TritonServer, free_port
-from tests.serve.conftest import CLASSES, SIZE, LinearProbe
+from tests.serve.conftest import CLASSES, SIZE, ContrastStretch, LinearProbe
 from tests.serve.helpers import fmnist_raw, png_bytes
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_batch_client_classifies_a_folder(triton: TritonServer, probe: LinearProbe, tmp_path: Path):
-    raw, labels = fmnist_raw("test", 70)
+    raw, _ = fmnist_raw("test", 70)
     folder = tmp_path / "images"
     (folder / "sub").mkdir(parents=True)
     for i, image in enumerate(raw):
@@ -73,7 +73,19 @@ def test_batch_client_classifies_a_folder(triton: TritonServer, probe: LinearPro
     )
     lines = [json.loads(line) for line in out_jsonl.read_text().splitlines()]
     assert code == 0 and len(lines) == 35 and all(len(entry["top_k"]) == 3 for entry in lines)
-    assert labels is not None
+    for entry in lines:  # labels from Triton's classification extension, probabilities best first
+        probabilities = [c["probability"] for c in entry["top_k"]]
+        assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 1 + 1e-6
+        assert all(c["label"] == CLASSES[c["index"]] for c in entry["top_k"])
+    # the ensemble = the enhancer (contrast stretch, rounded to uint8 as served) then the recognizer
+    with torch.no_grad():
+        pixels = arrays_to_model_input(raw[1::2], SIZE).float() / 255
+        enhanced = torch.floor(ContrastStretch()(pixels) * 255 + 0.5) / 255
+        expected = probe(enhanced).argmax(1).numpy()
+    by_name = {Path(entry["path"]).name: entry for entry in lines}
+    top1 = np.array([by_name[f"{i:03d}.png"]["top_k"][0]["index"] for i in range(1, len(raw), 2)])
+    assert (top1 == expected).mean() >= 0.97
+    assert (top1 != served[1::2]).any() or (expected == offline[1::2]).all()  # the enhancer is in the path
 
 
 def _children(pid: int) -> list[int]:
