@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -109,7 +109,7 @@ class Gateway:
 
 
 async def load(
-    url: str, png: bytes, requests: int, concurrency: int, on_progress=None
+    url: str, png: bytes, requests: int, concurrency: int, on_progress: Callable[[int], None] | None = None
 ) -> tuple[list[float], list[int], float]:
     """``requests`` classify calls, ``concurrency`` in flight: latencies (s), statuses, wall seconds."""
     latencies: list[float] = []
@@ -160,9 +160,9 @@ def pick_cost_us(addresses: Sequence[str], calls: int = 100_000) -> float:
             replica.state = ReplicaState.UP
         start = time.perf_counter()
         for _ in range(calls):
-            replica = pool.pick()
-            assert replica is not None
-            async with pool.lease(replica):
+            picked = pool.pick()
+            assert picked is not None
+            async with pool.lease(picked):
                 pass
         elapsed = time.perf_counter() - start
         await pool.close()
@@ -185,9 +185,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     png = sample_png()
     load_before = os.getloadavg()
-    ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
-    a = TritonServer(args.model_repository, host="127.0.0.1", **ports)
-    b = TritonServer(args.model_repository, host="127.0.0.2", **ports)
+    http, grpc, metrics = free_port(), free_port(), free_port()
+    a, b = (
+        TritonServer(args.model_repository, host=host, http_port=http, grpc_port=grpc, metrics_port=metrics)
+        for host in ("127.0.0.1", "127.0.0.2")
+    )
     results: dict[str, object] = {}
     with tempfile.TemporaryDirectory(prefix="dyntta-bench-replicas-") as tmp:
         try:
