@@ -73,6 +73,9 @@ class AdvBN(TrainingStrategy):
     """Adversarial feature-statistics fine-tuning (``adv_weight = 0`` is plain fine-tuning of the head)."""
 
     name = "advbn"
+    #: the paper's fine-tune: SGD from lr 1e-3, x0.1 every 10 of 20 epochs (here: at half the steps)
+    schedule = "step"
+    default_lr = 1e-3
 
     def __init__(
         self,

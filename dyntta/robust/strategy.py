@@ -24,6 +24,10 @@ class TrainingStrategy:
     name = "erm"
     #: Training rounds with :meth:`amend_data` between them (the loop splits its epochs evenly).
     rounds = 1
+    #: The learning-rate shape after any warm-up (``cosine`` | ``step`` | ``constant``), and the method's own
+    #: default learning rate (None: the trainer's); both only apply when the command line gives none.
+    schedule = "cosine"
+    default_lr: float | None = None
 
     def __init__(self, label_smoothing: float = 0.0) -> None:
         self.label_smoothing = label_smoothing
