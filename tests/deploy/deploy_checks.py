@@ -40,6 +40,7 @@ KUSTOMIZATIONS = (
     "kserve",
     "k8s/training/pytorchjob",
     "k8s/training/indexed-job",
+    "k8s/training/indexed-job-cpu",
 )
 CRD_SCHEMAS = {
     ("serving.kserve.io/v1beta1", "InferenceService"): "inferenceservice-v1beta1.json",

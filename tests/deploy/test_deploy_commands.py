@@ -17,6 +17,7 @@ import yaml
 from deploy_checks import DEPLOY, ROOT, Obj, by_kind, pod_templates, render
 
 SERVING = ("k8s/overlays/cpu", "k8s/overlays/gpu", "k8s/overlays/trial", "kserve")
+TRAINING = ("k8s/training/pytorchjob", "k8s/training/indexed-job", "k8s/training/indexed-job-cpu")
 FLAG = re.compile(r"--[a-z0-9][a-z0-9-]*")
 ENV = re.compile(r"\bDYNTTA_[A-Z0-9_]+")
 
@@ -136,7 +137,7 @@ def _train_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-@pytest.mark.parametrize("kustomization", ["k8s/training/pytorchjob", "k8s/training/indexed-job"])
+@pytest.mark.parametrize("kustomization", TRAINING)
 def test_training_command_parses(kustomization: str) -> None:
     template = next(pod_templates(render(kustomization)))
     container = template.spec["containers"][0]
@@ -149,8 +150,9 @@ def test_training_command_parses(kustomization: str) -> None:
     assert "/checkpoints" in writable and "/dev/shm" in writable
 
 
-def test_indexed_job_rendezvous_is_consistent() -> None:
-    objs = render("k8s/training/indexed-job")
+@pytest.mark.parametrize("kustomization", ["k8s/training/indexed-job", "k8s/training/indexed-job-cpu"])
+def test_indexed_job_rendezvous_is_consistent(kustomization: str) -> None:
+    objs = render(kustomization)
     job = by_kind(objs, "Job")["dyntta-train"]
     service = by_kind(objs, "Service")[job["spec"]["template"]["spec"]["subdomain"]]
     assert service["spec"]["clusterIP"] == "None"
@@ -193,7 +195,7 @@ def _world_sizes(kustomization: str) -> list[int]:
     return [int(run.nnodes) * int(run.nproc_per_node)]
 
 
-@pytest.mark.parametrize("kustomization", ["k8s/training/pytorchjob", "k8s/training/indexed-job"])
+@pytest.mark.parametrize("kustomization", TRAINING)
 def test_global_batch_divides_by_every_world_size(kustomization: str) -> None:
     """--batch-size is the global batch; the trainer refuses one that the world size does not divide."""
     from dyntta.train.loop import per_rank_batch
