@@ -84,11 +84,36 @@ def init_from_env(device: str = "auto") -> World:
     backend = "nccl" if cuda else "gloo"
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend, timeout=timeout())
+    dist.init_process_group(
+        backend,
+        store=_attempt_store(),
+        rank=int(os.environ["RANK"]),
+        world_size=int(os.environ["WORLD_SIZE"]),
+        timeout=timeout(),
+    )
     world = current()
     if not world.is_main:
         quiet_stdout()
     return world
+
+
+def _attempt_store() -> dist.Store:
+    """The torchrun store, with keys private to this restart attempt.
+
+    After ``--max-restarts`` restarts a group, torchrun's agent store still holds the previous attempt's
+    keys, among them the dead worker's gloo address: a new rank could read it and fail with "connection
+    refused" (observed with torch 2.15). Prefixing the keys with the restart count avoids stale reads.
+    """
+    agent_hosts = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True)
+    store = dist.TCPStore(
+        host_name=os.environ["MASTER_ADDR"],
+        port=int(os.environ["MASTER_PORT"]),
+        world_size=int(os.environ["WORLD_SIZE"]),
+        is_master=not agent_hosts and int(os.environ["RANK"]) == 0,
+        timeout=timeout(),
+        multi_tenant=not agent_hosts,
+    )
+    return dist.PrefixStore(f"dyntta/attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def local_device(requested: str | torch.device = "auto") -> torch.device:
@@ -202,6 +227,15 @@ def all_reduce_sum(values: Sequence[float]) -> list[float]:
     return tensor.tolist()
 
 
+def all_same(obj: Any) -> bool:
+    """Whether every rank holds an equal (picklable, comparable) ``obj``."""
+    if not current().distributed:
+        return True
+    everything: list[Any] = [None] * current().size
+    dist.all_gather_object(everything, obj)
+    return all(o == everything[0] for o in everything)
+
+
 def gather_objects(obj: Any) -> list[Any] | None:
     """Rank 0 gets every rank's ``obj`` (in rank order); other ranks get ``None``."""
     world = current()
@@ -252,6 +286,7 @@ __all__ = [
     "TIMEOUT_ENV",
     "World",
     "all_reduce_sum",
+    "all_same",
     "atomic_save",
     "average_buffers",
     "average_gradients",

@@ -51,6 +51,9 @@ class SAM(TrainingStrategy):
                 if g is not None and id(p) in scaled
             ]
             norm = torch.sqrt(sum((t * t).sum() for t in norms)).clamp_min(1e-12)
+            # (w + e) - e is not w in floating point: restore the clean weights exactly (data-parallel
+            # ranks with different e would otherwise drift apart in the last bits)
+            clean = [p.detach().clone() if e is not None else None for p, e in zip(params, ascent, strict=True)]
             for p, e in zip(params, ascent, strict=True):
                 if e is not None:
                     e.mul_(self.rho / norm)
@@ -59,9 +62,9 @@ class SAM(TrainingStrategy):
         sharp_loss = self.loss(model, images, labels)
         sharp_loss.backward()
         with torch.no_grad():
-            for p, e in zip(params, ascent, strict=True):
-                if e is not None:
-                    p.sub_(e)
+            for p, c in zip(params, clean, strict=True):
+                if c is not None:
+                    p.copy_(c)
             for buffer, saved in buffers:
                 buffer.copy_(saved)
         optimizer.step()

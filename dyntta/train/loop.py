@@ -60,6 +60,7 @@ class LoopConfig:
     weight_decay: float = 5e-4
     momentum: float = 0.9
     warmup_epochs: float = 1.0
+    schedule: str = "cosine"  # cosine | step (x0.1 at half the steps) | constant; after any warm-up
     seed: int = 0
     device: str = "auto"
     rounds: int = 1  # data-amendment rounds (DPL); epochs are split evenly between rounds
@@ -146,6 +147,25 @@ def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]
     return factor
 
 
+SCHEDULES = ("cosine", "step", "constant")
+
+
+def lr_schedule(name: str, total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """The learning-rate factor per step: a linear warm-up, then ``cosine`` to 0, a ``step`` decay (x0.1 at
+    half the steps; AdvBN's 20-epoch schedule decays every 10) or ``constant``."""
+    if name == "cosine":
+        return warmup_cosine(total_steps, warmup_steps)
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown schedule {name!r}; expected one of {SCHEDULES}")
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return 0.1 if name == "step" and step >= total_steps // 2 else 1.0
+
+    return factor
+
+
 def batches(order: torch.Tensor, per_rank: int) -> list[torch.Tensor]:
     """``order`` cut into batches of ``per_rank``; a trailing batch of one image is dropped (BatchNorm
     cannot train on one image, and every rank's shard has the same length, so all ranks drop it)."""
@@ -157,6 +177,17 @@ def batches(order: torch.Tensor, per_rank: int) -> list[torch.Tensor]:
 
 def steps_per_epoch(n: int, per_rank: int, world_size: int) -> int:
     return len(batches(torch.empty(math.ceil(n / world_size)), per_rank))
+
+
+def same_on_every_rank(data: LabelledImages) -> LabelledImages:
+    """Every rank amends (e.g. DPL) the same model's same data with the same seed; should the results
+    differ anyway, rank 0's set is sent to all, so ranks never train on different sets (or step counts)."""
+    if not distributed.current().distributed:
+        return data
+    fingerprint = (len(data), int(data.labels.sum()), int(data.images.sum(dtype=torch.int64)))
+    if distributed.all_same(fingerprint):
+        return data
+    return distributed.broadcast_object(data)
 
 
 def fit(
@@ -180,17 +211,19 @@ def fit(
     seed_everything(config.seed)
     model = strategy.prepare_model(model).to(device)
     distributed.broadcast_module(model)  # ranks may have initialised their copies differently
-    train = strategy.bind_data(train, val)  # e.g. DPL sets its guide set aside
+    train = same_on_every_rank(strategy.bind_data(train, val))  # e.g. DPL sets its guide set aside, amends
     if len(train) == 0:
         raise ValueError("no training images left (the training split is empty)")
     optimizer = make_optimizer(config, strategy.parameter_groups(model))
     distributed.synchronise_steps(model, optimizer)
     per_epoch = steps_per_epoch(len(train), per_rank, world.size)
-    schedule = warmup_cosine(config.epochs * per_epoch, int(config.warmup_epochs * per_epoch))
+    schedule = lr_schedule(config.schedule, config.epochs * per_epoch, int(config.warmup_epochs * per_epoch))
     history: list[dict] = []
     start_epoch = 0
     start_step = 0
-    state_path = out_dir / STATE_FILE
+    state_path = Path(out_dir) / STATE_FILE
+    if world.is_main:
+        state_path.parent.mkdir(parents=True, exist_ok=True)
     if resume and state_path.is_file():
         state = torch.load(state_path, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
@@ -222,10 +255,7 @@ def fit(
     for epoch in range(start_epoch, config.epochs):
         if epoch > 0 and epoch % epochs_per_round == 0:
             seed_everything(epoch_seed(config.seed, epoch, rank=0))  # the same draws on every rank
-            train = strategy.amend_data(epoch // epochs_per_round, model, train)
-            # Every rank amends the same model's same data; rank 0's result is sent to all, so that any
-            # difference cannot leave ranks with different training sets (and different step counts).
-            train = distributed.broadcast_object(train)
+            train = same_on_every_rank(strategy.amend_data(epoch // epochs_per_round, model, train))
         strategy.start_epoch(epoch, config.epochs)
         seed_everything(epoch_seed(config.seed, epoch, world.rank))
         model.train()

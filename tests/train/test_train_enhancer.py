@@ -14,9 +14,17 @@ from dyntta.train import enhancer as enhancer_command
 from dyntta.train.corruption_augment import corrupted_copy
 
 
-def test_short_enhancer_training_lowers_corrupted_loss(tiny_recognizer_dir, fmnist_test, tmp_path) -> None:
+def test_short_enhancer_training_lowers_corrupted_loss(tiny_recognizer_dir, fmnist_test, tmp_path, monkeypatch) -> None:
     recognizer = load_recognizer(tiny_recognizer_dir)
     before = {k: v.clone() for k, v in recognizer.state_dict().items()}
+    assert any(k.endswith("running_mean") for k in before)  # BatchNorm buffers are part of the check
+    trained_with = []  # the recognizer instance the command trains against (the real loader, kept)
+
+    def keep(directory, *args, **kwargs):
+        trained_with.append(load_recognizer(directory, *args, **kwargs))
+        return trained_with[-1]
+
+    monkeypatch.setattr(enhancer_command, "load_recognizer", keep)
     parser = argparse.ArgumentParser()
     enhancer_command.add_arguments(parser)
     out = tmp_path / "enhancer"
@@ -47,6 +55,11 @@ def test_short_enhancer_training_lowers_corrupted_loss(tiny_recognizer_dir, fmni
         loss_alone = F.cross_entropy(recognizer(x), y).item()
         loss_enhanced = F.cross_entropy(recognizer(enhancer(x)), y).item()
     assert loss_enhanced < loss_alone - 0.02, (loss_alone, loss_enhanced)
-    # The recognizer was frozen: its checkpoint is untouched.
-    after = load_recognizer(tiny_recognizer_dir).state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before)
+    # The recognizer was frozen: in memory, after the training steps, its parameters and BatchNorm buffers
+    # (running statistics, batch counts) are exactly what was loaded, and it is still in eval mode.
+    (frozen,) = trained_with
+    after = frozen.state_dict()
+    assert after.keys() == before.keys() and not frozen.training
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed == []
+    assert all(not p.requires_grad for p in frozen.parameters())

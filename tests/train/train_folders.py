@@ -24,6 +24,6 @@ def make_image_folder(
                 pixels = np.array(COLOURS[k % len(COLOURS)], dtype=np.float32) * rng.uniform(0.6, 1.0)
                 image = pixels + rng.normal(0, 25, (size, size, 3))
                 if k % 2:
-                    image[:: 4] *= 0.5  # horizontal stripes for odd classes
+                    image[::4] *= 0.5  # horizontal stripes for odd classes
                 Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(folder / f"{i:04d}.png")
     return root

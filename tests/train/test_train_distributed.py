@@ -1,0 +1,198 @@
+"""Data-parallel training (issue 12) on CPU with gloo: 2 real processes, no mocks.
+
+In-process checks spawn 2 ranks with ``torch.multiprocessing.spawn`` and a ``file://`` rendezvous; the
+command-line checks run ``torchrun --standalone`` (which picks a free port itself). Process-group timeout
+30 s, so a broken collective fails the test instead of hanging it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from dyntta.models import load_recognizer, read_checkpoint_meta
+from dyntta.robust import STRATEGIES
+
+sys.path.insert(0, str(Path(__file__).parent))
+from train_ddp_workers import run_task, worker  # noqa: E402
+from train_folders import make_image_folder  # noqa: E402
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "DYNTTA_DIST_TIMEOUT_S": "30", "PYTHONUNBUFFERED": "1"}
+
+
+def spawn(task: str, tmp_path: Path) -> list[dict]:
+    out = tmp_path / "ddp"
+    out.mkdir()
+    mp.spawn(worker, args=(2, str(tmp_path / "rendezvous"), task, str(out)), nprocs=2, join=True)
+    return [torch.load(out / f"{task}-rank{r}.pt", weights_only=False) for r in range(2)]
+
+
+def torchrun(*args: str, restarts: int = 0) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        f"--max-restarts={restarts}",
+        "-m",
+        "dyntta.train",
+        *args,
+    ]
+
+
+def test_two_ranks_of_16_step_like_one_process_of_32(tmp_path: Path) -> None:
+    """Without BatchNorm, 3 data-parallel steps (2 ranks x 16 images) equal 3 single-process steps of 32."""
+    ranks = spawn("no-bn", tmp_path)
+    single = run_task("no-bn", tmp_path / "single")["state"]
+    for rank in ranks:
+        for key, value in single.items():
+            torch.testing.assert_close(rank["state"][key], value, atol=1e-5, rtol=0)
+    for key in single:  # and the ranks agree exactly
+        assert torch.equal(ranks[0]["state"][key], ranks[1]["state"][key])
+
+
+def test_batchnorm_recognizer_stays_identical_on_both_ranks(tmp_path: Path) -> None:
+    """The default recognizer family (BatchNorm, per-rank batch statistics): after every one of the 6 steps
+    both ranks hold the same parameters and the same (averaged) BatchNorm buffers, bit for bit."""
+    ranks = spawn("bn", tmp_path)
+    assert len(ranks[0]["after"]) == len(ranks[1]["after"]) == 6
+    for (p0, b0), (p1, b1) in zip(ranks[0]["after"], ranks[1]["after"], strict=True):
+        assert torch.equal(p0, p1)
+        assert torch.equal(b0, b1)
+    assert not torch.equal(ranks[0]["after"][0][0], ranks[0]["after"][-1][0])  # it did train
+
+
+def test_every_strategy_trains_under_two_ranks(tmp_path: Path) -> None:
+    """Each method runs its steps (DPL: two rounds with an amendment between) and the ranks end equal."""
+    ranks = spawn("strategies", tmp_path)
+    assert set(ranks[0]) == set(STRATEGIES)
+    for method in STRATEGIES:
+        r0, r1 = ranks[0][method], ranks[1][method]
+        assert r0["error"] is None and r1["error"] is None, (method, r0["error"], r1["error"])
+        assert r0["steps"] >= 1
+        assert torch.equal(r0["state"][0], r1["state"][0]), method
+        assert torch.equal(r0["state"][1], r1["state"][1]), method
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_image_folder(tmp_path_factory.mktemp("folder"), per_class=100)
+
+
+def recognizer_args(folder: Path, out: Path, epochs: int, *extra: str) -> list[str]:
+    return [
+        "recognizer",
+        "--arch",
+        "test_resnet",
+        "--data",
+        "imagefolder",
+        "--data-dir",
+        str(folder),
+        "--image-size",
+        "16",
+        "--epochs",
+        str(epochs),
+        "--batch-size",
+        "32",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
+def test_two_process_run_writes_one_checkpoint_that_loads_and_resumes(folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ckpt"
+    result = subprocess.run(
+        torchrun(*recognizer_args(folder, out, 2)), capture_output=True, text=True, env=ENV, timeout=240
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "train_state.pt"]
+    assert result.stdout.count('"checkpoint"') == 1  # rank 0 alone reports
+    assert "world size 2" in result.stderr
+    meta = read_checkpoint_meta(out)
+    assert meta["recipe"]["world_size"] == 2 and meta["recipe"]["per_rank_batch"] == 16
+    assert meta["metrics"]["test_accuracy"] > 0.5  # 3 classes
+    load_recognizer(out)
+    state = torch.load(out / "train_state.pt", weights_only=False)
+    assert state["epoch"] == 2 and state["world_size"] == 2
+    # Resumable at another world size: one process continues to epoch 3.
+    again = subprocess.run(
+        [sys.executable, "-m", "dyntta.train", *recognizer_args(folder, out, 3)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=240,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resumed from" in again.stdout and "saved by 2 rank(s), now 1" in again.stdout
+    assert [h["epoch"] for h in read_checkpoint_meta(out)["metrics"]["history"]] == [1, 2, 3]
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        found += [int(c) for c in text]
+    return found
+
+
+def _rank_of(pid: int) -> int | None:
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    for item in env:
+        if item.startswith(b"RANK="):
+            return int(item[5:])
+    return None
+
+
+def test_killed_rank_restarts_and_resumes_from_the_last_state(folder: Path, tmp_path: Path) -> None:
+    """SIGKILL rank 1 once epoch 1's train_state.pt exists: torchrun (--max-restarts=1) restarts both
+    workers, they resume at epoch 1 and finish; every train_state.pt seen on the way loads."""
+    out = tmp_path / "elastic"
+    proc = subprocess.Popen(
+        torchrun(*recognizer_args(folder, out, 6, "--threads", "1"), restarts=1),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=ENV,
+    )
+    state = out / "train_state.pt"
+    killed = False
+    snapshots = 0
+    deadline = time.monotonic() + 240
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            if state.is_file():
+                saved = torch.load(state, weights_only=False)  # never half-written
+                snapshots += 1
+                if not killed and saved["epoch"] >= 1:
+                    victims = [c for c in _children(proc.pid) if _rank_of(c) == 1]
+                    assert victims, "no rank-1 worker found"
+                    os.kill(victims[0], signal.SIGKILL)
+                    killed = True
+            time.sleep(0.05)
+        log, _ = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert killed and snapshots >= 1
+    errors = [line for line in log.splitlines() if "Error" in line or "error" in line]
+    assert proc.returncode == 0, "\n".join(errors[-20:]) + log[-2000:]
+    assert "resumed from" in log
+    history = read_checkpoint_meta(out)["metrics"]["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5, 6]
+    assert not list(out.glob("*.partial"))
+    load_recognizer(out)
