@@ -24,19 +24,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from dyntta import cli
+from dyntta.cli import CommandError, UsageError
 from dyntta.data import DatasetNotFoundError
-from dyntta.models import load_recognizer, read_checkpoint_meta
+from dyntta.models import Recognizer, load_recognizer, read_checkpoint_meta
 from export.build import ExportOptions, ExportResult, Source, export_repository, random_images
 from export.onnx import ParityError, Tolerance, to_nhwc_uint8
 from export.repository import FLAVOURS, Flavour, ServingOptions
 from export.tensorrt import TensorRTUnavailableError
-
-
-class UsageError(Exception):
-    """An argument that cannot work (exit code 2), as opposed to an export that failed (exit code 1)."""
-
-
-EXIT_FAILURE, EXIT_USAGE = 1, 2
 
 
 def load_enhancer_checkpoint(directory: str) -> tuple[nn.Module, dict[str, Any]]:
@@ -66,14 +61,9 @@ def parity_batch(data: str, count: int, size: int, data_dir: str | None) -> tupl
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m export",
-        description=__doc__.splitlines()[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__,
-    )
+    parser = cli.ArgumentParser(prog="python -m export", description=__doc__.splitlines()[0], epilog=__doc__)
     parser.add_argument("--recognizer", required=True, help="recognizer checkpoint directory")
-    parser.add_argument("--enhancer", help="enhancer checkpoint directory (default: identity enhancer)")
+    parser.add_argument("--enhancer", help="enhancer checkpoint directory; without it, the identity enhancer")
     parser.add_argument("--out", default="model_repository", help="repository to write (first flavour)")
     parser.add_argument(
         "--flavour",
@@ -82,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="cpu: python backend (bundled Triton); gpu: onnxruntime/tensorrt backends (NGC "
         "image); both: cpu to --out, gpu to --gpu-out",
     )
-    parser.add_argument("--gpu-out", help="the gpu flavour's directory with --flavour both (<out>_gpu)")
+    parser.add_argument("--gpu-out", help="the gpu flavour's directory with --flavour both; default <out>_gpu")
     parser.add_argument("--fp16", action="store_true", help="half-precision networks (I/O types unchanged)")
     parser.add_argument("--tensorrt", action="store_true", help="build tensorrt_plan models (gpu flavour)")
     parser.add_argument(
@@ -91,34 +81,40 @@ def build_parser() -> argparse.ArgumentParser:
         help="gpu flavour: onnxruntime's TensorRT execution accelerator (FP16, engine cache)",
     )
     parser.add_argument(
-        "--parity-data", help="data set for the parity batch (default: the checkpoint's training data set), or 'random'"
+        "--parity-data", help="data set for the parity batch, or 'random'; default the checkpoint's training data set"
     )
     parser.add_argument("--data-dir", help="where the parity data set's files are")
-    parser.add_argument("--parity-images", type=int, default=512)
-    parser.add_argument("--atol", type=float, help="max |logit diff| allowed (default 1e-3, fp16 5e-2)")
-    parser.add_argument("--min-top1-agreement", type=float, help="default 0.99 (fp16 0.98)")
+    parser.add_argument("--parity-images", type=int, default=512, help="how many images the parity checks use")
+    parser.add_argument("--atol", type=float, help="max |logit diff| allowed; default 1e-3, with --fp16 5e-2")
+    parser.add_argument(
+        "--min-top1-agreement", type=float, help="least top-1 agreement with PyTorch; default 0.99, with --fp16 0.98"
+    )
     defaults = ServingOptions()
-    parser.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size)
+    parser.add_argument(
+        "--max-batch-size", type=int, default=defaults.max_batch_size, help="Triton max_batch_size of every model"
+    )
     parser.add_argument("--version", type=int, default=defaults.version, help="model version folder")
-    parser.add_argument("--cpu-instances", type=int, default=defaults.cpu_instances)
+    parser.add_argument(
+        "--cpu-instances", type=int, default=defaults.cpu_instances, help="instances per model (cpu flavour)"
+    )
     parser.add_argument(
         "--cpu-threads",
         type=int,
         default=defaults.cpu_threads,
         help="onnxruntime intra-op threads per cpu instance (0: one per core)",
     )
-    parser.add_argument("--gpu-instances", type=int, default=defaults.gpu_instances)
+    parser.add_argument(
+        "--gpu-instances", type=int, default=defaults.gpu_instances, help="instances per model (gpu flavour)"
+    )
     return parser
 
 
-def _checkpoints(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any], nn.Module | None, dict[str, Any]]:
-    """The recognizer and (optionally) the enhancer with their metadata; a missing one is a usage error."""
-    try:
-        recognizer = load_recognizer(args.recognizer)
-        rec_meta = read_checkpoint_meta(args.recognizer)
-        enhancer, enh_meta = load_enhancer_checkpoint(args.enhancer) if args.enhancer else (None, {})
-    except FileNotFoundError as exc:
-        raise UsageError(str(exc)) from None
+def _checkpoints(args: argparse.Namespace) -> tuple[Recognizer, dict[str, Any], nn.Module | None, dict[str, Any]]:
+    """The recognizer and (optionally) the enhancer with their metadata. A missing or wrong checkpoint
+    raises FileNotFoundError / ValueError: a runtime failure for :func:`dyntta.cli.run` (exit 1)."""
+    recognizer = load_recognizer(args.recognizer)
+    rec_meta = read_checkpoint_meta(args.recognizer)
+    enhancer, enh_meta = load_enhancer_checkpoint(args.enhancer) if args.enhancer else (None, {})
     check_sizes(recognizer.config.input_size, enh_meta)
     return recognizer, rec_meta, enhancer, enh_meta
 
@@ -183,29 +179,25 @@ def run(args: argparse.Namespace, command: str) -> ExportResult:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Exit codes: 0 written; 2 a usage error (bad or contradictory arguments, a missing checkpoint);
-    1 the export failed (parity past tolerance, TensorRT or the parity data set not available). Nothing is
-    written unless every check passed; a user error never ends in a traceback."""
-    args = build_parser().parse_args(argv)  # argparse itself exits 2 on unknown flags and bad values
+def _handle(args: argparse.Namespace, argv: Sequence[str] | None) -> None:
     command = "python -m export " + shlex.join(list(argv) if argv is not None else sys.argv[1:])
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
     try:
         result = run(args, command)
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
     except ParityError as exc:
-        print(f"PARITY FAILED: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        raise CommandError(f"PARITY FAILED: {exc}") from None
     except DatasetNotFoundError as exc:
-        print(f"error: parity data: {exc}\n(or pass --parity-data random)", file=sys.stderr)
-        return EXIT_FAILURE
+        raise CommandError(f"parity data: {exc}\n(or pass --parity-data random)") from None
     except TensorRTUnavailableError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        raise CommandError(str(exc)) from None
     print(json.dumps(_summary(result), indent=2))
-    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Exit codes (:mod:`dyntta.cli`): 0 written; 2 a usage error (bad or contradictory arguments); 1 the
+    export failed (a missing checkpoint or parity data set, parity past tolerance, no TensorRT), one
+    ``error:`` line and never a traceback. Nothing is written unless every check passed."""
+    return cli.run(build_parser(), lambda args: _handle(args, argv), argv)
 
 
 if __name__ == "__main__":

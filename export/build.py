@@ -44,7 +44,7 @@ from export.repository import FLAVOURS, Flavour, ServedModel, ServingOptions
 
 @dataclass
 class ExportResult:
-    repositories: dict[str, Path]  # flavour -> directory
+    repositories: dict[Flavour, Path]  # flavour -> directory
     reports: dict[str, dict[str, Any]]  # model name -> export report (also in <model>/export.json)
     pipeline: dict[str, Any] | None = None
 
@@ -306,4 +306,4 @@ def export_repository(
                 target, enh_model, rec_model, flavour, options.serving, command=options.command, reports=reports
             )
             log(f"wrote the {flavour} flavour to {target}")
-    return ExportResult(dict(targets), reports, pipeline)
+    return ExportResult(targets, reports, pipeline)

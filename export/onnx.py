@@ -203,7 +203,7 @@ def enhancer_parity(
     if exported.dtype != np.uint8 or exported.shape != images.shape:
         raise ParityError(f"enhancer output is {exported.dtype} {exported.shape}, expected uint8 {images.shape}")
     diff = np.abs(exported.astype(np.int16) - reference.astype(np.int16))
-    report = {
+    report: dict[str, Any] = {
         "model": "enhancer",
         "images": int(len(images)),
         "data": data,

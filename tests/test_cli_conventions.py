@@ -13,8 +13,8 @@ from dyntta import cli
 CLIS: dict[str, str | None] = {
     "dyntta.enhancer.__main__": None,
     "dyntta.train.__main__": "dyntta/train (H7): flags without help, plain formatter",
-    "dyntta.evaluate.__main__": "dyntta/evaluate (H1): plain formatter",
-    "export.__main__": "export (H1): plain formatter",
+    "dyntta.evaluate.__main__": None,
+    "export.__main__": None,
     "serve.__main__": "serve/__main__ (H3): plain formatter",
     "serve.client": "serve/client (H4): plain formatter",
 }

@@ -19,12 +19,14 @@ from typing import Any
 
 import torch
 
+from dyntta import cli
+from dyntta.cli import UsageError
 from dyntta.contract import SELECTION_GROUPS, resolve_conditions
 from dyntta.corruptions import TABLE_NAMES
-from dyntta.data import DatasetNotFoundError, load_dataset
+from dyntta.data import load_dataset
 from dyntta.evaluate.classifiers import Classifier, load_classifier, load_enhanced_classifier
 from dyntta.evaluate.outputs import write_outputs
-from dyntta.evaluate.report import alexnet_imagenet_c_reference
+from dyntta.evaluate.report import ReferenceErrors, alexnet_imagenet_c_reference
 from dyntta.evaluate.runner import ReportOptions, run_report
 from dyntta.evaluate.schema import Report
 
@@ -67,11 +69,7 @@ def classifier_key(classifier: Classifier) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m dyntta.evaluate",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = cli.ArgumentParser(prog="python -m dyntta.evaluate", description=__doc__)
     parser.add_argument("--model", required=True, help="recognizer checkpoint directory or exported .onnx file")
     parser.add_argument(
         "--enhancer",
@@ -86,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--data", default="fashion-mnist", help="fashion-mnist | cifar10 | cifar100 | imagefolder")
     parser.add_argument("--data-dir", default=None, help="where the data set's files are")
-    parser.add_argument("--split", default="test", choices=["train", "test"])
-    parser.add_argument("--image-size", type=int, default=None, help="default: the model's input size")
+    parser.add_argument("--split", default="test", choices=["train", "test"], help="which split to evaluate")
+    parser.add_argument("--image-size", type=int, default=None, help="image size; default the model's input size")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     parser.add_argument(
         "--corruptions",
@@ -95,16 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"names or groups ({', '.join(SELECTION_GROUPS)}); default all 19",
     )
-    parser.add_argument("--severities", nargs="+", type=int, default=None, help="subset of 1 2 3 4 5 (default all)")
+    parser.add_argument("--severities", nargs="+", type=int, default=None, help="subset of 1 2 3 4 5; default all")
     parser.add_argument("--seed", type=int, default=0, help="corruption seed")
     parser.add_argument(
         "--table",
         default=None,
         choices=TABLE_NAMES,
-        help="corruption parameter table (default: cifar up to 64 px, imagenet above)",
+        help="corruption parameter table; default cifar up to 64 px, imagenet above",
     )
     parser.add_argument("--out", default="runs/report", help="output directory")
-    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--batch-size", type=int, default=500, help="images per batch (corrupted once, every model)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (models and corruptions)")
     parser.add_argument("--threads", type=int, default=None, help="torch / onnxruntime CPU threads")
     parser.add_argument("--sample-index", type=int, default=0, help="test image shown in the sample grid")
@@ -125,9 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(config: ReportConfig, argv: list[str] | None = None) -> Report:
-    names, levels = resolve_conditions(config.corruptions, config.severities)  # fail before loading anything
+    try:  # fail before loading anything
+        names, levels = resolve_conditions(config.corruptions, config.severities)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     if config.limit is not None and config.limit < 1:
-        raise ValueError("--limit must be a positive number of images")
+        raise UsageError("--limit must be a positive number of images")
     if config.threads:
         torch.set_num_threads(config.threads)
     device = torch.device(
@@ -154,12 +155,12 @@ def run(config: ReportConfig, argv: list[str] | None = None) -> Report:
     if config.limit:
         data = data.subset(torch.arange(min(config.limit, len(data))))
     if primary.info.classes and len(primary.info.classes) != len(data.classes):
-        raise ValueError(f"model has {len(primary.info.classes)} classes, {config.data} has {len(data.classes)}")
+        raise UsageError(f"model has {len(primary.info.classes)} classes, {config.data} has {len(data.classes)}")
 
-    reference = None
+    reference: Classifier | ReferenceErrors | None = None
     if config.reference and config.reference.lower() == ALEXNET:
         if config.data != "imagefolder":
-            raise ValueError(
+            raise UsageError(
                 "AlexNet's published errors are a valid CE reference only for true ImageNet-C; "
                 "for other data pass a reference checkpoint (evaluated on the same corrupted images)"
             )
@@ -221,14 +222,15 @@ def _summary(report: Report, out: str, paths: Mapping[str, Path]) -> dict[str, A
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    config = ReportConfig(**{k: v for k, v in vars(args).items() if k in ReportConfig.__dataclass_fields__})
-    try:
+    """Exit codes (:mod:`dyntta.cli`): 0 done; 2 a usage error (unknown corruption, bad severity or
+    --limit, a reference or data set that does not fit the model); 1 a runtime failure (missing model or
+    data set files), one ``error:`` line and never a traceback."""
+
+    def handle(args: argparse.Namespace) -> None:
+        config = ReportConfig(**{k: v for k, v in vars(args).items() if k in ReportConfig.__dataclass_fields__})
         run(config, argv)
-    except (DatasetNotFoundError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+
+    return cli.run(build_parser(), handle, argv)
 
 
 __all__ = ["ReportConfig", "build_parser", "main", "run"]

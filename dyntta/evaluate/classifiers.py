@@ -94,9 +94,10 @@ class OnnxClassifier(Classifier):
         self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         inputs = self.session.get_inputs()
         names = [i.name for i in inputs]
-        self.input = next((i for i in inputs if i.name == IMAGE), inputs[0] if len(inputs) == 1 else None)
-        if self.input is None:
+        found = next((i for i in inputs if i.name == IMAGE), inputs[0] if len(inputs) == 1 else None)
+        if found is None:
             raise ValueError(f"{path}: expected one input or one named {IMAGE!r}, found {names}")
+        self.input = found
         if self.input.type != "tensor(uint8)" or len(self.input.shape) != 4:
             raise ValueError(
                 f"{path}: input {self.input.name!r} is {self.input.type} {self.input.shape}; "

@@ -65,6 +65,7 @@ def heatmap(report: Report, path: str | os.PathLike) -> Path:
         if 0 < n_core < len(names):
             ax.axhline(n_core - 0.5, color="white", linewidth=2)  # the extras are apart
         ax.set_title(model, fontsize=9)
+    assert image is not None  # one panel per model, and a report has at least one model
     fig.colorbar(image, ax=axes[0].tolist(), fraction=0.04, pad=0.02, label="accuracy (%)")
     return _save(fig, path)
 

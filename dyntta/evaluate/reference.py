@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from dyntta import cli
 from dyntta.contract import IMAGE, LOGITS
 from dyntta.data import LabelledImages, load_dataset
 from dyntta.version import __version__
@@ -99,19 +100,18 @@ def export_onnx(model: GreySoftmaxRegression, path: Path, image_size: int, metad
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m dyntta.evaluate.reference",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--data", default="fashion-mnist")
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--l2", type=float, default=1e-4)
-    parser.add_argument("--iterations", type=int, default=300)
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.ArgumentParser(prog="python -m dyntta.evaluate.reference", description=__doc__)
+    parser.add_argument("--data", default="fashion-mnist", help="data set to fit on (its train split)")
+    parser.add_argument("--data-dir", default=None, help="where the data set's files are")
+    parser.add_argument("--image-size", type=int, default=32, help="image size the reference works at")
+    parser.add_argument("--l2", type=float, default=1e-4, help="weight decay (squared weights, bias free)")
+    parser.add_argument("--iterations", type=int, default=300, help="L-BFGS iterations")
     parser.add_argument("--out", required=True, help="output .onnx file")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def fit_and_export(args: argparse.Namespace, argv: list[str] | None) -> None:
     train = load_dataset(args.data, "train", image_size=args.image_size, root=args.data_dir)
     test = load_dataset(args.data, "test", image_size=args.image_size, root=args.data_dir)
     started = time.perf_counter()
@@ -138,7 +138,11 @@ def main(argv: list[str] | None = None) -> int:
         {"dyntta.reference": json.dumps(recipe), "classes": json.dumps(train.classes)},
     )
     print(json.dumps({"out": args.out, **recipe}))
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit codes (:mod:`dyntta.cli`): 0 written, 2 usage error, 1 runtime failure (e.g. no data set)."""
+    return cli.run(build_parser(), lambda args: fit_and_export(args, argv), argv)
 
 
 if __name__ == "__main__":

@@ -166,9 +166,15 @@ def expected_calibration_error(correct: np.ndarray, confidence: np.ndarray, bins
     return float(total)
 
 
-def _mean(values: Iterable[float]) -> float | None:
-    values = [v for v in values if v is not None]
-    return float(np.mean(values)) if values else None
+def _mean(values: Iterable[float | None]) -> float | None:
+    """Mean of the defined values; ``None`` if there is none (e.g. every relative CE undefined)."""
+    defined = [v for v in values if v is not None]
+    return float(np.mean(defined)) if defined else None
+
+
+def _avg(values: Iterable[float]) -> float:
+    """Mean of a non-empty collection of accuracies."""
+    return float(np.mean(list(values)))
 
 
 # --- One model's results --------------------------------------------------------------------------------
@@ -185,22 +191,22 @@ def _block(
     names = [c for c in names if c in accuracy]
     if not names:
         return None
-    per_corruption = {c: _mean(accuracy[c].values()) for c in names}
-    mean = _mean(accuracy[c][s] for c in names for s in severities)
-    per_group = None
+    per_corruption = {c: _avg(accuracy[c].values()) for c in names}
+    mean = _avg(accuracy[c][s] for c in names for s in severities)
+    per_group: dict[str, float | None] | None = None
     if groups is not None:
         per_group = {
-            g: _mean(accuracy[c][s] for c in members if c in accuracy for s in severities)
+            g: _avg(accuracy[c][s] for c in members if c in accuracy for s in severities)
             for g, members in groups.items()
             if any(c in accuracy for c in members)
         }
     worst = min(names, key=lambda c: per_corruption[c])
     return BlockSummary(
         per_corruption=per_corruption,
-        per_severity={s: _mean(accuracy[c][s] for c in names) for s in severities},
+        per_severity={s: _avg(accuracy[c][s] for c in names) for s in severities},
         mean=mean,
         per_group=per_group,
-        severity5_mean=_mean(accuracy[c][5] for c in names) if 5 in severities else None,
+        severity5_mean=_avg(accuracy[c][5] for c in names) if 5 in severities else None,
         gap=clean_accuracy - mean,  # clean minus corrupted accuracy
         worst_corruption=WorstCorruption(name=worst, accuracy=per_corruption[worst]),
     )
@@ -213,7 +219,7 @@ def _calibration(
     severities: Sequence[int],
 ) -> Calibration:
     core = [c for c in corruptions if c in BENCHMARK_CORRUPTIONS]
-    ece = {"clean": expected_calibration_error(correct[CLEAN], np.asarray(confidence[CLEAN]))}
+    ece: dict[str, float | None] = {"clean": expected_calibration_error(correct[CLEAN], np.asarray(confidence[CLEAN]))}
     for s in severities if core else ():
         # Pool the 15 corruptions' images at one severity, as "ECE per severity" is usually reported.
         ece[str(s)] = expected_calibration_error(

@@ -15,11 +15,11 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-FORMAT = "dyntta.robustness-report/1"
+FORMAT: Final = "dyntta.robustness-report/1"
 UNITS = (
     "fractions: accuracy, error and CE (model error / reference error) in [0, 1]-scale; "
     "multiply by 100 for percent (reference = 100)"

@@ -100,12 +100,15 @@ def test_cli_errors(
     tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture, extra: list[str], message: str
 ) -> None:
     code = main(["--model", str(tiny_checkpoint), "--data", "fashion-mnist", *extra, "--out", str(tmp_path)])
-    assert code == 2 and message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "usage: python -m dyntta.evaluate" in err and "Traceback" not in err
 
 
-def test_cli_missing_model(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert main(["--model", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 2
-    assert "does not exist" in capsys.readouterr().err
+def test_cli_missing_model(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch) -> None:
+    monkeypatch.delenv("DYNTTA_TRACEBACK", raising=False)
+    assert main(["--model", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 1  # dyntta.cli: runtime failure
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "Traceback" not in err
 
 
 def test_cli_enhancer_comparison(tiny_checkpoint: Path, tmp_path: Path) -> None:

@@ -82,7 +82,8 @@ def test_tensorrt_needs_the_gpu_flavour(checkpoint: Path, tmp_path: Path, capsys
     code = main(["--recognizer", str(checkpoint), "--out", str(tmp_path / "r"), "--tensorrt"])
     assert code == 2
     err = capsys.readouterr().err
-    assert "error: --tensorrt builds plans for the gpu flavour" in err and "Traceback" not in err
+    assert "python -m export: error: --tensorrt builds plans for the gpu flavour" in err and "Traceback" not in err
+    assert "usage: python -m export" in err
     assert not (tmp_path / "r").exists()
 
 
@@ -98,11 +99,20 @@ def test_bad_serving_options_are_usage_errors(checkpoint: Path, tmp_path: Path, 
     assert message in capsys.readouterr().err
 
 
-def test_missing_checkpoint_is_a_usage_error(tmp_path: Path, capsys):
+def test_missing_checkpoint_is_a_clear_failure(tmp_path: Path, capsys, monkeypatch):
+    monkeypatch.delenv("DYNTTA_TRACEBACK", raising=False)
     code = main(["--recognizer", str(tmp_path / "nope"), "--out", str(tmp_path / "r")])
-    assert code == 2
+    assert code == 1  # dyntta.cli: a missing file is a runtime failure the user can act on
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "nope" in err and "Traceback" not in err
+    assert "python -m export: error: " in err and "nope" in err and "Traceback" not in err
+
+
+def test_enhancer_at_another_size_is_a_usage_error(checkpoint: Path, tmp_path: Path, capsys):
+    from dyntta.enhancer import DynTTAEnhancer, EnhancerConfig, save_enhancer
+
+    enhancer_dir = save_enhancer(DynTTAEnhancer(EnhancerConfig(input_size=64)).eval(), tmp_path / "enhancer")
+    code = main(["--recognizer", str(checkpoint), "--enhancer", str(enhancer_dir), "--out", str(tmp_path / "r")])
+    assert code == 2 and "the enhancer works at 64 px but the recognizer at 32 px" in capsys.readouterr().err
 
 
 def test_missing_parity_data_is_a_runtime_failure(checkpoint: Path, tmp_path: Path, capsys):
