@@ -21,7 +21,7 @@ BROWSER_FIXTURES = {"browser"}
 BROWSER_MODULES = {"test_browser.py"}
 SLOW_FIXTURES = {"tiny_recognizer_dir"}  # trains a model for the session
 SLOW_DIRECTORIES = {"train", "export", "robust", "deploy"}  # training, ONNX export + parity, kubectl / docker
-SLOW_MODULES = {"test_fidelity.py", "test_load.py", "test_fuzz.py", "test_evaluate_cli.py", "test_committed_models.py"}
+SLOW_MODULES = {"test_fidelity.py", "test_load.py", "test_fuzz.py", "test_evaluate_cli.py"}
 
 
 def _is_slow_parameter(item: pytest.Item) -> bool:
