@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.resources
 import math
 from collections.abc import Sequence
 from functools import lru_cache
@@ -66,9 +67,7 @@ def set_frost_textures(source: str | Sequence[str | Path] | None = None) -> None
     if source is None or source == "procedural":
         _frost_source = ("procedural", ())
     elif source == "imagecorruptions":
-        try:
-            import importlib.resources
-
+        try:  # an optional (dev) dependency: the original textures are not shipped with dyntta
             root = importlib.resources.files("imagecorruptions") / "frost"
         except ModuleNotFoundError as exc:
             raise ValueError("frost textures 'imagecorruptions' need the imagecorruptions package") from exc

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dyntta.corruptions import _ops, corrupt
+from dyntta.corruptions import _ops, corrupt, digital
 from dyntta.corruptions.tables import CIFAR
 
 
@@ -69,3 +69,10 @@ def test_elastic_first_cifar_severity_is_a_pure_affine_warp() -> None:
     assert 0 < float((out - x).abs().mean()) < 0.5
     flat = torch.full((1, 3, 32, 32), 0.25)
     torch.testing.assert_close(corrupt(flat, "elastic_transform", 4), flat, atol=1e-5, rtol=0)
+
+
+def test_jpeg_pillow_fallback_gives_the_codec_bytes(small, monkeypatch) -> None:
+    # torchvision's JPEG codecs are deprecated; without them the Pillow path must produce the same images
+    with_codecs = corrupt(small, "jpeg_compression", 3)
+    monkeypatch.setattr(digital, "_torchvision_jpeg", lambda: None)
+    assert torch.equal(corrupt(small, "jpeg_compression", 3), with_codecs)
