@@ -2,7 +2,7 @@
 
 Every operation takes images (B, 3, H, W) in [0, 1] and, when parameterised, one raw magnitude per image
 (B,) from the predictor. Each op squashes its raw magnitude into its own range such that a raw value of 0
-is the identity (the published code starts several ops far from identity; see notes/dyntta.md).
+is the identity (the published DynTTA code starts several ops far from identity).
 Colour ops come from kornia; the rest are a few tensor lines each, written to export to ONNX without
 per-image Python loops.
 """
