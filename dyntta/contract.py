@@ -11,6 +11,7 @@ that the gateway and the command-line tools can use it without loading the ML st
 - The corruption taxonomy of the robustness benchmark (Hendrycks & Dietterich, ICLR 2019): the 15
   benchmark corruptions in their four groups and the standard order, the 4 validation extras, the
   severities, and :func:`resolve_conditions` to parse user choices.
+- Data-set files: :func:`fashion_mnist_files` finds the default data set's IDX files.
 - Image files: :data:`IMAGE_SUFFIXES` (the formats the gateway decodes) and :func:`is_image_path` /
   :func:`find_images`, the one rule for which files of a folder or an archive are images.
 - Triton's classification extension: :func:`parse_classification` reads the labels it returns.
@@ -163,6 +164,48 @@ def find_class_images(directory: Path) -> tuple[list[str], list[tuple[Path, int]
     return classes, files
 
 
+# --- Data-set files --------------------------------------------------------------------------------------
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A data set's files are missing; the message says what to install or where files are expected."""
+
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+"""Where the Debian package ``dataset-fashion-mnist`` installs the IDX files."""
+FASHION_MNIST_ENV = "DYNTTA_FASHION_MNIST_DIR"
+FASHION_MNIST_CLASSES: tuple[str, ...] = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+
+
+def fashion_mnist_files(split: str, root: str | os.PathLike[str] | None = None) -> tuple[Path, Path]:
+    """The (images, labels) IDX files of a Fashion-MNIST split, gzipped or not: under ``root``, else
+    ``$DYNTTA_FASHION_MNIST_DIR``, else :data:`FASHION_MNIST_DIR`. Training, the gateway's built-in
+    evaluation set and the tests find the files the same way."""
+    directory = Path(root or os.environ.get(FASHION_MNIST_ENV) or FASHION_MNIST_DIR)
+    prefix = "train" if split == "train" else "t10k"
+    found = []
+    for stem in (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"):
+        path = next((c for c in (directory / f"{stem}.gz", directory / stem) if c.is_file()), None)
+        if path is None:
+            raise DatasetNotFoundError(
+                f"Fashion-MNIST file {stem}[.gz] not found in {directory}: install it with "
+                f"'apt-get install dataset-fashion-mnist' or point --data-dir / {FASHION_MNIST_ENV} at the IDX files"
+            )
+        found.append(path)
+    return found[0], found[1]
+
+
 # --- Triton's classification extension ------------------------------------------------------------------
 
 
@@ -217,10 +260,14 @@ __all__ = [
     "CLEAN",
     "CORRUPTIONS",
     "CORRUPTION_GROUPS",
+    "DatasetNotFoundError",
     "ENHANCED_IMAGE",
     "ENHANCER",
     "ENSEMBLE",
     "EXTRA_CORRUPTIONS",
+    "FASHION_MNIST_CLASSES",
+    "FASHION_MNIST_DIR",
+    "FASHION_MNIST_ENV",
     "GROUP_OF",
     "IMAGE",
     "IMAGE_DATATYPE",
@@ -232,6 +279,7 @@ __all__ = [
     "RECOGNIZER",
     "SELECTION_GROUPS",
     "SEVERITIES",
+    "fashion_mnist_files",
     "find_class_images",
     "find_images",
     "is_image_path",

@@ -77,3 +77,14 @@ def test_numbers(tmp_path: Path) -> None:
     assert contract.percent(0.91349) == "91.3" and contract.percent(0.5, 0) == "50"
     assert contract.percent(None) == "–" and contract.percent(float("nan")) == "–"
     assert contract.percent(-0.012, signed=True) == "-1.2" and contract.percent(0.012, signed=True) == "+1.2"
+
+
+def test_fashion_mnist_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(b"")
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(b"")
+    monkeypatch.setenv(contract.FASHION_MNIST_ENV, str(tmp_path))
+    images, labels = contract.fashion_mnist_files("test")
+    assert (images.name, labels.name) == ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte")
+    with pytest.raises(contract.DatasetNotFoundError, match="train-images-idx3-ubyte.*apt-get install"):
+        contract.fashion_mnist_files("train")
+    assert contract.fashion_mnist_files("test", contract.FASHION_MNIST_DIR)[0].parent == contract.FASHION_MNIST_DIR

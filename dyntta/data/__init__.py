@@ -1,8 +1,8 @@
 """Data sets and the preprocessing contract."""
 
+from dyntta.contract import DatasetNotFoundError
 from dyntta.data.datasets import (
     DATASETS,
-    DatasetNotFoundError,
     LabelledImages,
     load_dataset,
     split_validation,

@@ -25,24 +25,14 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from dyntta.contract import IMAGE_SUFFIXES, find_class_images
+from dyntta import contract
+from dyntta.contract import IMAGE_SUFFIXES, DatasetNotFoundError, find_class_images
 from dyntta.data.transforms import arrays_to_model_input, to_model_input
 from dyntta.registry import Registry
 
-FASHION_MNIST_CLASSES = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-]
-FASHION_MNIST_DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_MNIST_ENV = "DYNTTA_FASHION_MNIST_DIR"
+FASHION_MNIST_CLASSES = list(contract.FASHION_MNIST_CLASSES)
+FASHION_MNIST_DEFAULT_DIR = contract.FASHION_MNIST_DIR
+FASHION_MNIST_ENV = contract.FASHION_MNIST_ENV
 DATA_DIR_ENV = "DYNTTA_DATA_DIR"
 SPLITS = ("train", "test")
 
@@ -52,10 +42,6 @@ Loader = Callable[[str, int, "str | os.PathLike[str] | None"], "LabelledImages"]
 DATASETS: Registry[Loader] = Registry("data set")
 """Every loadable data set, registered by decorator beside its loader (names are case-insensitive and
 treat ``-`` and ``_`` alike)."""
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """A data set's files are missing; the message says what to install or where files are expected."""
 
 
 @dataclass
@@ -98,23 +84,10 @@ def load_dataset(
 
 @DATASETS.register("fashion-mnist", aliases=("fashionmnist",))
 def _fashion_mnist(split: str, size: int, root: str | os.PathLike[str] | None) -> LabelledImages:
-    directory = Path(root or os.environ.get(FASHION_MNIST_ENV) or FASHION_MNIST_DEFAULT_DIR)
-    prefix = "train" if split == "train" else "t10k"
-    images_path = _find_idx(directory, f"{prefix}-images-idx3-ubyte")
-    labels_path = _find_idx(directory, f"{prefix}-labels-idx1-ubyte")
+    images_path, labels_path = contract.fashion_mnist_files(split, root)
     raw = read_idx(images_path)
     labels = torch.from_numpy(read_idx(labels_path).astype(np.int64))
     return LabelledImages("fashion-mnist", split, arrays_to_model_input(raw, size), labels, list(FASHION_MNIST_CLASSES))
-
-
-def _find_idx(directory: Path, stem: str) -> Path:
-    for candidate in (directory / f"{stem}.gz", directory / stem):
-        if candidate.is_file():
-            return candidate
-    raise DatasetNotFoundError(
-        f"Fashion-MNIST file {stem}[.gz] not found in {directory}: install it with "
-        f"'apt-get install dataset-fashion-mnist' or point --data-dir / {FASHION_MNIST_ENV} at the IDX files"
-    )
 
 
 def read_idx(path: Path) -> np.ndarray[Any, Any]:

@@ -3,31 +3,24 @@
 from __future__ import annotations
 
 import io
-import os
 import zlib
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from dyntta.data.datasets import FASHION_MNIST_DEFAULT_DIR, FASHION_MNIST_ENV, read_idx
+from dyntta.contract import DatasetNotFoundError, fashion_mnist_files
+from dyntta.data.datasets import read_idx
 
 
 def fmnist_raw(split: str, count: int) -> tuple[np.ndarray, np.ndarray]:
     """The first ``count`` raw 28x28 grayscale images and labels of a Fashion-MNIST split (IDX files)."""
-    prefix = "train" if split == "train" else "t10k"
-    directory = Path(os.environ.get(FASHION_MNIST_ENV) or FASHION_MNIST_DEFAULT_DIR)
-
-    def find(stem: str) -> Path:
-        for candidate in (directory / f"{stem}.gz", directory / stem):
-            if candidate.is_file():
-                return candidate
-        pytest.skip(f"Fashion-MNIST file {stem} not in {directory} (apt-get install dataset-fashion-mnist)")
-
-    images = read_idx(find(f"{prefix}-images-idx3-ubyte"))[:count]
-    return images, read_idx(find(f"{prefix}-labels-idx1-ubyte"))[:count].astype(np.int64)
+    try:
+        images_path, labels_path = fashion_mnist_files(split)
+    except DatasetNotFoundError as missing:
+        pytest.skip(str(missing))
+    return read_idx(images_path)[:count], read_idx(labels_path)[:count].astype(np.int64)
 
 
 def png_bytes(array: np.ndarray) -> bytes:
