@@ -21,8 +21,6 @@ that the gateway and the command-line tools can use it without loading the ML st
 
 from __future__ import annotations
 
-import difflib
-import hashlib
 import math
 import os
 from collections.abc import Iterable
@@ -87,6 +85,8 @@ def _expand(raw: str) -> tuple[str, ...]:
         return BENCHMARK_CORRUPTIONS
     if key == "all":
         return CORRUPTIONS
+    import difflib  # only on this error path: importing it costs as much as the rest of the module
+
     close = difflib.get_close_matches(key, [*CORRUPTIONS, *BENCHMARK_GROUPS], n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     raise ValueError(
@@ -240,6 +240,8 @@ def softmax(logits: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """Hex sha256 of a file, read in 1 MiB blocks."""
+    import hashlib
+
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
