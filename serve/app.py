@@ -18,7 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image
 
 from dyntta.version import __version__
-from serve.admission import Admission
+from serve.admission import Admission, AdmissionGate
 from serve.config import Settings
 from serve.decode_pool import DecodePool
 from serve.errors import install_error_handlers
@@ -101,6 +101,7 @@ def create_app(settings: Settings | None = None, triton_grpc: str | Sequence[str
 
     # added last = outermost: request id, security headers and metrics see every response, including the
     # 401s, 403s and 413s answered (before any body is read) by the guards and the size limit
+    app.add_middleware(AdmissionGate, admission=admission, paths=("/v1/classify", "/v1/enhance"))
     app.add_middleware(BodySizeLimit, limit_for=limit_for)
     app.add_middleware(ApiKeyGuard, keys=settings.api_keys, protected=protected)
     if not settings.api_keys:

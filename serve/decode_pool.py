@@ -98,6 +98,16 @@ class _Worker:
         self.conn.close()
 
 
+def _pong() -> str:
+    return "pong"
+
+
+def _ping(worker: _Worker) -> None:
+    worker.conn.send((_pong, ()))
+    if not worker.conn.poll(60) or worker.conn.recv() != ("ok", "pong"):
+        raise RuntimeError("a decoding process did not start")
+
+
 class DecodePool:
     """``workers`` decoding processes; :meth:`run` sends ``fn(*args)`` (picklable, module-level) to an idle
     one and returns its result, re-raising :class:`serve.errors.ApiError` s raised there.
@@ -123,6 +133,9 @@ class DecodePool:
 
     async def open(self) -> None:
         await asyncio.to_thread(self.start)
+        # one round trip each: a forked worker still runs multiprocessing's start-up (it re-imports the main
+        # module), which the first real request must not wait for
+        await asyncio.gather(*(asyncio.to_thread(_ping, w) for w in self._workers))
         self._idle = asyncio.Queue()
         for worker in self._workers:
             self._idle.put_nowait(worker)

@@ -208,21 +208,20 @@ INLINE_MAX_BYTES = 32 * 1024
 INLINE_MAX_PIXELS = 256 * 256
 
 
-def cheap_to_decode(uploads: Sequence[Upload]) -> bool:
-    """True when every upload is small in bytes and in declared pixels (header only; nothing decoded)."""
+def cheap_to_decode(uploads: Sequence[Upload], max_pixels: int, max_total_pixels: int | None = None) -> bool:
+    """True when the uploads may be decoded on the event loop. Small uploads (a few KB together, so even
+    Pillow's Python header parsing is bounded) have their headers checked here, so that a refusal (413,
+    415, 400) needs no decoding process; they are cheap when they also declare few pixels."""
     if sum(len(u.data) for u in uploads) > INLINE_MAX_BYTES:
         return False
-    for upload in uploads:
-        if sniff_format(upload.data) is None:
-            return True  # refused at once by decode_batch, no decoding happens
-        try:
-            with Image.open(io.BytesIO(upload.data), formats=ALLOWED_FORMATS) as image:
-                width, height = image.size
-        except Exception:  # broken header: decode_batch reports it, cheaply
-            continue
-        if width * height > INLINE_MAX_PIXELS:
-            return False
-    return True
+    budget = PixelBudget(max_pixels, max_total_pixels)
+    for i, upload in enumerate(uploads):
+        name = upload.filename or f"image{i}"
+        check_content_type(upload.content_type, name)
+        if not upload.data:
+            raise BadImage(f"{name}: empty file")
+        open_header(upload.data, budget=budget, name=name).close()
+    return budget.used <= INLINE_MAX_PIXELS
 
 
 def encode_png(pixels: np.ndarray) -> bytes:

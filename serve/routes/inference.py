@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, File, Query, UploadFile
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from dyntta.contract import softmax
 from serve.config import Settings
 from serve.decode_pool import DecodePool
 from serve.deps import AdmissionDep, BackendDep, DecoderDep, MetricsDep, SettingsDep, require_api_key
@@ -36,7 +37,7 @@ async def decode(uploads: list[Upload], size: int, settings: Settings, pool: Dec
     """Tiny uploads (their cost is bounded by their few bytes) are decoded on the event loop, faster than
     any hop; everything else in a decoding process under the per-request CPU limit (serve.decode_pool)."""
     limits = (size, settings.max_image_pixels, settings.max_request_pixels)
-    if cheap_to_decode(uploads):
+    if cheap_to_decode(uploads, settings.max_image_pixels, settings.max_request_pixels):
         return decode_batch(uploads, *limits)
     return await pool.run(decode_batch, uploads, *limits)
 
@@ -46,12 +47,6 @@ def _images(files: list[UploadFile] | None, file: list[UploadFile] | None) -> li
     if not images:
         raise MissingField("no image in the request: send multipart field 'files' (or 'file'), e.g. -F file=@x.jpg")
     return images
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
 
 
 @router.post(
