@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from functools import partial
 from typing import Annotated
 
@@ -10,7 +9,8 @@ from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, Upload
 from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
-from dyntta.evaluate.report import resolve_conditions
+from dyntta.contract import resolve_conditions
+from dyntta.evaluate.schema import Report
 from serve.deps import BackendDep, JobsDep, SettingsDep, require_api_key
 from serve.errors import BadRequest, Conflict, NotFound, UnsupportedMediaType
 from serve.evalset import BUILTIN_NAME, ZipLimits, builtin_compatible, builtin_files, read_imagefolder_zip
@@ -214,7 +214,7 @@ async def get_job(request: Request, job_id: JOB_ID, jobs: JobsDep) -> JobStatus:
 )
 async def get_report(request: Request, job_id: JOB_ID, jobs: JobsDep) -> RobustnessReport:
     job, text = await run_in_threadpool(_finished, jobs, job_id, REPORT_JSON, owner_of(request))
-    return RobustnessReport(job=job_status(job), report=json.loads(text))
+    return RobustnessReport(job=job_status(job), report=Report.model_validate_json(text))
 
 
 @router.get(
