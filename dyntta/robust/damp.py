@@ -2,7 +2,7 @@
 
 Each step splits the batch into M micro-batches; micro-batch m sees the weights ``w * (1 + sigma * xi_m)``
 with ``xi_m ~ N(0, I)`` drawn independently for every convolution / linear kernel and every normalisation
-scale (biases and BatchNorm shifts stay clean, as in the official code's ``kernel``/``scale`` leaves). The
+scale (biases and normalisation shifts stay clean, as in the official code's ``kernel``/``scale`` leaves). The
 gradient is the mean over micro-batches of the gradient *with respect to the perturbed tensor* (the
 official convention, no chain-rule factor ``1 + sigma * xi``); the optimizer then steps the clean weights,
 with weight decay on the clean weights. Evaluation uses the clean weights.
@@ -11,22 +11,30 @@ The M micro-batches run in parallel inside one forward/backward of the whole bat
 an SGD step costs: convolutions become grouped convolutions over M stacked perturbed kernels, linear
 layers batched matrix products, and BatchNorm normalises with the statistics of the whole batch (the
 official configs use synchronised BatchNorm) before applying each micro-batch's perturbed scale.
+
+Every normalisation scale is perturbed: BatchNorm, LayerNorm and GroupNorm (ViTs and ConvNeXts have no
+BatchNorm). A module is patched only if its class's forward is known (torch's, timm's Conv2dSame with its
+'SAME' padding, BatchNormAct2d with its activation, LayerNorm/LayerNorm2d); any other subclass with its own
+forward is refused with an error naming it, rather than silently run as its base class.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from timm.layers import BatchNormAct2d, Conv2dSame, LayerNorm2d
+from timm.layers import LayerNorm as TimmLayerNorm
+from timm.layers.padding import pad_same
 from torch import nn
 
 from dyntta.robust.registry import register_strategy
 from dyntta.robust.strategy import TrainingStrategy
 
-NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
 
 
 def _largest_divisor_at_most(n: int, m: int) -> int:
@@ -58,11 +66,13 @@ class _Perturbed:
         self.value = (param.detach().unsqueeze(0) * self.factor).requires_grad_(True)
 
 
-def _conv_forward(module: nn.Conv2d, perturbed: _Perturbed, m: int):
+def _conv_forward(module: nn.Conv2d, perturbed: _Perturbed, m: int, same_padding: bool = False):
     if module.padding_mode != "zeros":
         raise ValueError(f"DAMP supports zero-padded convolutions only, not padding_mode={module.padding_mode!r}")
 
     def forward(x: torch.Tensor) -> torch.Tensor:
+        if same_padding:  # timm Conv2dSame: TensorFlow 'SAME' padding, computed from the input size
+            x = pad_same(x, module.kernel_size, module.stride, module.dilation)
         weight = perturbed.value.reshape(m * module.out_channels, *module.weight.shape[1:])
         bias = module.bias.repeat(m) if module.bias is not None else None
         y = F.conv2d(
@@ -84,8 +94,8 @@ def _linear_forward(module: nn.Linear, perturbed: _Perturbed, m: int):
     return forward
 
 
-def _norm_forward(module: nn.modules.batchnorm._BatchNorm, perturbed: _Perturbed, m: int):
-    def forward(x: torch.Tensor) -> torch.Tensor:
+def _batch_statistics(module: nn.modules.batchnorm._BatchNorm) -> Callable[[torch.Tensor], torch.Tensor]:
+    def normalise(x: torch.Tensor) -> torch.Tensor:
         # Same statistics and running-average logic as nn.BatchNorm, without the affine part.
         momentum = 0.0 if module.momentum is None else module.momentum
         if module.training and module.track_running_stats and module.num_batches_tracked is not None:
@@ -94,7 +104,7 @@ def _norm_forward(module: nn.modules.batchnorm._BatchNorm, perturbed: _Perturbed
                 momentum = 1.0 / float(module.num_batches_tracked)
         use_batch = module.training or module.running_mean is None
         track = not module.training or module.track_running_stats
-        y = F.batch_norm(
+        return F.batch_norm(
             x,
             module.running_mean if track else None,
             module.running_var if track else None,
@@ -104,22 +114,108 @@ def _norm_forward(module: nn.modules.batchnorm._BatchNorm, perturbed: _Perturbed
             momentum,
             module.eps,
         )
-        shape = (m, 1, x.shape[1]) + (1,) * (x.dim() - 2)
-        y = y.reshape(m, -1, *x.shape[1:]) * perturbed.value.reshape(shape)
+
+    return normalise
+
+
+def _norm_forward(
+    module: nn.Module,
+    perturbed: _Perturbed,
+    m: int,
+    normalise: Callable[[torch.Tensor], torch.Tensor],
+    channels_last: bool,
+    after: Callable[[torch.Tensor], torch.Tensor] | None = None,
+):
+    """Normalise without the affine part, then each micro-batch's perturbed scale and the clean shift.
+    ``channels_last``: the scale's dimensions are the input's trailing ones (LayerNorm); else dimension 1."""
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        y = normalise(x).reshape(m, -1, *x.shape[1:])
+        scale_dims = perturbed.value.dim() - 1
+        if channels_last:
+            shape = (m, 1) + (1,) * (x.dim() - 1 - scale_dims) + tuple(perturbed.value.shape[1:])
+            bias_shape = tuple(perturbed.value.shape[1:])
+        else:
+            shape = (m, 1, x.shape[1]) + (1,) * (x.dim() - 2)
+            bias_shape = (x.shape[1],) + (1,) * (x.dim() - 2)
+        y = y * perturbed.value.reshape(shape)
         if module.bias is not None:
-            y = y + module.bias.reshape((1, 1, x.shape[1]) + (1,) * (x.dim() - 2))
-        return y.reshape(x.shape)
+            y = y + module.bias.reshape(bias_shape)
+        y = y.reshape(x.shape)
+        return after(y) if after is not None else y
 
     return forward
 
 
+def _patched_forward(name: str, module: nn.Module, perturbed: _Perturbed, m: int):
+    """The micro-batched forward of a module whose weight DAMP perturbs. Only classes whose forward is
+    known are patched (a subclass with its own forward would silently lose it); others are refused."""
+    kind = type(module)
+    if kind in (nn.Conv2d, Conv2dSame):
+        return _conv_forward(module, perturbed, m, same_padding=kind is Conv2dSame)
+    if isinstance(module, nn.Linear) and kind.forward is nn.Linear.forward:
+        return _linear_forward(module, perturbed, m)
+    if kind in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
+        return _norm_forward(module, perturbed, m, _batch_statistics(module), channels_last=False)
+    if kind is BatchNormAct2d:  # BatchNorm, then its own dropout and activation
+        return _norm_forward(
+            module,
+            perturbed,
+            m,
+            _batch_statistics(module),
+            channels_last=False,
+            after=lambda y: module.act(module.drop(y)),
+        )
+    if kind in (nn.LayerNorm, TimmLayerNorm):  # over the trailing normalized_shape
+        return _norm_forward(
+            module,
+            perturbed,
+            m,
+            lambda x: F.layer_norm(x, module.normalized_shape, None, None, module.eps),
+            channels_last=True,
+        )
+    if kind is LayerNorm2d:  # timm: LayerNorm over the channels of NCHW
+        return _norm_forward(
+            module,
+            perturbed,
+            m,
+            lambda x: F.layer_norm(x.permute(0, 2, 3, 1), module.normalized_shape, None, None, module.eps).permute(
+                0, 3, 1, 2
+            ),
+            channels_last=False,
+        )
+    if kind is nn.GroupNorm:
+        return _norm_forward(
+            module,
+            perturbed,
+            m,
+            lambda x: F.group_norm(x, module.num_groups, None, None, module.eps),
+            channels_last=False,
+        )
+    raise ValueError(
+        f"DAMP cannot perturb module {name!r} ({kind.__module__}.{kind.__qualname__}): its forward is not one "
+        "DAMP knows how to run per micro-batch (supported: nn.Conv2d, timm Conv2dSame, nn.Linear, BatchNorm, "
+        "timm BatchNormAct2d, LayerNorm, timm LayerNorm/LayerNorm2d, GroupNorm)"
+    )
+
+
 def perturbable_modules(model: nn.Module) -> list[nn.Module]:
-    """Modules whose kernel / scale DAMP perturbs."""
-    return [
-        mod
-        for mod in model.modules()
-        if isinstance(mod, nn.Conv2d | nn.Linear) or (isinstance(mod, NORM_TYPES) and mod.affine)
-    ]
+    """Modules whose kernel / scale DAMP (and SAM/ASAM) perturb: convolutions, linear layers and the scale of
+    every affine normalisation (BatchNorm, LayerNorm, GroupNorm), subclasses included."""
+    return [module for _, module in named_perturbable_modules(model)]
+
+
+def named_perturbable_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    out = []
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, nn.Parameter):
+            continue
+        if isinstance(module, nn.Conv2d | nn.Linear) or (isinstance(module, NORM_TYPES) and weight is not None):
+            out.append((name, module))
+        elif isinstance(module, nn.Conv1d | nn.Conv3d | nn.ConvTranspose2d):
+            raise ValueError(f"DAMP cannot perturb module {name!r} ({type(module).__qualname__}): unsupported kind")
+    return out
 
 
 @contextlib.contextmanager
@@ -127,14 +223,9 @@ def multiplicative_noise(model: nn.Module, sigma: float, m: int) -> Iterator[lis
     """Within the context, ``model`` runs M micro-batches in parallel, each with its own perturbed weights."""
     patched: list[tuple[nn.Module, _Perturbed]] = []
     try:
-        for module in perturbable_modules(model):
+        for name, module in named_perturbable_modules(model):
             perturbed = _Perturbed(module.weight, m, sigma)
-            if isinstance(module, nn.Conv2d):
-                module.forward = _conv_forward(module, perturbed, m)
-            elif isinstance(module, nn.Linear):
-                module.forward = _linear_forward(module, perturbed, m)
-            else:
-                module.forward = _norm_forward(module, perturbed, m)
+            module.forward = _patched_forward(name, module, perturbed, m)
             patched.append((module, perturbed))
         yield [p for _, p in patched]
     finally:
@@ -183,7 +274,8 @@ class DAMP(TrainingStrategy):
             **super().describe(),
             "sigma": self.sigma,
             "micro_batches": self.micro_batches,
-            "perturbed": "conv/linear kernels and BatchNorm scales, N(1, sigma^2) per micro-batch",
+            "perturbed": "conv/linear kernels and every normalisation scale (BatchNorm, LayerNorm, GroupNorm), "
+            "N(1, sigma^2) per micro-batch",
             "gradient": "w.r.t. the perturbed tensors (official convention)",
             "batchnorm": "statistics of the whole batch (synchronised across micro-batches)",
         }
