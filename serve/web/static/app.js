@@ -10,6 +10,15 @@ function headers() {
   return keyInput.value ? { "X-API-Key": keyInput.value } : {};
 }
 
+// With an API key every /v1 route needs the header, which a plain link cannot send: fetch, then open.
+async function openWithKey(event) {
+  if (!keyInput.value) return;
+  event.preventDefault();
+  const response = await fetch(event.currentTarget.href, { headers: headers() });
+  if (!response.ok) { alert(await errorText(response)); return; }
+  window.open(URL.createObjectURL(await response.blob()), "_blank", "noopener");
+}
+
 async function errorText(response) {
   try {
     const body = await response.json();
@@ -109,6 +118,7 @@ async function refreshJobs() {
       json.href = job.report_url;
       json.textContent = "JSON";
       link.append(a, " · ", json);
+      for (const anchor of [a, json]) anchor.addEventListener("click", openWithKey);
     }
     row.append(link);
     body.append(row);
