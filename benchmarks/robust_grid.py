@@ -1,0 +1,388 @@
+"""The fair-budget robust-training grid (issue 14): every method fine-tunes the same converged recognizer.
+
+Protocol. Every run starts from ``--init`` (default: the committed default recognizer) and fine-tunes for
+``--epochs`` (3) on the 54,000-image training split (the default recognizer's own split: validation 10 %,
+seed 0) with no warm-up; SGD at lr 0.01 with a cosine decay, except AdvBN, which keeps its paper's schedule
+(lr 1e-3, step decay). The ERM fine-tune of the same length is the control. Seeds: 3 for ERM and DPL, 2
+for the others. DAMP's sigma is chosen by validation accuracy among ``--damp-sigmas`` on seed 0 (the only
+seed whose validation split is held out from the starting model's training), then its seed 1 runs.
+
+Evaluation of every result: clean accuracy on all 10,000 test images; Fashion-MNIST-C (15 benchmark
+corruptions x 5 severities, ``dyntta.corruptions`` seed 0, 8-bit) on a FIXED SUBSET of the first
+``--c-images`` (2,000) test images; L-inf PGD (eps 8/255, 10 steps of 2/255, random start) on the first
+``--pgd-images`` (1,000). Learn2Perturb is evaluated with the authors' protocol (noise on, one draw per
+forward pass, shared by the batch) and attacked through exactly that model; its exported deterministic
+model is reported separately (``l2p-det``).
+
+Resumable: each training run lives in ``ROOT/runs/NAME`` (an interrupted run resumes from its
+``train_state.pt``) and each evaluation is a file ``ROOT/eval/NAME/KIND.json``; finished work is skipped.
+At most ``--workers`` processes run at once. ``ROOT/table.md`` (and ``results.json``) are rewritten as
+results arrive.
+
+    nice -n 10 uv run python -m benchmarks.robust_grid                       # the whole grid, one process
+    nice -n 10 uv run python -m benchmarks.robust_grid --workers 2
+    uv run python -m benchmarks.robust_grid --train-subset 256 --c-images 20 --pgd-images 20 \\
+        --test-images 200 --epochs 1 --root var/robust-grid-smoke --methods erm dpl l2p \\
+        --extra-args dpl:hvp_images=32 dpl:max_iterations=3 --workers 2                     # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_INIT = "checkpoints/fashion-mnist/recognizer"
+SEEDS = {"erm": 3, "dpl": 3, "damp": 2, "advbn": 2, "l2p": 2, "sam": 2, "asam": 2}
+METHOD_ARGS: dict[str, list[str]] = {
+    "erm": [],
+    "dpl": [],  # seed=N is added per run (its Hessian sample)
+    "damp": ["micro_batches=8"],
+    "advbn": [],
+    "l2p": ["eval_samples=1"],  # the authors' protocol: one noise draw per forward pass
+    "sam": [],
+    "asam": [],
+}
+EVALS = ("clean", "corrupted", "pgd")
+# issue 14's targets against the ERM fine-tune (mean over seeds), in points
+TARGETS = {
+    "dpl": "clean >= +0.2 and F-MNIST-C not lower",
+    "damp": "F-MNIST-C >= +2 at <= 0.5 clean loss",
+    "advbn": "F-MNIST-C >= +2 at <= 0.5 clean loss",
+    "l2p": "PGD >= +10",
+}
+
+
+@dataclass
+class Run:
+    name: str
+    method: str
+    seed: int
+    args: list[str] = field(default_factory=list)
+
+
+def plan(options: argparse.Namespace, root: Path) -> list[Run]:
+    """Every training run; DAMP's later seeds only once its sigma has been chosen (else left out)."""
+    runs: list[Run] = []
+    for method in options.methods:
+        if method == "damp":
+            for sigma in options.damp_sigmas:
+                runs.append(Run(f"damp-s{sigma}-seed0", "damp", 0, [*METHOD_ARGS["damp"], f"sigma={sigma}"]))
+            chosen = chosen_sigma(options, root)
+            if chosen is not None:
+                for seed in range(1, SEEDS["damp"]):
+                    runs.append(
+                        Run(f"damp-s{chosen}-seed{seed}", "damp", seed, [*METHOD_ARGS["damp"], f"sigma={chosen}"])
+                    )
+            continue
+        for seed in range(SEEDS[method]):
+            extra = [f"seed={seed}"] if method == "dpl" else []
+            runs.append(Run(f"{method}-seed{seed}", method, seed, [*METHOD_ARGS[method], *extra]))
+    return runs
+
+
+def train_argv(run: Run, options: argparse.Namespace, root: Path) -> list[str]:
+    argv = [
+        sys.executable, "-m", "dyntta.train", "recognizer",
+        "--data", "fashion-mnist", "--arch", options.arch, "--init", options.init,
+        "--epochs", str(options.epochs), "--method", run.method, "--seed", str(run.seed),
+        "--val-fraction", "0.1", "--warmup-epochs", "0",
+        "--threads", str(options.threads), "--device", options.device,
+        "--out", str(root / "runs" / run.name),
+    ]  # fmt: skip
+    if run.method != "advbn":  # AdvBN keeps its paper's lr 1e-3 and step decay
+        argv += ["--lr", str(options.lr)]
+    if options.train_subset:
+        argv += ["--train-subset", str(options.train_subset)]
+    extra = [a.split(":", 1)[1] for a in options.extra_args if a.split(":", 1)[0] == run.method]
+    if run.args or extra:
+        argv += ["--method-args", *run.args, *extra]
+    return argv
+
+
+def trained(root: Path, name: str) -> bool:
+    config = root / "runs" / name / "config.json"
+    return config.is_file() and "test_accuracy" in json.loads(config.read_text()).get("metrics", {})
+
+
+def chosen_sigma(options: argparse.Namespace, root: Path) -> float | None:
+    """The DAMP sigma with the best final validation accuracy on seed 0, once all candidates finished."""
+    scores = {}
+    for sigma in options.damp_sigmas:
+        name = f"damp-s{sigma}-seed0"
+        if not trained(root, name):
+            return None
+        history = json.loads((root / "runs" / name / "config.json").read_text())["metrics"]["history"]
+        scores[sigma] = history[-1].get("val_accuracy") or 0.0
+    return max(scores, key=lambda s: scores[s])
+
+
+# --- evaluation (runs in its own process: python -m benchmarks.robust_grid --evaluate NAME KIND) ---------
+
+
+def evaluate(name: str, kind: str, options: argparse.Namespace, root: Path) -> dict[str, Any]:
+    import torch
+
+    from dyntta.corruptions import BENCHMARK_NAMES, IMPLEMENTATION_VERSION, corrupt
+    from dyntta.data import load_dataset, to_float
+    from dyntta.models import load_recognizer
+    from dyntta.robust.attacks import pgd_linf
+    from dyntta.robust.l2p import load_noisy_recognizer
+
+    torch.set_num_threads(options.threads)
+    device = torch.device(
+        "cuda" if options.device == "cuda" or (options.device == "auto" and torch.cuda.is_available()) else "cpu"
+    )
+    run_name = name.removesuffix("-det")
+    directory = root / "runs" / run_name
+    if run_name.startswith("l2p") and not name.endswith("-det"):
+        model = load_noisy_recognizer(directory, k=1)  # noise on, one draw per forward (the authors')
+    else:
+        model = load_recognizer(directory)
+    model = model.to(device).eval()
+    test = load_dataset("fashion-mnist", "test")
+    n_test = min(options.test_images, len(test))
+    x_all, y_all = to_float(test.images[:n_test]), test.labels[:n_test]
+    torch.manual_seed(0)
+
+    def accuracy(images: torch.Tensor, labels: torch.Tensor) -> float:
+        correct = 0
+        with torch.no_grad():
+            for s in range(0, len(images), 500):
+                correct += (model(images[s : s + 500].to(device)).argmax(1).cpu() == labels[s : s + 500]).sum().item()
+        return correct / len(images)
+
+    if kind == "clean":
+        return {"clean": accuracy(x_all, y_all), "images": n_test}
+    if kind == "corrupted":
+        x, y = x_all[: options.c_images], y_all[: options.c_images]
+        values = {}
+        for corruption in BENCHMARK_NAMES:
+            for severity in range(1, 6):
+                xc = corrupt(x, corruption, severity, seed=0).mul(255).floor().div(255)
+                values[f"{corruption}/{severity}"] = accuracy(xc, y)
+        return {
+            "corrupted": sum(values.values()) / len(values),
+            "clean_subset": accuracy(x, y),
+            "per_condition": values,
+            "images": len(x),
+            "protocol": f"dyntta.corruptions v{IMPLEMENTATION_VERSION}, 15 x 5, seed 0, first {len(x)} test "
+            "images (fixed subset), 8-bit truncated",
+        }
+    if kind == "pgd":
+        x, y = x_all[: options.pgd_images], y_all[: options.pgd_images]
+        correct = 0
+        for s in range(0, len(x), 250):
+            xb, yb = x[s : s + 250].to(device), y[s : s + 250].to(device)
+            # the attacked model is exactly the model that predicts (for L2P: the single-draw noisy one)
+            adv = pgd_linf(model, xb, yb, eps=8 / 255, steps=10, step_size=2 / 255, random_start=True)
+            with torch.no_grad():
+                correct += (model(adv).argmax(1) == yb).sum().item()
+        return {"pgd": correct / len(x), "images": len(x), "eps": 8 / 255, "steps": 10, "step_size": 2 / 255}
+    raise ValueError(f"unknown evaluation {kind!r}")
+
+
+# --- the table ------------------------------------------------------------------------------------------
+
+
+def collect(root: Path) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for directory in sorted((root / "eval").glob("*")):
+        values = {}
+        for kind in EVALS:
+            path = directory / f"{kind}.json"
+            if path.is_file():
+                values[kind] = json.loads(path.read_text())[kind]
+        out[directory.name] = values
+    return out
+
+
+def group_of(name: str) -> str:
+    """``dpl-seed1`` -> ``dpl``; ``damp-s0.1-seed0`` -> ``damp-s0.1``; ``l2p-seed0-det`` -> ``l2p-det``."""
+    base, _, rest = name.partition("-seed")
+    return base + ("-det" if rest.endswith("-det") else "")
+
+
+def summarise(results: dict[str, dict[str, float]]) -> dict[str, dict[str, Any]]:
+    groups: dict[str, list[dict[str, float]]] = {}
+    for name, values in results.items():
+        groups.setdefault(group_of(name), []).append(values)
+    summary = {}
+    for group, members in groups.items():
+        row: dict[str, Any] = {"seeds": len(members)}
+        for kind in EVALS:
+            values = [100 * m[kind] for m in members if kind in m]
+            if values:
+                row[kind] = (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values))
+        summary[group] = row
+    return summary
+
+
+def verdict(group: str, row: dict[str, Any], erm: dict[str, Any]) -> str:
+    method = group.split("-")[0]
+    if method not in TARGETS or group.endswith("-det") or not all(k in row and k in erm for k in EVALS):
+        return ""
+    d = {k: row[k][0] - erm[k][0] for k in EVALS}
+    met = {
+        "dpl": d["clean"] >= 0.2 and d["corrupted"] >= 0,
+        "damp": d["corrupted"] >= 2 and d["clean"] >= -0.5,
+        "advbn": d["corrupted"] >= 2 and d["clean"] >= -0.5,
+        "l2p": d["pgd"] >= 10,
+    }[method]
+    return f"{TARGETS[method]}: **{'met' if met else 'missed'}**"
+
+
+def table(root: Path, options: argparse.Namespace) -> str:
+    summary = summarise(collect(root))
+    erm = summary.get("erm", {})
+    lines = [
+        f"Fine-tunes of `{options.init}` for {options.epochs} epoch(s); clean: {options.test_images} test images; "
+        f"F-MNIST-C: 15 x 5 on the first {options.c_images} test images (a fixed subset); PGD eps 8/255, "
+        f"10 steps, first {options.pgd_images} test images. Mean +- std over seeds (points). A difference to "
+        "the ERM fine-tune counts as larger than the seed spread when |diff| > the larger of the two stds.",
+        "",
+        "| method | seeds | clean | diff | F-MNIST-C | diff | PGD | diff | target |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for group, row in sorted(summary.items(), key=lambda kv: (kv[0] != "erm", kv[0])):
+        cells = []
+        for kind in EVALS:
+            if kind not in row:
+                cells += ["", ""]
+                continue
+            mean, std, _ = row[kind]
+            cells.append(f"{mean:.2f} +- {std:.2f}")
+            if group == "erm" or kind not in erm:
+                cells.append("")
+            else:
+                diff = mean - erm[kind][0]
+                beyond = abs(diff) > max(std, erm[kind][1])
+                cells.append(f"{diff:+.2f}{' (beyond spread)' if beyond else ' (within spread)'}")
+        lines.append(f"| {group} | {row['seeds']} | {' | '.join(cells)} | {verdict(group, row, erm)} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_table(root: Path, options: argparse.Namespace) -> None:
+    (root / "table.md").write_text(table(root, options))
+    (root / "results.json").write_text(json.dumps(collect(root), indent=2) + "\n")
+
+
+# --- the scheduler --------------------------------------------------------------------------------------
+
+
+def common_flags(options: argparse.Namespace) -> list[str]:
+    flags = [
+        "--root", str(options.root), "--init", options.init, "--arch", options.arch,
+        "--epochs", str(options.epochs), "--lr", str(options.lr), "--threads", str(options.threads),
+        "--device", options.device, "--test-images", str(options.test_images),
+        "--c-images", str(options.c_images), "--pgd-images", str(options.pgd_images),
+        "--damp-sigmas", *map(str, options.damp_sigmas), "--methods", *options.methods,
+    ]  # fmt: skip
+    if options.train_subset:
+        flags += ["--train-subset", str(options.train_subset)]
+    if options.extra_args:
+        flags += ["--extra-args", *options.extra_args]
+    return flags
+
+
+def pending_jobs(options: argparse.Namespace, root: Path, running: set[str]) -> list[tuple[str, list[str]]]:
+    """Jobs whose inputs exist and whose output does not: (key, argv)."""
+    jobs = []
+    for run in plan(options, root):
+        key = f"train:{run.name}"
+        if not trained(root, run.name):
+            if key not in running:
+                jobs.append((key, train_argv(run, options, root)))
+            continue
+        names = [run.name, f"{run.name}-det"] if run.method == "l2p" else [run.name]
+        for name in names:
+            for kind in EVALS:
+                key = f"eval:{name}:{kind}"
+                if key not in running and not (root / "eval" / name / f"{kind}.json").is_file():
+                    argv = [sys.executable, "-m", "benchmarks.robust_grid", *common_flags(options)]
+                    jobs.append((key, [*argv, "--evaluate", name, kind]))
+    return jobs
+
+
+def run_grid(options: argparse.Namespace) -> int:
+    root = Path(options.root)
+    (root / "logs").mkdir(parents=True, exist_ok=True)
+    running: dict[str, tuple[subprocess.Popen, float]] = {}
+    failed: set[str] = set()
+    started = time.perf_counter()
+    write_table(root, options)
+    while True:
+        todo = [(k, a) for k, a in pending_jobs(options, root, set(running)) if k not in failed]
+        while todo and len(running) < options.workers:
+            key, argv = todo.pop(0)
+            log = open(root / "logs" / (key.replace(":", "_") + ".log"), "a")  # noqa: SIM115 - closed with the job
+            print(f"[{time.perf_counter() - started:7.0f} s] start {key}", flush=True)
+            running[key] = (
+                subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy()),
+                time.perf_counter(),
+            )
+        if not running:
+            break
+        time.sleep(2)
+        for key, (process, since) in list(running.items()):
+            if process.poll() is None:
+                continue
+            del running[key]
+            took = time.perf_counter() - since
+            if process.returncode:
+                failed.add(key)
+                print(f"FAILED {key} (exit {process.returncode}; see {root / 'logs'})", flush=True)
+            else:
+                print(f"[{time.perf_counter() - started:7.0f} s] done  {key} in {took:.0f} s", flush=True)
+                write_table(root, options)
+    write_table(root, options)
+    print(table(root, options))
+    return 1 if failed else 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", default="var/robust-grid")
+    parser.add_argument("--init", default=DEFAULT_INIT)
+    parser.add_argument("--arch", default="resnet18_half")
+    parser.add_argument("--methods", nargs="+", default=list(SEEDS), choices=list(SEEDS))
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--damp-sigmas", nargs="+", type=float, default=[0.05, 0.1, 0.2])
+    parser.add_argument("--train-subset", type=int, default=None, help="smoke tests only")
+    parser.add_argument(
+        "--extra-args",
+        nargs="+",
+        default=[],
+        metavar="METHOD:KEY=VALUE",
+        help="more method hyper-parameters, e.g. dpl:max_iterations=3 (smoke tests)",
+    )
+    parser.add_argument("--test-images", type=int, default=10000)
+    parser.add_argument("--c-images", type=int, default=2000)
+    parser.add_argument("--pgd-images", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=1, help="processes at once")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--evaluate", nargs=2, metavar=("RUN", "KIND"), help=argparse.SUPPRESS)
+    options = parser.parse_args()
+    if options.evaluate:
+        name, kind = options.evaluate
+        result = evaluate(name, kind, options, Path(options.root))
+        path = Path(options.root) / "eval" / name / f"{kind}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        partial.write_text(json.dumps(result, indent=2) + "\n")
+        partial.replace(path)  # a finished evaluation only ever appears whole
+        return 0
+    return run_grid(options)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
