@@ -5,6 +5,19 @@ Every operation takes images (B, 3, H, W) in [0, 1] and, when parameterised, one
 is the identity (the published DynTTA code starts several ops far from identity).
 Colour ops come from kornia; the rest are a few tensor lines each, written to export to ONNX without
 per-image Python loops.
+
+Differences from the published op bank (DynTTA, Enomoto et al. 2024), on purpose:
+- ranges: brightness +-0.6 additive (as published); contrast exp(2 tanh m) in [0.14, 7.4] about the image
+  mean (published: multiplicative x * 3 sigmoid(m)); saturation exp(1.6 tanh m) in [0.2, 5] (published
+  5 sigmoid(m) in [0, 5]); hue pi tanh(m), +-180 degrees (published 2 tanh(m) radians, +-115 degrees);
+  gamma exp(1.1 tanh m) in [0.33, 3] (published 3 sigmoid(m) in [0, 3]); sharpness exp(1.6 tanh m) in
+  [0.2, 5] (published 10 sigmoid(m) in [0, 10]); equalize with 64 bins (published 256); invert is 1 - x
+  (published: the batch-global maximum minus x, which makes outputs depend on other requests).
+- clamps: the published brightness, contrast, gamma and saturation clamp their own outputs to [0, 1]
+  before the blend; here only the blend is clamped (in the enhancer's forward). Per-op clamps would change
+  the committed enhancer's outputs and its exported model (trained without them). Measured on the
+  committed enhancer (first 500 test images; results in docs/RESULTS.md, H8 section), per-op clamping
+  changes outputs near saturation only, and its top-1 effect is reported there.
 """
 
 from __future__ import annotations
