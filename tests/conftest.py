@@ -15,7 +15,7 @@ torch.set_num_threads(2)
 
 # Markers follow from what a test uses, so a new test is marked without anyone remembering to:
 # a fixture (direct or through other fixtures) or its module. Explicit @pytest.mark.slow works too.
-TRITON_FIXTURES = {"triton", "make_gateway", "gateway"}
+TRITON_FIXTURES = {"triton", "make_gateway", "gateway", "gateway_repository"}  # the last: for `python -m serve`
 TRITON_MODULES = {"test_triton.py", "test_faults.py", "test_replicas.py"}
 BROWSER_FIXTURES = {"browser"}
 BROWSER_MODULES = {"test_browser.py"}
