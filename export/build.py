@@ -164,15 +164,30 @@ def _produced_by(command: str) -> dict[str, Any]:
     }
 
 
-def _export_recognizer(
-    recognizer: nn.Module, work: Path, input_size: int, images: np.ndarray, data: str, options: ExportOptions
+@dataclass(frozen=True)
+class _Kind:
+    """What differs between exporting the recognizer and the enhancer."""
+
+    name: str
+    wrapper: Callable[[nn.Module, torch.dtype], nn.Module]  # the serving wrapper (uint8 NHWC in)
+    output: str
+    parity: Callable[..., dict[str, Any]]
+
+
+_RECOGNIZER = _Kind(RECOGNIZER, RecognizerForServing, onnx_export.LOGITS, recognizer_parity)
+_ENHANCER = _Kind(ENHANCER, EnhancerForServing, onnx_export.ENHANCED_IMAGE, enhancer_parity)
+
+
+def _export_checked(
+    kind: _Kind, module: nn.Module, work: Path, input_size: int, images: np.ndarray, data: str, options: ExportOptions
 ) -> _Exported:
+    """Wrap, export at the chosen precision, compare with PyTorch, measure batch dependence."""
     # The reference wrapper stays float32: an fp16 graph is judged against the model as trained.
-    reference = RecognizerForServing(recognizer.eval()).eval()
-    net = RecognizerForServing(copy.deepcopy(recognizer).eval().to(options.dtype), options.dtype)
-    path = export_module(net, work / "recognizer.onnx", input_size, onnx_export.LOGITS)
-    parity = recognizer_parity(reference, path, images, options.parity_tolerance(), data=data)
-    parity["batch_independence_max_diff"] = batch_independence(path, images[:8], onnx_export.LOGITS)
+    reference = kind.wrapper(module.eval(), torch.float32).eval()
+    net = kind.wrapper(copy.deepcopy(module).eval().to(options.dtype), options.dtype)
+    path = export_module(net, work / f"{kind.name}.onnx", input_size, kind.output)
+    parity = kind.parity(reference, path, images, options.parity_tolerance(), data=data)
+    parity["batch_independence_max_diff"] = batch_independence(path, images[:8], kind.output)
     return _Exported(path, parity, reference)
 
 
@@ -183,12 +198,7 @@ def _export_enhancer(
         path = export_identity_enhancer(work / "enhancer.onnx", input_size)
         note = "pass-through ONNX graph (one Identity node); no enhancer checkpoint given"
         return _Exported(path, {"model": "enhancer", "identity": True, "passed": True, "note": note})
-    reference = EnhancerForServing(enhancer.eval()).eval()
-    net = EnhancerForServing(copy.deepcopy(enhancer).eval().to(options.dtype), options.dtype)
-    path = export_module(net, work / "enhancer.onnx", input_size, onnx_export.ENHANCED_IMAGE)
-    parity = enhancer_parity(reference, path, images, options.parity_tolerance(), data=data)
-    parity["batch_independence_max_diff"] = batch_independence(path, images[:8], onnx_export.ENHANCED_IMAGE)
-    return _Exported(path, parity, reference)
+    return _export_checked(_ENHANCER, enhancer, work, input_size, images, data, options)
 
 
 def _check_batch_independence(exported: dict[str, _Exported], tolerance: Tolerance) -> None:
@@ -278,7 +288,7 @@ def export_repository(
     images, data = _parity_images(parity_images, input_size, options)
     with tempfile.TemporaryDirectory(prefix="dyntta-export-") as tmp:
         work = Path(tmp)
-        rec = _export_recognizer(recognizer, work, input_size, images, data, options)
+        rec = _export_checked(_RECOGNIZER, recognizer, work, input_size, images, data, options)
         log(
             f"recognizer parity ({options.precision}, {len(images)} {data} images): max |logit diff| "
             f"{rec.parity['max_abs_logit_diff']:.3g}, top-1 agreement {rec.parity['top1_agreement']:.4f}"

@@ -154,6 +154,17 @@ def _chunks(images: np.ndarray, size: int = 64) -> list[np.ndarray]:
     return [images[i : i + size] for i in range(0, len(images), size)]
 
 
+def _outputs(
+    module: nn.Module, onnx_path: str | os.PathLike[str], images: np.ndarray, output: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """``module``'s and the ONNX graph's ``output`` on uint8 NHWC ``images``, in chunks."""
+    session = cpu_session(onnx_path)
+    with torch.no_grad():
+        reference = np.concatenate([module(torch.from_numpy(c)).numpy() for c in _chunks(images)])
+    exported = np.concatenate([session.run([output], {IMAGE: c})[0] for c in _chunks(images)])
+    return reference, exported
+
+
 def recognizer_parity(
     module: nn.Module,
     onnx_path: str | os.PathLike[str],
@@ -164,10 +175,7 @@ def recognizer_parity(
     raise_on_failure: bool = True,
 ) -> dict[str, Any]:
     """Compare the ONNX recognizer with ``module`` (the serving wrapper) on uint8 NHWC ``images``."""
-    session = cpu_session(onnx_path)
-    with torch.no_grad():
-        reference = np.concatenate([module(torch.from_numpy(c)).numpy() for c in _chunks(images)])
-    exported = np.concatenate([session.run([LOGITS], {IMAGE: c})[0] for c in _chunks(images)])
+    reference, exported = _outputs(module, onnx_path, images, LOGITS)
     diff = float(np.abs(exported - reference).max())
     scale = float(np.abs(reference).max())
     agreement = float((exported.argmax(1) == reference.argmax(1)).mean())
@@ -196,10 +204,7 @@ def enhancer_parity(
     raise_on_failure: bool = True,
 ) -> dict[str, Any]:
     """Compare the ONNX enhancer with ``module`` (the serving wrapper): uint8 outputs, in levels."""
-    session = cpu_session(onnx_path)
-    with torch.no_grad():
-        reference = np.concatenate([module(torch.from_numpy(c)).numpy() for c in _chunks(images)])
-    exported = np.concatenate([session.run([ENHANCED_IMAGE], {IMAGE: c})[0] for c in _chunks(images)])
+    reference, exported = _outputs(module, onnx_path, images, ENHANCED_IMAGE)
     if exported.dtype != np.uint8 or exported.shape != images.shape:
         raise ParityError(f"enhancer output is {exported.dtype} {exported.shape}, expected uint8 {images.shape}")
     diff = np.abs(exported.astype(np.int16) - reference.astype(np.int16))
