@@ -43,9 +43,13 @@ class Admission:
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         """Hold one inference slot for the body of the ``async with``."""
-        refused = self.refusal()
-        if refused is not None:
-            raise refused
+        # draining is checked at arrival only (AdmissionGate): a request that came in before SIGTERM, body
+        # still uploading, is served, as a graceful shutdown promises
+        if self._slots.locked() and self.waiting >= self.max_waiting:
+            raise Overloaded(
+                f"gateway saturated: {self.in_flight} requests in flight and {self.waiting} waiting; retry later",
+                self.retry_after_s,
+            )
         if self._slots.locked():
             self.waiting += 1
             try:
