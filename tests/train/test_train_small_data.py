@@ -63,9 +63,10 @@ def enhancer_argv(recognizer: Path, data: Path, out: Path, *extra: str) -> list[
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """300 training images of 3 classes and a recognizer trained on them."""
-    data = make_image_folder(tmp_path_factory.mktemp("small"), per_class=100)
+    data = make_image_folder(tmp_path_factory.mktemp("small"), per_class=100, size=32)  # corruptions need 32 px
     recognizer = tmp_path_factory.mktemp("recognizer")
-    assert main(recognizer_argv(data, recognizer, "--epochs", "3", "--batch-size", "32")) == 0
+    argv = recognizer_argv(data, recognizer, "--epochs", "3", "--batch-size", "32", "--image-size", "32")
+    assert main(argv) == 0
     return data, recognizer
 
 
