@@ -28,11 +28,11 @@ from PIL import Image
 from tqdm import tqdm
 from tritonclient.utils import InferenceServerException
 
+from dyntta.contract import IMAGE_SUFFIXES as SUFFIXES
+from dyntta.contract import find_images, parse_classification, softmax
 from dyntta.data import to_model_input
 from serve.triton.errors import TritonError
 from serve.triton.urls import parse_triton_url
-
-SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
 
 @dataclass(frozen=True)
@@ -64,17 +64,8 @@ def describe(client: grpcclient.InferenceServerClient, name: str) -> Model:
     result = client.infer(
         name, [probe], outputs=[grpcclient.InferRequestedOutput(model.output_name, class_count=classes)]
     )
-    for entry in result.as_numpy(model.output_name).reshape(-1):
-        parts = entry.decode().split(":", 2)
-        if len(parts) == 3 and parts[1].isdigit() and int(parts[1]) < classes:
-            model.labels[int(parts[1])] = parts[2]
+    model.labels[:] = parse_classification(result.as_numpy(model.output_name).reshape(-1), classes)
     return model
-
-
-def find_images(root: Path) -> list[Path]:
-    if root.is_file():
-        return [root]
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
 
 
 def decode(paths: Sequence[Path], size: int) -> tuple[np.ndarray, list[str | None]]:
@@ -102,11 +93,6 @@ def batches(
         pixels, errors = pending.result()
         pending = pool.submit(decode, chunks[i + 1], size) if i + 1 < len(chunks) else None
         yield chunk, pixels, errors
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return exp / exp.sum(axis=1, keepdims=True)
 
 
 class Writer:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import lzma
-import os
 import re
 import stat
 import zipfile
@@ -27,13 +26,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from dyntta.contract import IMAGE_SUFFIXES as ZIP_IMAGE_SUFFIXES
+from dyntta.contract import is_image_path
 from serve.errors import ApiError, BadRequest, PayloadTooLarge
 from serve.imaging import PixelBudget, open_image
 
 if TYPE_CHECKING:
     from dyntta.data import LabelledImages
 
-ZIP_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 BUILTIN_NAME = "builtin"
 #: what zipfile can inflate; others (deflate64 = 9, PPMd, ...) raise NotImplementedError only when read
 _READABLE = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate", zipfile.ZIP_BZIP2: "bzip2"}
@@ -143,9 +143,7 @@ def read_imagefolder_zip(
         unknown: set[str] = set()
         for info in members:
             path = PurePosixPath(info.filename.replace("\\", "/"))
-            if info.is_dir() or path.suffix.lower() not in ZIP_IMAGE_SUFFIXES or len(path.parts) < 2:
-                continue
-            if any(part.startswith(".") or part == "__MACOSX" for part in path.parts):
+            if info.is_dir() or len(path.parts) < 2 or not is_image_path(path):
                 continue
             label = match_class(path.parent.name, labels)
             if label is None:
@@ -189,21 +187,10 @@ def builtin_compatible(labels: Sequence[str]) -> bool:
 def builtin_files() -> dict[str, Path]:
     """The Fashion-MNIST test files of the built-in set; DatasetNotFoundError if absent (checked at
     submission, so a gateway without the data answers 400 instead of queueing a job that must fail)."""
-    from dyntta.data.datasets import FASHION_MNIST_DEFAULT_DIR, FASHION_MNIST_ENV, DatasetNotFoundError
+    from dyntta.contract import fashion_mnist_files
 
-    directory = Path(os.environ.get(FASHION_MNIST_ENV) or FASHION_MNIST_DEFAULT_DIR)
-    found = {}
-    for stem in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
-        candidates = [directory / f"{stem}.gz", directory / stem]
-        path = next((c for c in candidates if c.is_file()), None)
-        if path is None:
-            raise DatasetNotFoundError(
-                f"the built-in evaluation set needs Fashion-MNIST ({stem}[.gz]) in "
-                f"{directory}: apt-get install dataset-fashion-mnist or set "
-                f"{FASHION_MNIST_ENV}"
-            )
-        found[stem] = path
-    return found
+    images, labels = fashion_mnist_files("test")
+    return {"t10k-images-idx3-ubyte": images, "t10k-labels-idx1-ubyte": labels}
 
 
 def load_builtin(size: int, num_images: int) -> LabelledImages:

@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry
 from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException
 
+from dyntta.contract import parse_classification
 from serve.errors import ApiError, BackendError, BackendTimeout, BackendUnavailable
 from serve.triton.pool import PoolCollector, Replica, ReplicaPool, ReplicaState, ReplicaStatus
 
@@ -176,12 +177,7 @@ class TritonBackend:
             raise BackendError(f"model {info.name!r} has a variable number of classes")
         pixels = np.zeros((1, info.input_size, info.input_size, 3), dtype=np.uint8)
         result = await self._call(info, pixels, class_count=num_classes)
-        labels = [str(i) for i in range(num_classes)]
-        for entry in result.as_numpy(info.output_name).reshape(-1):
-            parts = (entry.decode() if isinstance(entry, bytes) else str(entry)).split(":", 2)
-            if len(parts) == 3 and parts[1].isdigit() and int(parts[1]) < num_classes:
-                labels[int(parts[1])] = parts[2]
-        return tuple(labels)
+        return parse_classification(result.as_numpy(info.output_name).reshape(-1), num_classes)
 
     # --- inference ------------------------------------------------------------------------------------
 

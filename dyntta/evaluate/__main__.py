@@ -24,10 +24,11 @@ from dyntta.cli import UsageError
 from dyntta.contract import SELECTION_GROUPS, resolve_conditions
 from dyntta.corruptions import TABLE_NAMES
 from dyntta.data import load_dataset
+from dyntta.evaluate import sharded
 from dyntta.evaluate.classifiers import Classifier, load_classifier, load_enhanced_classifier
 from dyntta.evaluate.outputs import write_outputs
 from dyntta.evaluate.report import ReferenceErrors, alexnet_imagenet_c_reference
-from dyntta.evaluate.runner import ReportOptions, run_report
+from dyntta.evaluate.runner import ReportOptions
 from dyntta.evaluate.schema import Report
 
 ALEXNET = "alexnet"
@@ -122,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(config: ReportConfig, argv: list[str] | None = None) -> Report:
+def run(config: ReportConfig, argv: list[str] | None = None) -> Report | None:
     try:  # fail before loading anything
         names, levels = resolve_conditions(config.corruptions, config.severities)
     except ValueError as exc:
@@ -203,7 +204,9 @@ def run(config: ReportConfig, argv: list[str] | None = None) -> Report:
         cache_dir=None if config.no_cache else config.cache_dir,
         model_keys=model_keys,
     )
-    result = run_report(classifiers, data, options, reference=reference, header=header)
+    result = sharded.run_report(classifiers, data, options, reference=reference, header=header)
+    if result is None:  # under torchrun, rank 0 merges every rank's predictions and writes the report
+        return None
     paths = write_outputs(result, config.out, title=config.title, figures=not config.no_figures)
     print(json.dumps(_summary(result.report, config.out, paths)))
     return result.report

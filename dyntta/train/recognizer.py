@@ -42,6 +42,8 @@ class RecognizerTrainConfig:
     augment_policy: str | None = None
     method_args: list[str] | None = None
     init: str | None = None
+    warmup_epochs: float | None = None
+    schedule: str | None = None
     small_input_stem: bool = True
     sync_bn: bool = False
 
@@ -93,6 +95,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="under torchrun on CUDA: SyncBatchNorm (batch statistics over all ranks); refused on CPU",
     )
     parser.add_argument("--weight-decay", type=float, default=5e-4, help="optimizer weight decay")
+    parser.add_argument(
+        "--warmup-epochs",
+        type=float,
+        default=None,
+        help="linear learning-rate warm-up; default 1 epoch, none for a fine-tune (--init)",
+    )
+    parser.add_argument(
+        "--schedule",
+        default=None,
+        choices=["cosine", "step", "constant"],
+        help="learning-rate shape after the warm-up; default the method's (cosine; AdvBN: step x0.1 at half)",
+    )
     parser.add_argument("--label-smoothing", type=float, default=0.1, help="cross-entropy label smoothing")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="held-out part of train for validation")
     parser.add_argument("--train-subset", type=int, default=None, help="use only N training images (smoke runs)")
@@ -150,13 +164,19 @@ def run(args: argparse.Namespace) -> dict:
     strategy = create_strategy(
         config.method, label_smoothing=config.label_smoothing, **parse_method_args(config.method_args)
     )
-    lr = config.lr or (0.1 if config.optimizer == "sgd" else 1e-3) * config.batch_size / 128
+    # A method may bring its paper's fine-tuning learning rate and schedule (AdvBN: 1e-3, step decay).
+    default_lr = strategy.default_lr or (0.1 if config.optimizer == "sgd" else 1e-3) * config.batch_size / 128
+    lr = config.lr or default_lr
+    warmup = config.warmup_epochs if config.warmup_epochs is not None else (0.0 if config.init else 1.0)
+    schedule = config.schedule or strategy.schedule
     loop = LoopConfig(
         epochs=config.epochs,
         batch_size=config.batch_size,
         optimizer=config.optimizer,
         lr=lr,
         weight_decay=config.weight_decay,
+        warmup_epochs=warmup,
+        schedule=schedule,
         seed=config.seed,
         device=config.device,
         rounds=strategy.rounds,
@@ -186,7 +206,7 @@ def run(args: argparse.Namespace) -> dict:
         "lr": lr,
         "strategy": strategy.describe(),
         "augmentation": "random crop (pad size/8) + hflip",
-        "schedule": "1 warm-up epoch, cosine per step",
+        "schedule": f"{warmup:g} warm-up epoch(s), then {schedule} per step",
         "device": str(device),
         "world_size": world.size,
         "per_rank_batch": config.batch_size // world.size,
