@@ -23,7 +23,7 @@ from serve.config import Settings
 from serve.decode_pool import DecodePool
 from serve.errors import install_error_handlers
 from serve.inference import TritonBackend
-from serve.jobs import JobManager
+from serve.jobs import JobManager, JobStateCollector
 from serve.middleware import BodySizeLimit, Metrics, MetricsMiddleware
 from serve.observability import RequestIdMiddleware
 from serve.routes import health, inference, robustness, web
@@ -64,6 +64,7 @@ def create_app(settings: Settings | None = None, triton_grpc: str | Sequence[str
         # the store, the state-directory lock and the embedded worker process(es) (jobs never run here)
         jobs = await asyncio.to_thread(JobManager, settings, url)
         app.state.backend, app.state.jobs = backend, jobs
+        metrics.registry.register(JobStateCollector(jobs.store))  # jobs by state, from the store at scrape
         log.info("gateway ready: Triton gRPC at %s, state in %s", backend.url, settings.state_dir)
         try:
             yield

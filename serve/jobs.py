@@ -25,10 +25,12 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from serve.config import Settings
 from serve.errors import ShuttingDown, TooManyJobs
@@ -40,7 +42,18 @@ REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
 INPUT_NPZ = "input.npz"
 
-__all__ = ["ACTIVE", "FINAL", "INPUT_NPZ", "REPORT_HTML", "REPORT_JSON", "Job", "JobManager", "JobParams", "JobStore"]
+__all__ = [
+    "ACTIVE",
+    "FINAL",
+    "INPUT_NPZ",
+    "REPORT_HTML",
+    "REPORT_JSON",
+    "Job",
+    "JobManager",
+    "JobParams",
+    "JobStateCollector",
+    "JobStore",
+]
 
 
 def resolve_paths(settings: Settings) -> tuple[str, Path]:
@@ -122,6 +135,38 @@ def _die_with_parent() -> None:
 
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class JobStateCollector(Collector):
+    """``dyntta_gateway_robustness_jobs{state}``: jobs in each state, read from the store at scrape time.
+
+    Jobs finish in worker processes, possibly on other hosts, so no gateway-side counter could see them;
+    the store is the one place that knows, and a GROUP BY per scrape is cheap. Every gateway sharing the
+    store reports the same figures (aggregate them with max, not sum)."""
+
+    STATES = (*ACTIVE, *FINAL)
+
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            counts = self.store.count_by_status()
+        except Exception:  # noqa: BLE001 (a scrape must not fail because the database is briefly away)
+            log.warning("could not read job counts from the store", exc_info=True)
+            return
+        family = GaugeMetricFamily(
+            "dyntta_gateway_robustness_jobs", "robustness jobs in the store by state", labels=["state"]
+        )
+        for state in self.STATES:
+            family.add_metric([state], counts.get(state, 0))
+        yield family
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        # without it, registering would call collect() (a database query) just to learn the names
+        yield GaugeMetricFamily(
+            "dyntta_gateway_robustness_jobs", "robustness jobs in the store by state", labels=["state"]
+        )
 
 
 class JobManager:

@@ -129,9 +129,6 @@ class Metrics:
         self.in_flight = Gauge(
             "dyntta_gateway_requests_in_flight", "HTTP requests being handled", registry=self.registry
         )
-        self.jobs = Counter(
-            "dyntta_gateway_robustness_jobs", "robustness jobs by final state", ["state"], registry=self.registry
-        )
 
 
 class MetricsMiddleware:

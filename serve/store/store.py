@@ -184,6 +184,12 @@ class JobStore:
         with self._tx() as conn:
             return int(conn.execute(select(func.count()).where(jobs.c.status.in_(ACTIVE))).scalar_one())
 
+    def count_by_status(self) -> dict[str, int]:
+        """Number of jobs in each status present (one GROUP BY; read on every metrics scrape)."""
+        with self._tx() as conn:
+            rows = conn.execute(select(jobs.c.status, func.count()).group_by(jobs.c.status))
+            return {str(status): int(n) for status, n in rows}
+
     # --- worker side ------------------------------------------------------------------------------------
 
     def claim(self, worker: str, lease_s: float) -> Job | None:

@@ -11,6 +11,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+from prometheus_client.parser import text_string_to_metric_families
 
 from dyntta.data import arrays_to_model_input
 from serve.store import JobParams, JobStore, default_state_url
@@ -22,10 +23,12 @@ from tests.serve.test_gateway import wait_job
 def test_builtin_job_report_matches_offline_clean_accuracy(make_gateway: GatewayFactory, probe: LinearProbe):
     gateway = make_gateway()
     with gateway.client() as client:
+        before = _job_gauge(client.get("/metrics").text)
         form = {"corruptions": "gaussian_noise,contrast", "severities": "1,5", "num_images": "200", "seed": "3"}
         submitted = client.post("/v1/robustness", data=form)
         assert submitted.status_code == 202, submitted.text
         job = wait_job(client, submitted.json()["id"])
+        after = _job_gauge(client.get("/metrics").text)
         assert job["status"] == "done", job
         assert job["progress"] == 1.0 and job["num_images"] == 200
         report = client.get(job["report_url"]).json()["report"]
@@ -43,6 +46,14 @@ def test_builtin_job_report_matches_offline_clean_accuracy(make_gateway: Gateway
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     assert "gaussian_noise" in page.text and 'class="heatmap"' in page.text
     assert listed[0]["id"] == job["id"]
+    # the job ran in a worker process; the gateway's metric reads the store, so it still sees the finish
+    assert before == {"queued": 0, "running": 0, "done": 0, "failed": 0}
+    assert after == {"queued": 0, "running": 0, "done": 1, "failed": 0}
+
+
+def _job_gauge(exposition: str) -> dict[str, float]:
+    families = {f.name: f for f in text_string_to_metric_families(exposition)}
+    return {s.labels["state"]: s.value for s in families["dyntta_gateway_robustness_jobs"].samples}
 
 
 def test_zip_job_and_refusals(make_gateway: GatewayFactory):
