@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 import uvicorn
 
+from dyntta.cli import ArgumentParser
 from serve.app import create_app
 from serve.config import Settings, add_arguments, settings_from_args
 from serve.observability import configure_logging
@@ -29,12 +30,12 @@ log = logging.getLogger("serve")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = ArgumentParser(prog="python -m serve", description=__doc__)
     add_arguments(parser)
     parser.add_argument("--triton-log", default=None, help="also write the bundled Triton's log to this file")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log verbosity"
+    )
     return parser
 
 

@@ -13,7 +13,6 @@ current one.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import sys
@@ -28,6 +27,7 @@ from PIL import Image
 from tqdm import tqdm
 from tritonclient.utils import InferenceServerException
 
+from dyntta.cli import EXIT_FAILURE, ArgumentParser
 from dyntta.contract import IMAGE_SUFFIXES as SUFFIXES
 from dyntta.contract import find_images, parse_classification, softmax
 from dyntta.data import to_model_input
@@ -162,9 +162,7 @@ def run(directory: Path, url: str, model_name: str, batch_size: int, out: Path |
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m serve.client", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = ArgumentParser(prog="python -m serve.client", description=__doc__)
     parser.add_argument("directory", type=Path, help="folder of images (searched recursively) or one image")
     parser.add_argument(
         "--url",
@@ -189,9 +187,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     try:
         counts = run(args.directory, args.url, args.model, args.batch_size, args.out, args.top_k)
-    except InferenceServerException as exc:
-        print(f"error: Triton at {args.url}: {exc}", file=sys.stderr)
-        return 2
+    except InferenceServerException as exc:  # a runtime failure: exit 1 (dyntta.cli's rule)
+        print(f"{parser.prog}: error: Triton at {args.url}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     print(json.dumps(counts), file=sys.stderr)
     return 0 if counts["failed"] == 0 else 1
 

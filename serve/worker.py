@@ -323,7 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="python -m serve.worker", description=__doc__)
     add_arguments(parser)
     parser.add_argument("--once", action="store_true", help="exit when no job is waiting (benchmarks, cron)")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log verbosity"
+    )
     return parser
 
 

@@ -18,16 +18,13 @@ import signal
 import threading
 from collections.abc import Sequence
 
+from dyntta.cli import ArgumentParser
 from serve.triton.server import DEFAULT_STARTUP_TIMEOUT, TritonServer
 from serve.triton.supervisor import TritonSupervisor
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m serve.triton",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = ArgumentParser(prog="python -m serve.triton", description=__doc__)
     add = parser.add_argument
     add("--model-repository", default="model_repository", help="the repository to serve (default: %(default)s)")
     add("--host", default="127.0.0.1", help="address every endpoint binds (default: %(default)s)")
