@@ -227,15 +227,8 @@ class JobStore:
         return _job(row) if row else None
 
     def _fenced(self, job: Job, **values: Any) -> None:
-        values.setdefault("updated", _now_iso())
         with self._tx() as conn:
-            changed = conn.execute(
-                update(jobs)
-                .where(jobs.c.id == job.id, jobs.c.lease_token == job.lease_token, jobs.c.status == RUNNING)
-                .values(**values)
-            ).rowcount
-        if not changed:
-            raise LeaseLost(f"job {job.id}: the lease of this worker ended; another worker owns the job")
+            _fenced_update(conn, job, values)
 
     def heartbeat(self, job: Job, lease_s: float) -> None:
         self._fenced(job, lease_until=time.time() + lease_s)
@@ -263,13 +256,7 @@ class JobStore:
         if status == DONE:
             values["progress"] = 1.0
         with self._tx() as conn:
-            changed = conn.execute(
-                update(jobs)
-                .where(jobs.c.id == job.id, jobs.c.lease_token == job.lease_token, jobs.c.status == RUNNING)
-                .values(**values)
-            ).rowcount
-            if not changed:
-                raise LeaseLost(f"job {job.id}: the lease of this worker ended; another worker owns the job")
+            _fenced_update(conn, job, values)
             conn.execute(delete(predictions).where(predictions.c.job_id == job.id))
 
     def release(self, job: Job, message: str) -> None:
@@ -341,6 +328,18 @@ class JobStore:
 def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def _fenced_update(conn: Connection, job: Job, values: dict[str, Any]) -> None:
+    """Update ``job``'s row only while this worker's lease token still owns it (fencing); else LeaseLost."""
+    values.setdefault("updated", _now_iso())
+    changed = conn.execute(
+        update(jobs)
+        .where(jobs.c.id == job.id, jobs.c.lease_token == job.lease_token, jobs.c.status == RUNNING)
+        .values(**values)
+    ).rowcount
+    if not changed:
+        raise LeaseLost(f"job {job.id}: the lease of this worker ended; another worker owns the job")
 
 
 __all__ = ["FAILED", "JobStore", "LeaseLost", "default_state_url"]

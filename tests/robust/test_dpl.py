@@ -10,37 +10,12 @@ import pytest
 import torch
 from torch import nn
 
-from dyntta.data import LabelledImages, load_dataset, to_float
-from dyntta.models import Recognizer, create_recognizer
+from dyntta.data import LabelledImages, to_float
+from dyntta.models import Recognizer
 from dyntta.robust import TrainingStrategy
 from dyntta.robust.dpl import DPL, influence, mean_gradient, mean_loss, solve_inverse_hvp
 from dyntta.train.loop import LoopConfig, fit
-
-
-def tiny(classes: list[str], seed: int = 0) -> Recognizer:
-    torch.manual_seed(seed)
-    return create_recognizer("test_resnet", classes, input_size=32, small_input=False)
-
-
-@pytest.fixture(scope="module")
-def fmnist_train() -> LabelledImages:
-    return load_dataset("fashion-mnist", "train").subset(torch.arange(600))
-
-
-@pytest.fixture(scope="module")
-def trained(fmnist_train: LabelledImages) -> Recognizer:
-    """A tiny recognizer after 3 epochs of ERM on 600 images (well above chance)."""
-    model = tiny(fmnist_train.classes)
-    strategy = TrainingStrategy()
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    model.train()
-    for _ in range(3):
-        for s in range(0, 600, 100):
-            strategy.training_step(
-                model, to_float(fmnist_train.images[s : s + 100]), fmnist_train.labels[s : s + 100], opt
-            )
-    return model.eval()
-
+from tests.robust.conftest import tiny
 
 # --- the inverse-Hessian product on a convex model ------------------------------------------------------
 

@@ -11,38 +11,13 @@ import pytest
 import torch
 from torch import nn
 
-from dyntta.data import LabelledImages, load_dataset, to_float
-from dyntta.models import Recognizer, create_recognizer, load_recognizer, save_recognizer
+from dyntta.data import LabelledImages, to_float
+from dyntta.models import Recognizer, load_recognizer, save_recognizer
 from dyntta.robust import STRATEGIES, TrainingStrategy, create_strategy, parse_method_args
 from dyntta.robust.advbn import AdvBN, DualBatchNorm2d
 from dyntta.robust.damp import DAMP, multiplicative_noise
 from dyntta.robust.l2p import NOISE_FILE, Learn2Perturb, NoiseInjection, load_noisy_recognizer
-
-
-@pytest.fixture(scope="module")
-def fmnist_train() -> LabelledImages:
-    """600 real Fashion-MNIST training images (32 px)."""
-    return load_dataset("fashion-mnist", "train").subset(torch.arange(600))
-
-
-def tiny(classes: list[str], seed: int = 0) -> Recognizer:
-    torch.manual_seed(seed)
-    return create_recognizer("test_resnet", classes, input_size=32, small_input=False)
-
-
-@pytest.fixture(scope="module")
-def trained(fmnist_train: LabelledImages) -> Recognizer:
-    """A tiny recognizer after 2 epochs of ERM on the 600 images (well above chance)."""
-    model = tiny(fmnist_train.classes)
-    strategy = TrainingStrategy()
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    model.train()
-    for _ in range(3):
-        for s in range(0, 600, 100):
-            strategy.training_step(
-                model, to_float(fmnist_train.images[s : s + 100]), fmnist_train.labels[s : s + 100], opt
-            )
-    return model.eval()
+from tests.robust.conftest import tiny
 
 
 def one_step(

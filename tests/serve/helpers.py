@@ -1,9 +1,13 @@
-"""Helpers shared by the gateway tests: real Fashion-MNIST images and image encoding."""
+"""Helpers shared by the gateway tests: real Fashion-MNIST images, image encoding, ``python -m serve``."""
 
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 import zlib
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,3 +48,17 @@ def header_bomb_png(width: int, height: int) -> bytes:
     crc = zlib.crc32(bytes(data[ihdr - 4 : ihdr + 13]))
     data[ihdr + 13 : ihdr + 17] = crc.to_bytes(4, "big")
     return bytes(data)
+
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def start_serve(repository: Path, state_dir: Path, port: int) -> subprocess.Popen[bytes]:
+    """``python -m serve`` (bundled Triton + gateway) on ``repository``, gateway on ``port``; the caller waits
+    for readiness and stops it."""
+    env = {**os.environ, "DYNTTA_PORT": str(port), "DYNTTA_STATE_DIR": str(state_dir)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "serve", "--model-repository", str(repository), "--log-level", "warning"],
+        cwd=REPO_ROOT,
+        env=env,
+    )

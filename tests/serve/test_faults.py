@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -18,8 +16,7 @@ import pytest
 
 from serve.triton import TritonServer, free_port
 from tests.serve.conftest import GatewayFactory
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.serve.helpers import start_serve
 
 
 def classify(client, png: bytes):
@@ -92,12 +89,7 @@ def _tritonservers_under(pid: int) -> list[int]:
 def test_python_m_serve_restarts_a_killed_triton(gateway_repository: Path, tmp_path: Path, sample_png: bytes):
     """kill -9 of the bundled Triton -> /readyz 503, then 200 within 30 s, and a classify succeeds."""
     port = free_port()
-    env = {**os.environ, "DYNTTA_PORT": str(port), "DYNTTA_STATE_DIR": str(tmp_path / "var")}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "serve", "--model-repository", str(gateway_repository), "--log-level", "warning"],
-        cwd=REPO_ROOT,
-        env=env,
-    )
+    process = start_serve(gateway_repository, tmp_path / "var", port)
     try:
         deadline = time.monotonic() + 240
         while _readyz(port) != 200:

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -21,9 +18,7 @@ from dyntta.data import arrays_to_model_input
 from serve import client as batch_client
 from serve.triton import TritonServer, free_port
 from tests.serve.conftest import CLASSES, SIZE, ContrastStretch, LinearProbe
-from tests.serve.helpers import fmnist_raw, png_bytes
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.serve.helpers import fmnist_raw, png_bytes, start_serve
 
 
 def test_batch_client_classifies_a_folder(triton: TritonServer, probe: LinearProbe, tmp_path: Path):
@@ -104,12 +99,7 @@ def _children(pid: int) -> list[int]:
 @pytest.mark.timeout(300)
 def test_python_m_serve_starts_everything_and_ctrl_c_stops_it(gateway_repository: Path, tmp_path: Path):
     port = free_port()
-    env = {**os.environ, "DYNTTA_PORT": str(port), "DYNTTA_STATE_DIR": str(tmp_path / "var")}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "serve", "--model-repository", str(gateway_repository), "--log-level", "warning"],
-        cwd=REPO_ROOT,
-        env=env,
-    )
+    process = start_serve(gateway_repository, tmp_path / "var", port)
     try:
         deadline = time.monotonic() + 240
         while True:
