@@ -42,6 +42,15 @@ IMAGE_DATATYPE = "UINT8"
 """Triton datatype of :data:`IMAGE` and :data:`ENHANCED_IMAGE`."""
 LOGITS_DATATYPE = "FP32"
 """Triton datatype of :data:`LOGITS`."""
+OP_WEIGHTS = "OP_WEIGHTS"
+"""Second output of the enhancer: float32 ``[N, K]``, the predictor's blend weight of each of its K
+operations for each image (the op names, in order, are the enhancer config's ``op_names`` parameter).
+The ensemble ignores it; the web page shows which operations the enhancer relied on."""
+OP_NAMES_PARAMETER = "op_names"
+"""Triton config parameter of the enhancer: its operation names, comma-separated, in :data:`OP_WEIGHTS` order."""
+PREPROCESS_PARAMETER = "preprocess"
+"""Triton config parameter of the recognizer: the JSON of its preprocessing policy (resize / crop /
+letterbox), the same the recognizer was trained and evaluated with (``dyntta.data`` reads it)."""
 
 ENHANCER = "enhancer"
 RECOGNIZER = "recognizer"
