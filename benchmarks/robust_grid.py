@@ -20,6 +20,7 @@ At most ``--workers`` processes run at once. ``ROOT/table.md`` (and ``results.js
 results arrive.
 
     nice -n 10 uv run python -m benchmarks.robust_grid                       # the whole grid, one process
+    git add benchmarks/results/robust-grid   # results so far: configs + evaluations (weights are ignored)
     nice -n 10 uv run python -m benchmarks.robust_grid --workers 2
     uv run python -m benchmarks.robust_grid --train-subset 256 --c-images 20 --pgd-images 20 \\
         --test-images 200 --epochs 1 --root var/robust-grid-smoke --methods erm dpl l2p \\
@@ -108,8 +109,17 @@ def train_argv(run: Run, options: argparse.Namespace, root: Path) -> list[str]:
 
 
 def trained(root: Path, name: str) -> bool:
-    config = root / "runs" / name / "config.json"
-    return config.is_file() and "test_accuracy" in json.loads(config.read_text()).get("metrics", {})
+    """A finished run whose evaluations can still be made: its weights are here, or every evaluation exists.
+
+    The default root is committed without weights (config.json and eval/*.json only), so a later session
+    on a fresh machine skips finished runs and retrains only those it cannot evaluate any more."""
+    directory = root / "runs" / name
+    config = directory / "config.json"
+    if not (config.is_file() and "test_accuracy" in json.loads(config.read_text()).get("metrics", {})):
+        return False
+    names = [name, f"{name}-det"] if name.startswith("l2p") else [name]
+    evaluated = all((root / "eval" / n / f"{kind}.json").is_file() for n in names for kind in EVALS)
+    return evaluated or (directory / "model.safetensors").is_file()
 
 
 def chosen_sigma(options: argparse.Namespace, root: Path) -> float | None:
@@ -349,7 +359,7 @@ def run_grid(options: argparse.Namespace) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", default="var/robust-grid")
+    parser.add_argument("--root", default="benchmarks/results/robust-grid")
     parser.add_argument("--init", default=DEFAULT_INIT)
     parser.add_argument("--arch", default="resnet18_half")
     parser.add_argument("--methods", nargs="+", default=list(SEEDS), choices=list(SEEDS))
