@@ -26,7 +26,7 @@ from serve.inference import TritonBackend
 from serve.jobs import JobManager, JobStateCollector
 from serve.middleware import BodySizeLimit, Metrics, MetricsMiddleware
 from serve.observability import RequestIdMiddleware
-from serve.routes import health, inference, robustness, web
+from serve.routes import health, inference, playground, robustness, web
 from serve.security import ApiKeyGuard, BrowserGuard, SecurityHeaders, default_allowed_hosts
 
 log = logging.getLogger("serve")
@@ -102,7 +102,7 @@ def create_app(settings: Settings | None = None, triton_grpc: str | Sequence[str
 
     # added last = outermost: request id, security headers and metrics see every response, including the
     # 401s, 403s and 413s answered (before any body is read) by the guards and the size limit
-    app.add_middleware(AdmissionGate, admission=admission, paths=("/v1/classify", "/v1/enhance"))
+    app.add_middleware(AdmissionGate, admission=admission, paths=("/v1/classify", "/v1/enhance", "/v1/playground"))
     app.add_middleware(BodySizeLimit, limit_for=limit_for)
     app.add_middleware(ApiKeyGuard, keys=settings.api_keys, protected=protected)
     if not settings.api_keys:
@@ -120,6 +120,7 @@ def create_app(settings: Settings | None = None, triton_grpc: str | Sequence[str
     app.add_middleware(RequestIdMiddleware)
     app.include_router(inference.router)
     app.include_router(robustness.router)
+    app.include_router(playground.router)  # its lifespan (the corruption worker) nests inside the app's
     app.include_router(health.router)
     app.include_router(web.router)
     app.mount("/static", StaticFiles(directory=WEB_DIR / "static"), name="static")

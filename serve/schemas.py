@@ -102,3 +102,55 @@ class JobList(BaseModel):
 class RobustnessReport(BaseModel):
     job: JobStatus
     report: Report = Field(description="the report as written by dyntta.evaluate (format dyntta.robustness-report/1)")
+
+
+# --- the "try a corruption" panel (POST /v1/playground) ---------------------------------------------------
+
+
+class PlaygroundImages(BaseModel):
+    """PNG data URIs (``data:image/png;base64,...``), all at the model's input size."""
+
+    clean: str | None = Field(description="the upload as the model receives it; null when it came already corrupted")
+    corrupted: str = Field(description="what the recognizer alone classifies: the upload corrupted, or as uploaded")
+    enhanced: str = Field(description="the enhancer's output for the corrupted image (its ENHANCED_IMAGE)")
+
+
+class PathPredictions(BaseModel):
+    model: ModelRef = Field(description="the model that produced the logits")
+    top_k: list[Prediction]
+
+
+class OpWeight(BaseModel):
+    name: str
+    weight: float = Field(description="the enhancer's blend weight of this operation for this image")
+
+
+class EnhancerOps(BaseModel):
+    available: bool = Field(description="false when the served enhancer does not report its op weights")
+    weights: list[OpWeight] = Field(default_factory=list, description="every operation, heaviest first")
+    message: str | None = Field(default=None, description="why the weights are missing, when they are")
+
+
+class PlaygroundTiming(BaseModel):
+    decode_ms: float
+    corrupt_ms: float
+    inference_ms: float
+    total_ms: float
+
+
+class PlaygroundResponse(BaseModel):
+    corruption: str | None = Field(description="the corruption applied; null: the upload was taken as it came")
+    severity: int | None
+    seed: int
+    input_size: int
+    enhancer: ModelRef
+    images: PlaygroundImages
+    recognizer: PathPredictions = Field(description="the recognizer alone on the corrupted image")
+    enhanced: PathPredictions = Field(description="the recognizer on the enhanced image (enhancer + recognizer)")
+    ops: EnhancerOps
+    timing: PlaygroundTiming
+
+
+class PlaygroundOptions(BaseModel):
+    corruptions: dict[str, list[str]] = Field(description="corruption names by group (benchmark groups, then extra)")
+    severities: list[int]

@@ -88,6 +88,89 @@ $("classify-form").addEventListener("submit", async (event) => {
   }
 });
 
+// --- try a corruption ---------------------------------------------------------------------------------
+
+const OPS_SHOWN = 5;
+
+// The choices come from the gateway (dyntta.contract's names); asking also starts its corruption worker.
+async function loadPlaygroundOptions() {
+  const response = await fetch("/v1/playground", { headers: headers() });
+  if (!response.ok) return;
+  const { corruptions, severities } = await response.json();
+  const select = $("pg-corruption");
+  select.replaceChildren(select.options[0]);
+  for (const [group, names] of Object.entries(corruptions)) {
+    const optgroup = document.createElement("optgroup");
+    optgroup.label = group;
+    for (const name of names) optgroup.append(new Option(name.replaceAll("_", " "), name));
+    select.append(optgroup);
+  }
+  select.value = corruptions.noise ? corruptions.noise[0] : "none";
+  const severity = $("pg-severity");
+  severity.replaceChildren(...severities.map((s) => new Option(String(s), String(s))));
+  severity.value = String(severities[Math.floor(severities.length / 2)]);
+}
+
+function fillOps(ops) {
+  const body = $("pg-ops").querySelector("tbody");
+  body.replaceChildren();
+  $("pg-ops-note").textContent = ops.available ? "" : ops.message || "the enhancer does not report its operations";
+  for (const op of ops.weights.slice(0, OPS_SHOWN)) {
+    const row = document.createElement("tr");
+    const name = document.createElement("td");
+    name.textContent = op.name;
+    const weight = document.createElement("td");
+    const bar = document.createElement("span");
+    bar.className = "bar";
+    bar.style.width = `${Math.round(op.weight * 120)}px`;
+    weight.append(bar, ` ${(100 * op.weight).toFixed(1)} %`);
+    row.append(name, weight);
+    body.append(row);
+  }
+}
+
+$("pg-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const file = $("pg-file").files[0];
+  if (!file) return;
+  const status = $("pg-status");
+  status.className = "";
+  status.dataset.done = "";
+  status.textContent = "corrupting and classifying…";
+  const form = new FormData();
+  form.append("file", file, file.name);
+  form.append("corruption", $("pg-corruption").value);
+  form.append("severity", $("pg-severity").value);
+  form.append("seed", $("pg-seed").value || "0");
+  const topK = Math.max(1, Number($("pg-top-k").value) || 3);
+  try {
+    const response = await fetch(`/v1/playground?top_k=${topK}`, { method: "POST", body: form, headers: headers() });
+    if (!response.ok) throw new Error(await errorText(response));
+    const result = await response.json();
+    if (result.images.clean) $("pg-clean").src = result.images.clean;
+    else $("pg-clean").removeAttribute("src");  // the upload came already corrupted: no clean image
+    $("pg-corrupted").src = result.images.corrupted;
+    $("pg-corrupted-caption").textContent = result.corruption
+      ? `${result.corruption.replaceAll("_", " ")}, severity ${result.severity}` : "as uploaded";
+    $("pg-enhanced").src = result.images.enhanced;
+    fillResults($("pg-plain-results"), result.recognizer);
+    fillResults($("pg-enhanced-results"), result.enhanced);
+    $("pg-plain-model").textContent = `${result.recognizer.model.name} v${result.recognizer.model.version}`;
+    $("pg-enhanced-model").textContent = `${result.enhancer.name} v${result.enhancer.version} → `
+      + `${result.enhanced.model.name} v${result.enhanced.model.version}`;
+    fillOps(result.ops);
+    status.textContent = `done in ${result.timing.total_ms.toFixed(1)} ms (corruption `
+      + `${result.timing.corrupt_ms.toFixed(1)} ms, inference ${result.timing.inference_ms.toFixed(1)} ms; `
+      + `${result.input_size} px input)`;
+    status.dataset.done = "1";
+  } catch (error) {
+    status.className = "error";
+    status.textContent = String(error.message || error);
+  }
+});
+
+keyInput.addEventListener("change", loadPlaygroundOptions);
+
 // --- robustness reports -------------------------------------------------------------------------------
 
 let pollTimer = null;
@@ -158,4 +241,5 @@ async function checkReady() {
 }
 
 checkReady();
+loadPlaygroundOptions();
 refreshJobs();
