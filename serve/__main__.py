@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import uvicorn
 
-from dyntta.cli import ArgumentParser
+from dyntta.cli import ArgumentParser, UsageError
 from serve.app import create_app
 from serve.config import Settings, add_arguments, settings_from_args
 from serve.observability import configure_logging
@@ -118,8 +118,12 @@ def serve(settings: Settings, *, triton_log: str | None = None, log_level: str =
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    settings = settings_from_args(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+    except UsageError as exc:  # a bad flag or DYNTTA_* value: exit 2 with the usage line, no traceback
+        parser.error(str(exc))
     configure_logging(args.log_level, json_logs=settings.json_logs)
     if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
         log.warning("binding %s without an API key: every endpoint is open to the network", settings.host)

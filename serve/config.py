@@ -1,124 +1,100 @@
-"""Gateway settings: one dataclass, filled from flags with ``DYNTTA_*`` environment variables as defaults."""
+"""Gateway and worker settings: a pydantic-settings model read from ``DYNTTA_*`` environment variables, with
+one command-line flag per documented setting (the environment sets defaults; flags win)."""
 
 from __future__ import annotations
 
 import argparse
-import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-MB = 1024 * 1024
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
-#: flag name -> (environment variable, help). The environment only changes defaults; flags win.
-_ENV = {
-    "host": ("DYNTTA_HOST", "address the gateway binds (loopback by default: expose it deliberately)"),
-    "port": ("DYNTTA_PORT", "gateway port"),
-    "triton_url": (
-        "DYNTTA_TRITON_URL",
-        "use this running Triton, not the bundled one: grpc://host:port, host:port (also gRPC) or "
+from dyntta.cli import UsageError
+
+MB = 1024 * 1024
+ENV_PREFIX = "DYNTTA_"
+
+
+class Settings(BaseSettings):
+    """Defaults, then ``DYNTTA_<FIELD>`` variables (empty ones are ignored), then keyword arguments. Every
+    field with a description is also a flag of ``python -m serve`` and ``python -m serve.worker``."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_ignore_empty=True, extra="forbid")
+
+    host: str = Field(
+        "127.0.0.1", description="address the gateway binds (loopback by default: expose it deliberately)"
+    )
+    port: int = Field(8000, ge=0, le=65535, description="gateway port")
+    triton_url: str | None = Field(
+        None,
+        description="use this running Triton, not the bundled one: grpc://host:port, host:port (also gRPC) or "
         "http://host:port (gRPC on port + 1); repeat the flag or separate with commas for several replicas; "
         "a name resolving to several addresses is one replica each",
-    ),
-    "model_repository": ("DYNTTA_MODEL_REPOSITORY", "Triton model repository for the bundled server"),
-    "state_dir": ("DYNTTA_STATE_DIR", "where robustness jobs (SQLite) and reports are kept"),
-    "api_key": (
-        "DYNTTA_API_KEY",
-        "if set, every /v1 route (and /metrics, /docs unless made public) requires it in the X-API-Key header "
-        "or as Authorization: Bearer; several keys: comma-separated (jobs are visible to their key only)",
-    ),
-    "max_upload_mb": ("DYNTTA_MAX_UPLOAD_MB", "request body limit for image endpoints (MB)"),
-    "max_zip_mb": ("DYNTTA_MAX_ZIP_MB", "request body limit for robustness uploads (MB)"),
-    "max_zip_files": ("DYNTTA_MAX_ZIP_FILES", "most files an uploaded evaluation zip may hold"),
-    "max_zip_uncompressed_mb": ("DYNTTA_MAX_ZIP_UNCOMPRESSED_MB", "most bytes an evaluation zip may inflate to"),
-    "max_zip_pixels": ("DYNTTA_MAX_ZIP_PIXELS", "decoded pixels summed over an evaluation zip's images (413 above)"),
-    "max_images": ("DYNTTA_MAX_IMAGES", "most images in one classify request"),
-    "max_image_pixels": ("DYNTTA_MAX_IMAGE_PIXELS", "decoded images above this pixel count are refused (413)"),
-    "max_inflight": ("DYNTTA_MAX_INFLIGHT", "requests inferring at once; more wait, then get 503"),
-    "triton_timeout_s": ("DYNTTA_TRITON_TIMEOUT_S", "per-call Triton deadline; past it the request gets 504"),
-    "max_queued_jobs": ("DYNTTA_MAX_QUEUED_JOBS", "robustness jobs waiting or running before 429"),
-    "ensemble_model": ("DYNTTA_ENSEMBLE_MODEL", "Triton model: enhancer -> recognizer"),
-    "recognizer_model": ("DYNTTA_RECOGNIZER_MODEL", "Triton model: recognizer alone (no enhancer)"),
-    "enhancer_model": ("DYNTTA_ENHANCER_MODEL", "Triton model: enhancer alone"),
+    )
+    model_repository: Path = Field(
+        Path("model_repository"), description="Triton model repository for the bundled server"
+    )
+    state_dir: Path = Field(Path("var"), description="where robustness jobs (SQLite) and reports are kept")
+    api_key: str | None = Field(
+        None,
+        description="if set, every /v1 route (and /metrics, /docs unless made public) requires it in the X-API-Key "
+        "header or as Authorization: Bearer; several keys: comma-separated (jobs are visible to their key only)",
+    )
+    max_upload_mb: float = Field(10.0, ge=0, description="request body limit for image endpoints (MB)")
+    max_zip_mb: float = Field(100.0, ge=0, description="request body limit for robustness uploads (MB)")
+    max_zip_files: int = Field(20_000, ge=0, description="most files an uploaded evaluation zip may hold")
+    max_zip_uncompressed_mb: float = Field(500.0, ge=0, description="most bytes an evaluation zip may inflate to")
+    max_zip_pixels: int = Field(
+        500_000_000, ge=0, description="decoded pixels summed over an evaluation zip's images (413 above)"
+    )
+    max_images: int = Field(64, ge=0, description="most images in one classify request")
+    max_image_pixels: int = Field(
+        40_000_000, ge=0, description="decoded images above this pixel count are refused (413)"
+    )
+    max_inflight: int = Field(64, ge=0, description="requests inferring at once; more wait, then get 503")
+    triton_timeout_s: float = Field(30.0, ge=0, description="per-call Triton deadline; past it the request gets 504")
+    max_queued_jobs: int = Field(4, ge=0, description="robustness jobs waiting or running before 429")
+    ensemble_model: str = Field("dyntta", description="Triton model: enhancer -> recognizer")
+    recognizer_model: str = Field("recognizer", description="Triton model: recognizer alone (no enhancer)")
+    enhancer_model: str = Field("enhancer", description="Triton model: enhancer alone")
+    #: built-in evaluation set: the first N Fashion-MNIST test images at most (tests lower it; no flag)
+    builtin_max_images: int = Field(10_000, ge=0)
     # hardening: decode budget, backpressure, browser safety, logs (serve/security.py, admission.py, ...)
-    "max_request_pixels": ("DYNTTA_MAX_REQUEST_PIXELS", "decoded pixels summed over one request's images (413 above)"),
-    "decode_cpu_s": ("DYNTTA_DECODE_CPU_S", "CPU seconds one request's decoding may take (413 above)"),
-    "decode_workers": ("DYNTTA_DECODE_WORKERS", "processes decoding uploads (anything but tiny ones)"),
-    "max_waiting": ("DYNTTA_MAX_WAITING", "requests waiting for an inference slot; more get 503 at once"),
-    "queue_wait_s": ("DYNTTA_QUEUE_WAIT_S", "longest wait for an inference slot before a 503"),
-    "limit_concurrency": ("DYNTTA_LIMIT_CONCURRENCY", "connections + tasks uvicorn serves at once (503 above)"),
-    "public_metrics": ("DYNTTA_PUBLIC_METRICS", "with an API key set, still serve /metrics without it (true/false)"),
-    "public_docs": ("DYNTTA_PUBLIC_DOCS", "with an API key set, still serve /docs and /openapi.json without it"),
-    "allowed_hosts": (
-        "DYNTTA_ALLOWED_HOSTS",
-        "Host names accepted when no API key is set, comma-separated, '*' for any (default: loopback names "
-        "and --host; any when bound to 0.0.0.0)",
-    ),
-    "json_logs": ("DYNTTA_JSON_LOGS", "log one JSON object per line (true/false)"),
+    max_request_pixels: int = Field(
+        40_000_000, ge=0, description="decoded pixels summed over one request's images (413 above)"
+    )
+    decode_cpu_s: float = Field(1.0, ge=0, description="CPU seconds one request's decoding may take (413 above)")
+    decode_workers: int = Field(2, ge=0, description="processes decoding uploads (anything but tiny ones)")
+    max_waiting: int = Field(64, ge=0, description="requests waiting for an inference slot; more get 503 at once")
+    queue_wait_s: float = Field(10.0, ge=0, description="longest wait for an inference slot before a 503")
+    limit_concurrency: int = Field(512, ge=0, description="connections + tasks uvicorn serves at once (503 above)")
+    public_metrics: bool = Field(False, description="with an API key set, still serve /metrics without it (true/false)")
+    public_docs: bool = Field(False, description="with an API key set, still serve /docs and /openapi.json without it")
+    allowed_hosts: str | None = Field(
+        None,
+        description="Host names accepted when no API key is set, comma-separated, '*' for any (default: loopback "
+        "names and --host; any when bound to 0.0.0.0)",
+    )
+    json_logs: bool = Field(False, description="log one JSON object per line (true/false)")
     # robustness jobs (serve/jobs.py, serve/worker.py)
-    "state_url": (
-        "DYNTTA_STATE_URL",
-        "job store: sqlite:///path or postgresql://user@host/db, shared by gateways and workers "
+    state_url: str | None = Field(
+        None,
+        description="job store: sqlite:///path or postgresql://user@host/db, shared by gateways and workers "
         "(default: SQLite in the state directory)",
-    ),
-    "reports_dir": (
-        "DYNTTA_REPORTS_DIR",
-        "report directory shared by gateways and workers (default: <state dir>/reports)",
-    ),
-    "workers": ("DYNTTA_WORKERS", "job worker processes python -m serve starts (0: workers run elsewhere)"),
-    "job_lease_s": ("DYNTTA_JOB_LEASE_S", "a job whose worker sent no heartbeat for this long is resumed by another"),
-    "job_batch_size": ("DYNTTA_JOB_BATCH_SIZE", "images per Triton call in robustness jobs"),
-    "keep_reports": ("DYNTTA_KEEP_REPORTS", "finished jobs kept, newest first (0: all)"),
-    "report_max_age_days": ("DYNTTA_REPORT_MAX_AGE_DAYS", "finished jobs older than this are deleted (0: never)"),
-}
-
-
-@dataclass
-class Settings:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    triton_url: str | None = None
-    model_repository: Path = Path("model_repository")
-    state_dir: Path = Path("var")
-    api_key: str | None = None
-    max_upload_mb: float = 10.0
-    max_zip_mb: float = 100.0
-    max_zip_files: int = 20_000
-    max_zip_uncompressed_mb: float = 500.0
-    max_zip_pixels: int = 500_000_000
-    max_images: int = 64
-    max_image_pixels: int = 40_000_000
-    max_inflight: int = 64
-    triton_timeout_s: float = 30.0
-    max_queued_jobs: int = 4
-    ensemble_model: str = "dyntta"
-    recognizer_model: str = "recognizer"
-    enhancer_model: str = "enhancer"
-    #: images per Triton call in robustness jobs (capped by the model's max_batch_size)
-    job_batch_size: int = 64
-    #: built-in evaluation set: the first N Fashion-MNIST test images at most
-    builtin_max_images: int = 10_000
-    max_request_pixels: int = 40_000_000
-    decode_cpu_s: float = 1.0
-    decode_workers: int = 2
-    max_waiting: int = 64
-    queue_wait_s: float = 10.0
-    limit_concurrency: int = 512
-    public_metrics: bool = False
-    public_docs: bool = False
-    allowed_hosts: str | None = None
-    json_logs: bool = False
-    state_url: str | None = None
-    reports_dir: Path | None = None
-    workers: int = 1
-    job_lease_s: float = 30.0
-    keep_reports: int = 1000
-    report_max_age_days: float = 90.0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.model_repository, self.state_dir = Path(self.model_repository), Path(self.state_dir)
+    )
+    reports_dir: Path | None = Field(
+        None, description="report directory shared by gateways and workers (default: <state dir>/reports)"
+    )
+    workers: int = Field(1, ge=0, description="job worker processes python -m serve starts (0: workers run elsewhere)")
+    job_lease_s: float = Field(
+        30.0, ge=0, description="a job whose worker sent no heartbeat for this long is resumed by another"
+    )
+    #: capped by the model's max_batch_size
+    job_batch_size: int = Field(64, ge=1, description="images per Triton call in robustness jobs")
+    keep_reports: int = Field(1000, ge=0, description="finished jobs kept, newest first (0: all)")
+    report_max_age_days: float = Field(90.0, ge=0, description="finished jobs older than this are deleted (0: never)")
 
     @property
     def api_keys(self) -> list[str]:
@@ -137,50 +113,48 @@ class Settings:
         return int(self.max_zip_uncompressed_mb * MB)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    def from_env(cls, **overrides: Any) -> Settings:
         """Defaults, then ``DYNTTA_*`` variables, then ``overrides`` (None values are ignored)."""
-        environ = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        types = {f.name: f.type for f in fields(cls)}
-        for name, (var, _) in _ENV.items():
-            if environ.get(var):
-                values[name] = _convert(types[name], environ[var])
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        return cls(**{name: value for name, value in overrides.items() if value is not None})
 
 
-def _bool(raw: str) -> bool:
-    value = str(raw).strip().lower()
-    if value not in ("1", "true", "yes", "on", "0", "false", "no", "off", ""):
-        raise argparse.ArgumentTypeError(f"expected true or false, got {raw!r}")
-    return value in ("1", "true", "yes", "on")
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
 
 
-def _convert(type_name: Any, raw: str) -> Any:
-    # field types are strings here (postponed annotations)
-    return {"int": int, "float": float, "Path": Path, "bool": _bool}.get(str(type_name), str)(raw)
+def _flag_fields() -> Iterator[tuple[str, str]]:
+    """(field, help text) of each setting that is also a flag."""
+    for name, info in Settings.model_fields.items():
+        if info.description is not None:
+            yield name, info.description
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per setting; the help names the environment variable that sets its default."""
-    defaults = Settings()
-    for f in fields(Settings):
-        if f.name not in _ENV:
-            continue
-        var, help_text = _ENV[f.name]
-        kind = {"int": int, "float": float, "Path": Path, "bool": _bool}.get(str(f.type), str)
+    """One flag per documented setting; its help names the environment variable and the default. Values stay
+    strings here: :func:`settings_from_args` validates flags and environment alike."""
+    for name, help_text in _flag_fields():
+        default = Settings.model_fields[name].default
         parser.add_argument(
-            "--" + f.name.replace("_", "-"),
-            dest=f.name,
+            "--" + name.replace("_", "-"),
+            dest=name,
             default=None,
-            type=kind,
-            help=f"{help_text} (env {var}; default {getattr(defaults, f.name)})",
-            **({"action": "append"} if f.name == "triton_url" else {}),  # repeatable: one per replica
+            action="append" if name == "triton_url" else "store",  # repeatable: one replica each
+            help=f"{help_text} (env {env_name(name)}; default {default})",
         )
 
 
-def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:
-    values = {name: getattr(args, name, None) for name in _ENV}
-    if isinstance(values.get("triton_url"), list):  # --triton-url given several times
-        values["triton_url"] = ",".join(values["triton_url"])
-    return Settings.from_env(environ, **values)
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """The flags given (None: not given) over the environment. A bad value raises :class:`UsageError`
+    (exit 2, no traceback) naming the flag or variable it came from."""
+    given: dict[str, Any] = {name: getattr(args, name, None) for name, _ in _flag_fields()}
+    if isinstance(given["triton_url"], list):  # --triton-url given several times
+        given["triton_url"] = ",".join(given["triton_url"])
+    try:
+        return Settings.from_env(**given)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = str(error["loc"][0]) if error["loc"] else ""
+            source = "--" + name.replace("_", "-") if given.get(name) is not None else env_name(name)
+            problems.append(f"{source}={error['input']!r}: {error['msg']}")
+        raise UsageError("; ".join(problems)) from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import signal
 import time
 import urllib.request
@@ -15,7 +16,10 @@ import pytest
 import torch
 
 from dyntta.data import arrays_to_model_input
+from serve import __main__ as serve_main
 from serve import client as batch_client
+from serve import worker
+from serve.config import MB, settings_from_args
 from serve.triton import TritonServer, free_port
 from tests.serve.conftest import CLASSES, SIZE, ContrastStretch, LinearProbe
 from tests.serve.helpers import fmnist_raw, png_bytes, start_serve
@@ -130,3 +134,100 @@ def test_python_m_serve_starts_everything_and_ctrl_c_stops_it(gateway_repository
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+#: every variable the gateway and worker have read since they had settings (deployments set them: never drop one)
+VARIABLES = [
+    "HOST",
+    "PORT",
+    "TRITON_URL",
+    "MODEL_REPOSITORY",
+    "STATE_DIR",
+    "API_KEY",
+    "MAX_UPLOAD_MB",
+    "MAX_ZIP_MB",
+    "MAX_ZIP_FILES",
+    "MAX_ZIP_UNCOMPRESSED_MB",
+    "MAX_ZIP_PIXELS",
+    "MAX_IMAGES",
+    "MAX_IMAGE_PIXELS",
+    "MAX_INFLIGHT",
+    "TRITON_TIMEOUT_S",
+    "MAX_QUEUED_JOBS",
+    "ENSEMBLE_MODEL",
+    "RECOGNIZER_MODEL",
+    "ENHANCER_MODEL",
+    "MAX_REQUEST_PIXELS",
+    "DECODE_CPU_S",
+    "DECODE_WORKERS",
+    "MAX_WAITING",
+    "QUEUE_WAIT_S",
+    "LIMIT_CONCURRENCY",
+    "PUBLIC_METRICS",
+    "PUBLIC_DOCS",
+    "ALLOWED_HOSTS",
+    "JSON_LOGS",
+    "STATE_URL",
+    "REPORTS_DIR",
+    "WORKERS",
+    "JOB_LEASE_S",
+    "JOB_BATCH_SIZE",
+    "KEEP_REPORTS",
+    "REPORT_MAX_AGE_DAYS",
+]
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in os.environ:
+        if name.startswith("DYNTTA_"):
+            monkeypatch.delenv(name)
+    return monkeypatch
+
+
+def test_settings_come_from_dyntta_variables_and_flags_win(clean_env: pytest.MonkeyPatch):
+    help_text = " ".join(serve_main.build_parser().format_help().split())  # unwrapped
+    assert [name for name in VARIABLES if f"(env DYNTTA_{name}; default" not in help_text] == []
+    for name, value in {
+        "PORT": "9001",
+        "HOST": "0.0.0.0",
+        "JSON_LOGS": "yes",
+        "PUBLIC_METRICS": "0",
+        "MAX_UPLOAD_MB": "2.5",
+        "REPORTS_DIR": "/srv/reports",
+        "API_KEY": "",  # empty is unset, as before
+        "WORKERS": "0",
+    }.items():
+        clean_env.setenv(f"DYNTTA_{name}", value)
+    argv = ["--host", "::1", "--triton-url", "a:8001", "--triton-url", "grpc://b:8001", "--public-docs", "true"]
+    settings = settings_from_args(serve_main.build_parser().parse_args(argv))
+    assert (settings.port, settings.json_logs, settings.public_metrics, settings.workers) == (9001, True, False, 0)
+    assert settings.max_upload_bytes == int(2.5 * MB) and settings.reports_dir == Path("/srv/reports")
+    assert settings.api_key is None and settings.api_keys == []
+    assert settings.host == "::1" and settings.public_docs is True  # the flag over DYNTTA_HOST
+    assert settings.triton_url == "a:8001,grpc://b:8001"  # one replica per --triton-url
+    assert settings.model_repository == Path("model_repository") and settings.keep_reports == 1000  # defaults
+
+
+def _exit_code(main, argv: list[str]) -> object:
+    try:
+        return main(argv)
+    except SystemExit as exit:  # argparse's parser.error
+        return exit.code
+
+
+@pytest.mark.parametrize("command", [serve_main.main, worker.main], ids=["serve", "serve.worker"])
+def test_a_bad_setting_is_a_usage_error_naming_its_source(
+    command, clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    clean_env.setenv("DYNTTA_JOB_LEASE_S", "soon")
+    assert _exit_code(command, ["--triton-url", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err
+    assert "usage:" in err and "DYNTTA_JOB_LEASE_S='soon'" in err and "valid number" in err
+    assert "Traceback" not in err
+
+    clean_env.delenv("DYNTTA_JOB_LEASE_S")
+    clean_env.setenv("DYNTTA_JSON_LOGS", "perhaps")
+    assert _exit_code(command, ["--port", "70000"]) == 2
+    err = capsys.readouterr().err
+    assert "--port='70000'" in err and "less than or equal to 65535" in err and "DYNTTA_JSON_LOGS='perhaps'" in err
