@@ -1,187 +1,162 @@
-"""Test-time adaptation peers on the same recognizer and data, in one run.
+"""Test-time adaptation peers and DynTTA on the same recognizer, data and CPU core (issue 13 section 4).
 
-Methods: no adaptation, classic TTA (ttach: flips x brightness), BatchNorm-statistics adaptation, TENT
-(entropy minimisation of BN affine parameters, one Adam step per batch), and the DynTTA enhancer.
+Methods (benchmarks/peers/): the recognizer alone; flip TTA (ttach, 2 passes); BN-statistics adaptation;
+TENT (online, reset per condition in the homogeneous setting); MEMO (per image, episodic); the DynTTA
+enhancer (per image); DynTTA then BN adaptation. Settings:
+- ``single``: the shuffled stream one image at a time (what a server sees);
+- ``mixed64``: the same stream in batches of 64 (mixed corruptions, as a dynamic batcher would form them);
+- ``homogeneous200``: batches of 200 from one corruption and severity (BN adaptation's and TENT's best case).
+Every method except TENT starts from the source weights on every call (episodic); TENT carries its update to
+the next batch of the same episode: the whole stream in the serving settings, one corruption type (its
+severities 1 to 5 in turn, 200 images each) in the homogeneous one, as the TENT paper resets per type.
+MEMO is per image by definition (one weight copy per image; a batch would change nothing but the
+bookkeeping), so it runs in ``single`` only. ``single`` runs on the first ``--single-images`` of the
+shuffled stream (its own "recognizer alone" row is the baseline to compare with).
 
-Settings:
-- serving, single images: a stream of single images whose corruption changes from image to image;
-- serving, mixed batches of 64: the same stream batched, as a server's dynamic batcher would;
-- homogeneous batches of 200 from one corruption and severity (what BN adaptation and TENT assume;
-  their state is reset per condition, as in the TENT paper).
-Accuracy is over (image, corruption, severity) triples of the 15 benchmark corruptions; cost is wall time
-per image on this machine, measured in the same run.
+The stream is the first ``--images`` Fashion-MNIST test images, clean and under the 19 corruptions of
+dyntta.corruptions (``--seed``) at ``--severities``. Accuracy per family is pooled over its conditions; the
+15-corruption mean is the mean of the 15 benchmark corruptions' accuracies; latency is wall time inside the
+method per image on ``--threads`` threads. Results are cached per unit in ``--cache``; rerun the same
+command to resume (``--budget-s`` bounds one call).
 
-    uv run python benchmarks/tta_peers.py --images 400
+    uv run python benchmarks/tta_peers.py --images 200 --budget-s 360
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
+import sys
 import time
 from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
 
 import torch
-import ttach
-from torch import nn
-from tqdm import tqdm
 
-from dyntta.corruptions import BENCHMARK_NAMES, corrupt
-from dyntta.data import load_dataset, to_float
+from benchmarks.peers import Adapter, BatchNormAdapt, Memo, Stateless, Tent, flip_tta
+from benchmarks.peers.cache import UnitResult, load_all
+from benchmarks.peers.stream import FAMILIES, Stream, build_stream
+from benchmarks.peers.table import Row, markdown, summarise
+from dyntta.data import to_float
 from dyntta.enhancer import load_enhancer
 from dyntta.models import load_recognizer
 
-Predict = Callable[[torch.Tensor], torch.Tensor]
+SETTINGS: tuple[str, ...] = ("single", "mixed64", "homogeneous200")
+PER_IMAGE_ONLY = {"memo"}  # one weight copy per image: a batch changes nothing but the bookkeeping
 
 
-def bn_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+Methods = dict[str, tuple[str, Callable[[], Adapter]]]
 
 
-class BatchNormAdapt:
-    """Normalise with the statistics of the incoming batch instead of the training statistics."""
+def build_methods(recognizer: torch.nn.Module, enhancer: torch.nn.Module) -> Methods:
+    """Method key -> (display name, factory of a fresh adapter on the source weights)."""
 
-    def __init__(self, model: nn.Module) -> None:
-        self.model = copy.deepcopy(model).eval()
-        for bn in bn_layers(self.model):
-            bn.train()
-            bn.track_running_stats = False
-            bn.running_mean = bn.running_var = None
+    def dyntta_bn() -> Adapter:
+        bn = BatchNormAdapt(recognizer)  # the recognizer's BN only: the enhancer stays per image
+        return Stateless(lambda x: bn(enhancer(x)))
 
-    def reset(self) -> None:
-        pass
-
-    @torch.no_grad()
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
-
-
-class Tent:
-    """TENT (Wang et al., ICLR 2021): batch statistics + one entropy-minimisation step on BN affine params."""
-
-    def __init__(self, model: nn.Module, lr: float = 1e-3) -> None:
-        self.source = copy.deepcopy(model)
-        self.lr = lr
-        self.reset()
-
-    def reset(self) -> None:
-        self.model = BatchNormAdapt(self.source).model
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-        params = []
-        for bn in bn_layers(self.model):
-            for p in (bn.weight, bn.bias):
-                p.requires_grad_(True)
-                params.append(p)
-        self.optimizer = torch.optim.Adam(params, lr=self.lr, betas=(0.9, 0.999))
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.model(x)
-        entropy = -(logits.softmax(1) * logits.log_softmax(1)).sum(1).mean()
-        self.optimizer.zero_grad()
-        entropy.backward()
-        self.optimizer.step()
-        return logits.detach()
-
-
-class Stateless:
-    def __init__(self, fn: Predict) -> None:
-        self.fn = fn
-
-    def reset(self) -> None:
-        pass
-
-    @torch.no_grad()
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fn(x)
-
-
-def build_methods(recognizer: nn.Module, enhancer: nn.Module) -> dict[str, Callable[[], object]]:
-    tta = ttach.ClassificationTTAWrapper(
-        recognizer, ttach.Compose([ttach.HorizontalFlip(), ttach.Multiply([0.9, 1.0, 1.1])]), merge_mode="mean"
-    )
     return {
-        "none": lambda: Stateless(recognizer),
-        "ttach (flip x brightness, 6 passes)": lambda: Stateless(tta),
-        "BN adaptation": lambda: BatchNormAdapt(recognizer),
-        "TENT": lambda: Tent(recognizer),
-        "DynTTA enhancer (ours)": lambda: Stateless(lambda x: recognizer(enhancer(x))),
+        "none": ("recognizer alone", lambda: Stateless(recognizer)),
+        "flip": ("flip TTA (ttach, 2 passes)", lambda: Stateless(flip_tta(recognizer))),
+        "bn": ("BN adaptation", lambda: BatchNormAdapt(recognizer)),
+        "tent": ("TENT (online)", lambda: Tent(recognizer)),
+        "memo": ("MEMO (8 AugMix copies, 1 step)", lambda: Memo(recognizer)),
+        "dyntta": ("DynTTA enhancer", lambda: Stateless(lambda x: recognizer(enhancer(x)))),
+        "dyntta_bn": ("DynTTA + BN adaptation", dyntta_bn),
     }
 
 
-def corrupted_stream(images: torch.Tensor, severities: list[int], seed: int) -> tuple[torch.Tensor, ...]:
-    """All (image, corruption, severity) triples: uint8 images and their condition ids."""
-    out, image_ids, conditions = [], [], []
-    x = to_float(images)
-    for c, name in enumerate(tqdm(BENCHMARK_NAMES, desc="corrupting")):
-        for s in severities:
-            out.append((corrupt(x, name, s, seed=seed) * 255).round().to(torch.uint8))
-            image_ids.append(torch.arange(len(images)))
-            conditions.append(torch.full((len(images),), c * 10 + s))
-    return torch.cat(out), torch.cat(image_ids), torch.cat(conditions)
+def run_unit(adapter: Adapter, stream: Stream, episodes: list[list[torch.Tensor]]) -> tuple[dict, float, int]:
+    correct = torch.zeros(len(stream.conditions), dtype=torch.long)
+    total = torch.zeros_like(correct)
+    seconds, images = 0.0, 0
+    for episode in episodes:
+        adapter.reset()
+        for index in episode:
+            x = to_float(stream.images[index])
+            started = time.perf_counter()
+            logits = adapter(x)
+            seconds += time.perf_counter() - started
+            hit = (logits.argmax(1) == stream.labels[index]).long()
+            correct.index_add_(0, stream.condition[index], hit)
+            total.index_add_(0, stream.condition[index], torch.ones_like(hit))
+            images += len(index)
+    counts = {c.name: (int(correct[i]), int(total[i])) for i, c in enumerate(stream.conditions) if total[i]}
+    return counts, seconds, images
 
 
-def run_setting(
-    method, images: torch.Tensor, labels: torch.Tensor, batches: list[torch.Tensor], reset_each_batch: bool, desc: str
-) -> tuple[float, float]:
-    correct, seen, elapsed = 0, 0, 0.0
-    for index in tqdm(batches, desc=desc, leave=False):
-        if reset_each_batch:
-            method.reset()
-        x = to_float(images[index])
-        started = time.perf_counter()
-        logits = method(x)
-        elapsed += time.perf_counter() - started
-        correct += (logits.argmax(1) == labels[index]).sum().item()
-        seen += len(index)
-    return correct / seen, 1000 * elapsed / seen
-
-
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recognizer", default="checkpoints/fashion-mnist/recognizer")
     parser.add_argument("--enhancer", default="checkpoints/fashion-mnist/enhancer")
-    parser.add_argument("--images", type=int, default=400, help="test images per condition")
+    parser.add_argument("--images", type=int, default=200, help="test images per condition")
     parser.add_argument("--severities", type=int, nargs="+", default=[1, 2, 3, 4, 5])
-    parser.add_argument("--single", type=int, default=1500, help="stream length for the single-image setting")
+    parser.add_argument("--single-images", type=int, default=4000, help="stream prefix for the single setting")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--json", default=None)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--methods", nargs="+", default=None, help="method keys (default: all)")
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS)
+    parser.add_argument("--cache", type=Path, default=Path("var/tta-peers"))
+    parser.add_argument("--budget-s", type=float, default=360.0, help="start no new unit after this many seconds")
+    parser.add_argument("--json", type=Path, default=None, help="write the table's rows here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    recognizer = load_recognizer(args.recognizer).eval()
-    enhancer = load_enhancer(args.enhancer).eval()
-    test = load_dataset("fashion-mnist", "test", image_size=recognizer.config.input_size)
-    images, image_ids, conditions = corrupted_stream(test.images[: args.images], args.severities, args.seed)
-    labels = test.labels[image_ids]
-    shuffled = torch.randperm(len(images))
-    settings = {
-        "serving: single images": ([shuffled[i : i + 1] for i in range(args.single)], False),
-        "serving: mixed batches of 64": (list(shuffled.split(64)), False),
-        "homogeneous batches of 200": (
-            [idx for c in conditions.unique() for idx in torch.nonzero(conditions == c).flatten().split(200)],
-            True,
-        ),
-    }
-    results: dict[str, dict[str, dict[str, float]]] = {}
-    for name, factory in build_methods(recognizer, enhancer).items():
-        results[name] = {}
-        for setting, (batches, reset) in settings.items():
-            method = factory()
-            accuracy, ms = run_setting(method, images, labels, batches, reset, f"{name} / {setting}")
-            results[name][setting] = {"accuracy": round(100 * accuracy, 2), "ms_per_image": round(ms, 3)}
-            print(f"{name:40s} {setting:32s} acc {100 * accuracy:6.2f} %   {ms:8.3f} ms/image", flush=True)
-    header = "| method | " + " | ".join(f"{s} acc % | ms/img" for s in settings) + " |"
-    print("\n" + header + "\n|" + "---|" * (1 + 2 * len(settings)))
-    for name, row in results.items():
-        cells = " | ".join(f"{row[s]['accuracy']:.2f} | {row[s]['ms_per_image']:.2f}" for s in settings)
-        print(f"| {name} | {cells} |")
+    started = time.monotonic()
+    recognizer = load_recognizer(args.recognizer).eval().requires_grad_(False)
+    enhancer = load_enhancer(args.enhancer).eval().requires_grad_(False)
+    methods = build_methods(recognizer, enhancer)
+    unknown = set(args.methods or ()) - set(methods)
+    if unknown:
+        parser.error(f"unknown method(s) {sorted(unknown)}; expected {', '.join(methods)}")
+    keys = args.methods or list(methods)
+    key = f"n{args.images}-sev{''.join(map(str, args.severities))}-seed{args.seed}"
+    stream = build_stream(args.images, args.severities, args.seed, args.cache / f"stream-{key}.pt")
+    key += f"-single{args.single_images}"
+    results = args.cache / key
+    done = True
+    # batch settings first, costly per-image MEMO last: an interrupted budget loses the least
+    plan = [(m, s) for s in sorted(args.settings, key=lambda s: s == "single") for m in keys]
+    for method, setting in sorted(plan, key=lambda p: p[0] in PER_IMAGE_ONLY):
+        name, factory = methods[method]
+        if method in PER_IMAGE_ONLY and setting != "single":
+            continue
+        online = factory().online
+        # a family can run alone unless batch mates (mixed batches) or online state (serving stream) matter
+        whole = setting == "mixed64" or (online and setting == "single")
+        for scope in ["all"] if whole else list(FAMILIES):
+            if UnitResult.path(results, method, setting, scope).exists():
+                continue
+            if time.monotonic() - started > args.budget_s:
+                done = False
+                continue
+            torch.manual_seed(args.seed)
+            episodes = stream.batches(setting, None if scope == "all" else scope, args.single_images)
+            counts, seconds, images = run_unit(factory(), stream, episodes)
+            UnitResult(method, setting, scope, counts, seconds, images).save(results)
+            print(
+                f"{name:34s} {setting:15s} {scope:8s} {images:6d} images {1000 * seconds / images:8.2f} ms/image",
+                flush=True,
+            )
+    units = load_all(results)
+    rows: list[Row] = []
+    for setting in SETTINGS:
+        for method in methods:
+            name = methods[method][0]
+            row = summarise(units, method, setting)
+            if row is not None:
+                row.method = name
+                rows.append(row)
+    print(f"\n{key}, {args.threads} thread(s); {'complete' if done else 'INCOMPLETE: rerun to resume'}\n")
+    print(markdown(rows))
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"args": vars(args), "results": results}, fh, indent=2)
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+        args.json.write_text(
+            json.dumps({"config": config, "complete": done, "rows": [asdict(r) for r in rows]}, indent=1)
+        )
+    return 0 if done else 3
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
