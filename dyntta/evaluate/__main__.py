@@ -30,6 +30,7 @@ from dyntta.evaluate.outputs import write_outputs
 from dyntta.evaluate.report import ReferenceErrors, alexnet_imagenet_c_reference
 from dyntta.evaluate.runner import ReportOptions
 from dyntta.evaluate.schema import Report
+from dyntta.evaluate.strip import StripSpec, module_enhancer
 
 ALEXNET = "alexnet"
 
@@ -141,12 +142,18 @@ def run(config: ReportConfig, argv: list[str] | None = None) -> Report | None:
     primary = load_classifier(config.model, device=device, threads=config.threads, optimize=config.optimize)
     classifiers: dict[str, Classifier] = {}
     header: dict = {"model": primary.info.to_dict()}
+    strip: StripSpec | None = None
     if config.enhancer:
         classifiers["recognizer"] = primary
         enhanced = load_enhanced_classifier(config.enhancer, config.model, device=device)
         classifiers["enhancer + recognizer"] = enhanced
         header["enhancer"] = enhanced.info.components[0] if enhanced.info.components else enhanced.info.to_dict()
         header["tta"] = "DynTTA enhancer before the recognizer (second model); the first model has none"
+        strip = StripSpec(
+            enhance=module_enhancer(enhanced.module[0], device),
+            enhanced_by=f"the enhancer checkpoint `{config.enhancer}`, its output rounded to uint8 "
+            "(the prediction is of its float output, as in training)",
+        )
     else:
         classifiers[primary.info.name] = primary
         header["tta"] = "none"
@@ -204,7 +211,7 @@ def run(config: ReportConfig, argv: list[str] | None = None) -> Report | None:
         cache_dir=None if config.no_cache else config.cache_dir,
         model_keys=model_keys,
     )
-    result = sharded.run_report(classifiers, data, options, reference=reference, header=header)
+    result = sharded.run_report(classifiers, data, options, reference=reference, header=header, strip=strip)
     if result is None:  # under torchrun, rank 0 merges every rank's predictions and writes the report
         return None
     paths = write_outputs(result, config.out, title=config.title, figures=not config.no_figures)

@@ -221,9 +221,10 @@ def load_classifier(
 
 def load_enhanced_classifier(
     enhancer: str | os.PathLike, recognizer: str | os.PathLike, *, device: str | torch.device = "cpu"
-) -> Classifier:
+) -> TorchClassifier:
     """``enhancer -> recognizer`` as one classifier, both torch checkpoints (float [0, 1] between them,
-    as in the training graph; an exported composition is evaluated as a single ``.onnx`` ``--model``)."""
+    as in the training graph; an exported composition is evaluated as a single ``.onnx`` ``--model``).
+    ``.module[0]`` is the enhancer alone."""
     if is_onnx(enhancer) or is_onnx(recognizer):
         raise ValueError(
             "--enhancer composes torch checkpoints; to evaluate an exported enhancer + recognizer, "

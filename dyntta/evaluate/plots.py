@@ -1,4 +1,5 @@
-"""Report figures (PNG, matplotlib Agg): accuracy heatmap, accuracy-vs-severity curves, sample grid.
+"""Report figures (PNG, matplotlib Agg): accuracy heatmap, accuracy-vs-severity curves, sample grid, and
+for enhancer reports the enhancer strip (one PNG per group) and the two models' curves per group.
 
 Figures are drawn at a modest DPI with few colours so the committed PNGs stay small (tens of kB).
 """
@@ -18,12 +19,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from dyntta.contract import BENCHMARK_GROUPS, EXTRA_CORRUPTIONS  # noqa: E402
+from dyntta.contract import BENCHMARK_GROUPS, CORRUPTION_GROUPS, EXTRA_CORRUPTIONS  # noqa: E402
 from dyntta.evaluate.report import CLEAN, Condition  # noqa: E402
-from dyntta.evaluate.schema import Report  # noqa: E402
+from dyntta.evaluate.schema import EnhancerStrip, Report, StripRow  # noqa: E402
 
 if TYPE_CHECKING:
     import torch
+
+    from dyntta.evaluate.strip import StripImages
 
 DPI = 90
 
@@ -149,4 +152,105 @@ def sample_grid(
     return _save(fig, path)
 
 
-__all__ = ["heatmap", "sample_grid", "severity_curves"]
+RIGHT, WRONG = "#1a7f37", "#cf222e"  # GitHub's green and red: readable on white, told apart by the marks too
+
+
+def _class_name(classes: Sequence[str], k: int, width: int = 13) -> str:
+    name = classes[k] if 0 <= k < len(classes) else str(k)
+    return name if len(name) <= width else name[: width - 1] + "…"
+
+
+def _verdict(classes: Sequence[str], predicted: int, label: int) -> tuple[str, str]:
+    """A prediction's text and colour: '✓ name' in green when right, '✗ name' in red when wrong."""
+    right = predicted == label
+    return f"{'✓' if right else '✗'} {_class_name(classes, predicted)}", RIGHT if right else WRONG
+
+
+def enhancer_strip(
+    strip: EnhancerStrip, images: StripImages, rows: Sequence[StripRow], path: str | os.PathLike, title: str
+) -> Path:
+    """The strip of the corruptions of ``rows`` (:func:`strip_figure`) as a PNG."""
+    return _save(strip_figure(strip, images, rows, title), path)
+
+
+def strip_figure(strip: EnhancerStrip, images: StripImages, rows: Sequence[StripRow], title: str) -> plt.Figure:
+    """clean | corrupted | enhanced for each strip image (side by side) and each corruption of ``rows``
+    (one row each); under the clean image its class, under the others the two models' predictions."""
+    k = len(strip.indices)
+    cell, gap, label_w, head_h, foot_h = 0.78, 0.22, 1.2, 0.6, 0.2  # inches
+    width = label_w + k * 3 * cell + (k - 1) * gap
+    row_h = cell + 0.2  # room for the prediction under each image
+    height = head_h + row_h * len(rows) + foot_h
+    ratios = [r for j in range(k) for r in ([1, 1, 1] + ([gap / cell] if j < k - 1 else []))]
+    fig, axes = plt.subplots(
+        len(rows),
+        len(ratios),
+        figsize=(width, height),
+        squeeze=False,
+        gridspec_kw={
+            "width_ratios": ratios,
+            "left": label_w / width,
+            "right": 1.0,
+            "top": 1 - head_h / height,
+            "bottom": foot_h / height,
+            "wspace": 0.08,
+            "hspace": 0.2 / cell + 0.05,
+        },
+    )
+    for i, row in enumerate(rows):
+        tiles = (images.clean, images.corrupted[row.corruption], images.enhanced[row.corruption])
+        for j, sample in enumerate(row.samples):
+            texts = [
+                (_class_name(strip.classes, sample.label), "black"),
+                _verdict(strip.classes, sample.predicted[strip.alone], sample.label),
+                _verdict(strip.classes, sample.predicted[strip.enhanced], sample.label),
+            ]
+            for t, (pixels, (text, colour)) in enumerate(zip(tiles, texts, strict=True)):
+                ax = axes[i][4 * j + t]
+                ax.imshow(pixels[j].permute(1, 2, 0).numpy(), interpolation="nearest")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                ax.set_xlabel(text, fontsize=6.5, color=colour, labelpad=1.5)
+                if i == 0:
+                    heading = ("clean", f"corrupted s{strip.severity}", "enhanced")[t]
+                    ax.set_title(heading, fontsize=7, pad=2)
+        axes[i][0].set_ylabel(row.corruption, fontsize=7, rotation=0, ha="right", va="center", labelpad=4)
+        for j in range(k - 1):
+            axes[i][4 * j + 3].axis("off")
+    fig.suptitle(
+        f"{title}\nunder corrupted: {strip.alone}; under enhanced: {strip.enhanced} (✓ right, ✗ wrong)",
+        fontsize=7.5,
+        y=1 - 0.06 / height,
+        va="top",
+    )
+    return fig
+
+
+def enhancer_curves(report: Report, alone: str, enhanced: str, path: str | os.PathLike) -> Path:
+    """Accuracy vs severity (0 = clean), one panel per group: the group mean of ``alone`` and of ``enhanced``
+    (bold), each corruption of the group faint behind them."""
+    names = report.conditions.corruptions
+    severities = report.conditions.severities
+    groups = {g: [c for c in m if c in names] for g, m in CORRUPTION_GROUPS.items()}
+    groups = {g: m for g, m in groups.items() if m}
+    xs = [0, *severities]
+    fig, axes = plt.subplots(1, len(groups), figsize=(2.3 * len(groups), 2.5), sharey=True, squeeze=False)
+    for ax, (group, members) in zip(axes[0], groups.items(), strict=True):
+        for colour, model in (("C0", alone), ("C1", enhanced)):
+            res = report.models[model]
+            for c in members:
+                ys = [100 * res.clean.accuracy, *[100 * res.at(c, s) for s in severities]]
+                ax.plot(xs, ys, "-", color=colour, linewidth=0.6, alpha=0.3)
+            means = [100 * res.clean.accuracy, *[100 * np.mean([res.at(c, s) for c in members]) for s in severities]]
+            ax.plot(xs, means, "-", color=colour, marker="o", markersize=3, linewidth=2, label=model)
+        ax.set_title(f"{group} ({len(members)})", fontsize=9)
+        ax.set_xticks(xs, ["clean", *map(str, severities)], fontsize=7)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("accuracy (%)", fontsize=8)
+    axes[0][0].legend(fontsize=7, loc="lower left")
+    fig.suptitle("group mean (bold) and each corruption (faint) vs severity", fontsize=8, y=1.04)
+    return _save(fig, path)
+
+
+__all__ = ["enhancer_curves", "enhancer_strip", "heatmap", "sample_grid", "severity_curves", "strip_figure"]

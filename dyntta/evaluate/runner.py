@@ -37,6 +37,7 @@ from dyntta.evaluate.predictions import (
 )
 from dyntta.evaluate.report import Condition, PredictionTable, ReferenceErrors, build_report, resolve_conditions
 from dyntta.evaluate.schema import CorruptionInfo, DataInfo, EvaluationProtocol, Report, ReportHeader, RunInfo
+from dyntta.evaluate.strip import StripImages, StripSpec, make_strip
 from dyntta.version import __version__
 
 REFERENCE_KEY = "reference"
@@ -81,6 +82,7 @@ class ReportRun:
     samples: dict[Condition, torch.Tensor] = field(default_factory=dict)  # uint8 (k, 3, S, S) per condition
     sample_indices: list[int] = field(default_factory=list)
     classes: list[str] = field(default_factory=list)
+    strip_images: StripImages | None = None  # the enhancer strip's pixels (``report.enhancer_strip``)
 
 
 def corruption_implementation(table: str | None, image_size: int, corruptions: Sequence[str] = ()) -> CorruptionInfo:
@@ -158,6 +160,7 @@ def run_report(
     header: ReportHeader | Mapping[str, Any] | None = None,
     progress: ProgressCallback | None = None,
     cache: PredictionCache | None = None,
+    strip: StripSpec | None = None,
 ) -> ReportRun:
     """Evaluate ``classify_fn`` (uint8 NCHW batch -> logits) on ``data`` clean and corrupted; report.
 
@@ -169,6 +172,8 @@ def run_report(
     - ``progress(fraction)`` is called after every batch, fraction in (0, 1].
     - ``cache``: a prediction cache of the caller's (e.g. the gateway's job store), used for the models
       of ``options.model_keys``; without one, ``options.cache_dir`` holds a :class:`PredictionStore`.
+    - ``strip``: the enhancer and the two models to compare in ``report.enhancer_strip`` (clean |
+      corrupted | enhanced for a few images per corruption); the pixels are in ``ReportRun.strip_images``.
     """
     options = options or ReportOptions()
     classifiers = dict(classify_fn) if isinstance(classify_fn, Mapping) else {"model": classify_fn}
@@ -216,12 +221,16 @@ def run_report(
         _header(data, options, corruption_info, run, header),
         reference=reference_key if reference_key else reference,  # type: ignore[arg-type]
     )
+    strip_images = None
+    if strip is not None:
+        report.enhancer_strip, strip_images = make_strip(strip, data, predictions, sweep.corruption)
     return ReportRun(
         report=report,
         predictions=predictions,
         samples=samples,
         sample_indices=sorted({i for i in options.sample_indices if 0 <= i < len(data)}),
         classes=list(data.classes),
+        strip_images=strip_images,
     )
 
 
@@ -231,6 +240,7 @@ __all__ = [
     "ProgressCallback",
     "ReportOptions",
     "ReportRun",
+    "StripSpec",
     "batch_id",
     "collect_predictions",
     "corrupt_uint8",

@@ -217,6 +217,62 @@ class ReportHeader(_Open):
         return ReportHeader.model_validate({**self.model_dump(), **update})
 
 
+# --- The enhancer strip ---------------------------------------------------------------------------------
+
+
+class StripSample(_Strict):
+    """One test image under one corruption: its true class and each model's prediction of the corrupted
+    image (the very prediction the accuracy tables count)."""
+
+    index: int = Field(description="index of the image in the evaluated test set")
+    label: int = Field(description="true class (index into ``EnhancerStrip.classes``)")
+    predicted: dict[str, int] = Field(description="model name -> predicted class of the corrupted image")
+
+
+class StripRow(_Strict):
+    """The strip's images for one corruption, and the PNG that shows them."""
+
+    corruption: str
+    group: str
+    samples: list[StripSample]
+    file: str | None = Field(default=None, description="PNG relative to the report; None: figures not drawn")
+
+
+class EnhancerStrip(_Strict):
+    """What the enhancer does to a few fixed test images: clean | corrupted | enhanced per corruption, with
+    the recognizer-alone prediction of the corrupted image and the enhancer + recognizer prediction."""
+
+    severity: int = Field(description="the severity every strip image is corrupted at")
+    indices: list[int] = Field(description="the test images shown, the same for every corruption")
+    classes: list[str]
+    alone: str = Field(description="model whose prediction is shown under the corrupted image")
+    enhanced: str = Field(description="model whose prediction is shown under the enhanced image")
+    enhanced_by: str = Field(description="where the enhanced images come from")
+    rows: list[StripRow]
+    curves_file: str | None = Field(
+        default=None, description="PNG: accuracy vs severity of both models, one panel per group"
+    )
+
+    def files(self) -> list[str]:
+        """The strip PNGs, one per corruption group, in row order."""
+        return list(dict.fromkeys(row.file for row in self.rows if row.file))
+
+    def tally(self) -> dict[str, tuple[int, int]]:
+        """Per compared model: (right, shown) over the strip's corrupted images."""
+        shown = [s for row in self.rows for s in row.samples]
+        return {m: (sum(s.predicted[m] == s.label for s in shown), len(shown)) for m in (self.alone, self.enhanced)}
+
+    def caption(self) -> str:
+        """What the strip shows, one paragraph (Markdown code spans for names): the report's and the page's."""
+        tally = "; ".join(f"`{m}` {right} of {n}" for m, (right, n) in self.tally().items())
+        return (
+            f"Test images {', '.join(map(str, self.indices))} (fixed, not chosen by result) under each corruption "
+            f"at severity {self.severity}: clean | corrupted, with the prediction of `{self.alone}` | enhanced, "
+            f"with the prediction of `{self.enhanced}`; ✓ green right, ✗ red wrong. Enhanced images: "
+            f"{self.enhanced_by}. Right on these corrupted images: {tally}."
+        )
+
+
 # --- The report -----------------------------------------------------------------------------------------
 
 
@@ -231,6 +287,9 @@ class Report(_Strict):
     units: str = UNITS
     models: dict[str, ModelResults] = Field(description="compared models; the CE reference is apart")
     reference: ReferenceBlock | None = None
+    enhancer_strip: EnhancerStrip | None = _absent_if_none(
+        description="the enhancer's work on a few images (reports comparing enhancer + recognizer)"
+    )
 
     @property
     def primary(self) -> str:
@@ -281,6 +340,7 @@ __all__ = [
     "CorruptionErrors",
     "CorruptionInfo",
     "DataInfo",
+    "EnhancerStrip",
     "ModelDescription",
     "ModelResults",
     "EvaluationProtocol",
@@ -288,6 +348,8 @@ __all__ = [
     "Report",
     "ReportHeader",
     "RunInfo",
+    "StripRow",
+    "StripSample",
     "WorstCorruption",
     "read_report",
     "write_report",

@@ -15,6 +15,7 @@ from dyntta.contract import BENCHMARK_GROUPS, GROUP_OF
 from dyntta.evaluate.report import ALEXNET_IMAGENET_C_CLEAN_ERROR, ALEXNET_IMAGENET_C_ERRORS
 from dyntta.evaluate.schema import (
     BlockSummary,
+    EnhancerStrip,
     ModelDescription,
     ModelResults,
     ReferenceBlock,
@@ -341,6 +342,53 @@ def _reference(report: Report) -> list[str]:
     return []
 
 
+def _strip_table(strip: EnhancerStrip) -> list[str]:
+    """The strip as text (a report written without figures)."""
+
+    def name(k: int) -> str:
+        return strip.classes[k] if 0 <= k < len(strip.classes) else str(k)
+
+    def said(k: int, label: int) -> str:
+        return f"{'✓' if k == label else '✗'} {name(k)}"
+
+    rows = [
+        [
+            row.corruption,
+            *[
+                f"{name(s.label)}: {said(s.predicted[strip.alone], s.label)} → "
+                f"{said(s.predicted[strip.enhanced], s.label)}"
+                for s in row.samples
+            ],
+        ]
+        for row in strip.rows
+    ]
+    return _table(["corruption", *[f"image {i}" for i in strip.indices]], rows)
+
+
+def _enhancer_strip(report: Report) -> list[str]:
+    """The enhancer at work: both models' curves per group, then clean | corrupted | enhanced images."""
+    strip = report.enhancer_strip
+    if strip is None:
+        return []
+    lines = ["## The enhancer at work", ""]
+    if strip.curves_file:
+        lines += [
+            f"Accuracy (%) vs severity per group: `{strip.alone}` and `{strip.enhanced}`, group mean bold, "
+            "each corruption faint.",
+            "",
+            f"![accuracy vs severity, {strip.alone} and {strip.enhanced}]({strip.curves_file})",
+            "",
+        ]
+    lines += [strip.caption(), ""]
+    files = strip.files()
+    if not files:
+        return lines + _strip_table(strip)
+    for file in files:
+        group = next(row.group for row in strip.rows if row.file == file)
+        lines += [f"**{group}**", "", f"![enhancer strip, {group}]({file})", ""]
+    return lines
+
+
 def _figures(figures: Mapping[str, str] | None) -> list[str]:
     if not figures:
         return []
@@ -372,6 +420,7 @@ def render_markdown(report: Report, figures: Mapping[str, str] | None = None, ti
         "",
         *_facts(report),
         *_headline(report),
+        *_enhancer_strip(report),
         *_model_sections(report),
         *_differences(report),
         *_calibration(report),
