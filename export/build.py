@@ -23,7 +23,8 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from dyntta.contract import ENHANCER, RECOGNIZER
+from dyntta.contract import ENHANCER, OP_WEIGHTS, RECOGNIZER
+from dyntta.data.preprocess import RESIZE, Preprocess
 from dyntta.version import __version__
 from export import onnx as onnx_export
 from export import repository
@@ -36,6 +37,7 @@ from export.onnx import (
     enhancer_parity,
     export_identity_enhancer,
     export_module,
+    op_names,
     pipeline_parity,
     recognizer_parity,
 )
@@ -141,6 +143,7 @@ class _Exported:
     onnx: Path
     parity: dict[str, Any]
     reference: nn.Module | None = None
+    op_names: list[str] | None = None  # an enhancer serving OP_WEIGHTS: its operations, in column order
 
 
 def _parity_images(images: np.ndarray | None, input_size: int, options: ExportOptions) -> tuple[np.ndarray, str]:
@@ -174,21 +177,37 @@ class _Kind:
     parity: Callable[..., dict[str, Any]]
 
 
+def _enhancer_wrapper(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    # An enhancer that names its operations also serves their per-image weights (OP_WEIGHTS).
+    return EnhancerForServing(module, dtype, op_weights=op_names(module) is not None)
+
+
 _RECOGNIZER = _Kind(RECOGNIZER, RecognizerForServing, onnx_export.LOGITS, recognizer_parity)
-_ENHANCER = _Kind(ENHANCER, EnhancerForServing, onnx_export.ENHANCED_IMAGE, enhancer_parity)
+_ENHANCER = _Kind(ENHANCER, _enhancer_wrapper, onnx_export.ENHANCED_IMAGE, enhancer_parity)
 
 
 def _export_checked(
-    kind: _Kind, module: nn.Module, work: Path, input_size: int, images: np.ndarray, data: str, options: ExportOptions
+    kind: _Kind,
+    module: nn.Module,
+    work: Path,
+    input_size: int,
+    images: np.ndarray,
+    data: str,
+    options: ExportOptions,
+    given: Path | None = None,  # a serving graph made elsewhere (export.external), checked like an export
 ) -> _Exported:
     """Wrap, export at the chosen precision, compare with PyTorch, measure batch dependence."""
     # The reference wrapper stays float32: an fp16 graph is judged against the model as trained.
     reference = kind.wrapper(module.eval(), torch.float32).eval()
     net = kind.wrapper(copy.deepcopy(module).eval().to(options.dtype), options.dtype)
-    path = export_module(net, work / f"{kind.name}.onnx", input_size, kind.output)
+    names = op_names(module) if getattr(net, "op_weights", False) else None
+    outputs = [kind.output] if names is None else [kind.output, OP_WEIGHTS]
+    path = given or export_module(net, work / f"{kind.name}.onnx", input_size, outputs)
     parity = kind.parity(reference, path, images, options.parity_tolerance(), data=data)
     parity["batch_independence_max_diff"] = batch_independence(path, images[:8], kind.output)
-    return _Exported(path, parity, reference)
+    if names is not None:
+        parity["op_weights_batch_independence_max_diff"] = batch_independence(path, images[:8], OP_WEIGHTS)
+    return _Exported(path, parity, reference, names)
 
 
 def _export_enhancer(
@@ -204,13 +223,17 @@ def _export_enhancer(
 def _check_batch_independence(exported: dict[str, _Exported], tolerance: Tolerance) -> None:
     """Triton's dynamic batcher merges clients' requests: an output must not depend on its batch."""
     for name, model in exported.items():
-        gap = model.parity.get("batch_independence_max_diff")
-        allowed = tolerance.max_pixel_diff if name == ENHANCER else tolerance.atol
-        if gap is not None and gap > allowed:
-            raise onnx_export.ParityError(
-                f"{name} output depends on batch composition (max diff {gap}); "
-                "Triton's dynamic batching would change results"
-            )
+        checks = [
+            ("batch_independence_max_diff", tolerance.max_pixel_diff if name == ENHANCER else tolerance.atol),
+            ("op_weights_batch_independence_max_diff", tolerance.atol),
+        ]
+        for key, allowed in checks:
+            gap = model.parity.get(key)
+            if gap is not None and gap > allowed:
+                raise onnx_export.ParityError(
+                    f"{name} output depends on batch composition ({key} {gap}); "
+                    "Triton's dynamic batching would change results"
+                )
 
 
 def _build_plans(models: Sequence[ServedModel], work: Path, options: ExportOptions, log: Log) -> dict[str, Path]:
@@ -234,7 +257,12 @@ def _build_plans(models: Sequence[ServedModel], work: Path, options: ExportOptio
 
 
 def _export_reports(
-    recognizer: _Exported, enhancer: _Exported, identity: bool, pipeline: dict[str, Any] | None, options: ExportOptions
+    recognizer: _Exported,
+    enhancer: _Exported,
+    identity: bool,
+    pipeline: dict[str, Any] | None,
+    options: ExportOptions,
+    preprocess: Preprocess,
 ) -> dict[str, dict[str, Any]]:
     """Each model's ``export.json``: provenance, precision, the ONNX file, parity, serving options."""
     produced_by, serving = _produced_by(options.command), asdict(options.serving)
@@ -243,6 +271,7 @@ def _export_reports(
             "produced_by": produced_by,
             "source": options.recognizer_source.summary(),
             "precision": options.precision,
+            "preprocess": preprocess.to_dict(),
             "onnx": describe_onnx(recognizer.onnx),
             "parity": recognizer.parity,
             "serving": serving,
@@ -252,6 +281,7 @@ def _export_reports(
             "source": options.enhancer_source.summary(),
             "identity": identity,
             "precision": "uint8" if identity else options.precision,
+            "op_names": enhancer.op_names,
             "onnx": describe_onnx(enhancer.onnx),
             "parity": enhancer.parity,
             "pipeline_parity": pipeline,
@@ -276,19 +306,27 @@ def export_repository(
     *,
     enhancer: nn.Module | None = None,
     parity_images: np.ndarray | None = None,
+    preprocess: Preprocess | None = None,
+    recognizer_onnx: Path | None = None,
     log: Log = stderr_log,
 ) -> ExportResult:
     """Export, check and write the repositories; ``enhancer=None`` exports the identity enhancer.
 
     ``parity_images`` (uint8 NHWC at ``input_size``; default 256 random images) are what the ONNX graphs
-    are compared with PyTorch on. Raises :class:`export.onnx.ParityError` past tolerance, before anything
-    is written.
+    are compared with PyTorch on. ``preprocess``: how clients bring images to ``input_size``, written to
+    every model's config (the ``preprocess`` parameter); default the recognizer's
+    ``config.preprocess``, else plain resize. An enhancer with ``op_names()`` (the DynTTA enhancer) also
+    serves ``OP_WEIGHTS``. ``recognizer_onnx``: a serving graph to use instead of exporting ``recognizer``
+    (a user's own ONNX, :mod:`export.external`), checked against it the same way. Raises
+    :class:`export.onnx.ParityError` past tolerance, before anything is written.
     """
     options = options or ExportOptions()
+    if preprocess is None:
+        preprocess = getattr(getattr(recognizer, "config", None), "preprocess", None) or RESIZE
     images, data = _parity_images(parity_images, input_size, options)
     with tempfile.TemporaryDirectory(prefix="dyntta-export-") as tmp:
         work = Path(tmp)
-        rec = _export_checked(_RECOGNIZER, recognizer, work, input_size, images, data, options)
+        rec = _export_checked(_RECOGNIZER, recognizer, work, input_size, images, data, options, recognizer_onnx)
         log(
             f"recognizer parity ({options.precision}, {len(images)} {data} images): max |logit diff| "
             f"{rec.parity['max_abs_logit_diff']:.3g}, top-1 agreement {rec.parity['top1_agreement']:.4f}"
@@ -304,10 +342,12 @@ def export_repository(
             )
         _check_batch_independence({RECOGNIZER: rec, ENHANCER: enh}, options.parity_tolerance())
 
-        rec_model = repository.recognizer_model(rec.onnx, input_size, classes)
-        enh_model = repository.enhancer_model(enh.onnx, input_size, identity=enhancer is None)
+        rec_model = repository.recognizer_model(rec.onnx, input_size, classes, preprocess=preprocess)
+        enh_model = repository.enhancer_model(
+            enh.onnx, input_size, identity=enhancer is None, op_names=enh.op_names, preprocess=preprocess
+        )
         plans = _build_plans((rec_model, enh_model), work, options, log)
-        reports = _export_reports(rec, enh, enhancer is None, pipeline, options)
+        reports = _export_reports(rec, enh, enhancer is None, pipeline, options, preprocess)
         targets = _targets(Path(out), options)
         for flavour, target in targets.items():
             for model in (rec_model, enh_model):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,8 @@ import torch
 from onnx import TensorProto, helper
 from torch import nn
 
-# The tensor names every layer agrees on (IMAGE uint8 NHWC in; LOGITS / ENHANCED_IMAGE out).
-from dyntta.contract import ENHANCED_IMAGE, IMAGE, LOGITS, sha256_file
+# The tensor names every layer agrees on (IMAGE uint8 NHWC in; LOGITS / ENHANCED_IMAGE [+ OP_WEIGHTS] out).
+from dyntta.contract import ENHANCED_IMAGE, IMAGE, LOGITS, OP_WEIGHTS, sha256_file
 
 BATCH = "batch"
 OPSET = 17
@@ -49,25 +50,55 @@ class RecognizerForServing(nn.Module):
         return self.recognizer(pixels).float()
 
 
-class EnhancerForServing(nn.Module):
-    """uint8 NHWC pixels -> enhanced uint8 NHWC pixels, around an enhancer on float NCHW in [0, 1]."""
+def op_names(enhancer: nn.Module) -> list[str] | None:
+    """The names of an enhancer's K blended operations, if it has them (``DynTTAEnhancer.op_names()``);
+    such an enhancer returns ``(image, weights)`` from ``forward(x, return_weights=True)``."""
+    names = getattr(enhancer, "op_names", None)
+    return list(names()) if callable(names) else None
 
-    def __init__(self, enhancer: nn.Module, dtype: torch.dtype = torch.float32) -> None:
+
+class EnhancerForServing(nn.Module):
+    """uint8 NHWC pixels -> enhanced uint8 NHWC pixels, around an enhancer on float NCHW in [0, 1].
+
+    ``op_weights=True`` (an enhancer with :func:`op_names`): also float32 ``[N, K]``, each image's blend
+    weight per operation, the second output ``OP_WEIGHTS`` of the served enhancer."""
+
+    def __init__(self, enhancer: nn.Module, dtype: torch.dtype = torch.float32, *, op_weights: bool = False) -> None:
         super().__init__()
+        if op_weights and op_names(enhancer) is None:
+            raise ValueError(f"{type(enhancer).__name__} has no op_names(): it has no blend weights to serve")
         self.enhancer = enhancer
         self.dtype = dtype
+        self.op_weights = op_weights
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
+    def forward(self, image: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         pixels = image.permute(0, 3, 1, 2).to(self.dtype) / 255.0
-        enhanced = self.enhancer(pixels).float().clamp(0.0, 1.0)
+        if self.op_weights:
+            enhanced, weights = self.enhancer(pixels, return_weights=True)
+        else:
+            enhanced, weights = self.enhancer(pixels), None
+        enhanced = enhanced.float().clamp(0.0, 1.0)
         # Round half away from zero is what a reader of the bytes expects; values are >= 0 so floor(x + .5).
-        return torch.floor(enhanced * 255.0 + 0.5).to(torch.uint8).permute(0, 2, 3, 1)
+        served = torch.floor(enhanced * 255.0 + 0.5).to(torch.uint8).permute(0, 2, 3, 1)
+        return served if weights is None else (served, weights.float())
+
+
+def served_image(output: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The image of an enhancer wrapper's output (the first of several)."""
+    return output[0] if isinstance(output, tuple) else output
 
 
 def export_module(
-    module: nn.Module, path: str | os.PathLike[str], input_size: int, output_name: str, *, opset: int = OPSET
+    module: nn.Module,
+    path: str | os.PathLike[str],
+    input_size: int,
+    output_name: str | Sequence[str],
+    *,
+    opset: int = OPSET,
 ) -> Path:
-    """Export a uint8-NHWC serving wrapper to ``path`` with a dynamic batch dimension; run the checker."""
+    """Export a uint8-NHWC serving wrapper to ``path`` with a dynamic batch dimension; run the checker.
+    ``output_name``: one name, or one per output of a wrapper returning a tuple (in its order)."""
+    names = [output_name] if isinstance(output_name, str) else list(output_name)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     example = torch.randint(0, 256, (2, input_size, input_size, 3), dtype=torch.uint8)
@@ -87,8 +118,8 @@ def export_module(
             opset_version=opset,
             do_constant_folding=True,
             input_names=[IMAGE],
-            output_names=[output_name],
-            dynamic_axes={IMAGE: {0: BATCH}, output_name: {0: BATCH}},
+            output_names=names,
+            dynamic_axes={IMAGE: {0: BATCH}, **{name: {0: BATCH} for name in names}},
         )
     model = onnx.load(str(path))
     onnx.checker.check_model(model, full_check=True)
@@ -155,14 +186,21 @@ def _chunks(images: np.ndarray, size: int = 64) -> list[np.ndarray]:
 
 
 def _outputs(
-    module: nn.Module, onnx_path: str | os.PathLike[str], images: np.ndarray, output: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """``module``'s and the ONNX graph's ``output`` on uint8 NHWC ``images``, in chunks."""
+    module: nn.Module, onnx_path: str | os.PathLike[str], images: np.ndarray, outputs: Sequence[str]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(module's, ONNX graph's)`` value of each of ``outputs`` (the module's outputs, in its order) on
+    uint8 NHWC ``images``, in chunks."""
     session = cpu_session(onnx_path)
-    with torch.no_grad():
-        reference = np.concatenate([module(torch.from_numpy(c)).numpy() for c in _chunks(images)])
-    exported = np.concatenate([session.run([output], {IMAGE: c})[0] for c in _chunks(images)])
-    return reference, exported
+    reference: list[list[np.ndarray]] = [[] for _ in outputs]
+    exported: list[list[np.ndarray]] = [[] for _ in outputs]
+    for chunk in _chunks(images):
+        with torch.no_grad():
+            result = module(torch.from_numpy(chunk))
+        for i, tensor in enumerate(result if isinstance(result, tuple) else (result,)):
+            reference[i].append(tensor.numpy())
+        for i, array in enumerate(session.run(list(outputs), {IMAGE: chunk})):
+            exported[i].append(array)
+    return [(np.concatenate(r), np.concatenate(e)) for r, e in zip(reference, exported, strict=True)]
 
 
 def recognizer_parity(
@@ -175,7 +213,7 @@ def recognizer_parity(
     raise_on_failure: bool = True,
 ) -> dict[str, Any]:
     """Compare the ONNX recognizer with ``module`` (the serving wrapper) on uint8 NHWC ``images``."""
-    reference, exported = _outputs(module, onnx_path, images, LOGITS)
+    ((reference, exported),) = _outputs(module, onnx_path, images, [LOGITS])
     diff = float(np.abs(exported - reference).max())
     scale = float(np.abs(reference).max())
     agreement = float((exported.argmax(1) == reference.argmax(1)).mean())
@@ -203,8 +241,11 @@ def enhancer_parity(
     data: str = "",
     raise_on_failure: bool = True,
 ) -> dict[str, Any]:
-    """Compare the ONNX enhancer with ``module`` (the serving wrapper): uint8 outputs, in levels."""
-    reference, exported = _outputs(module, onnx_path, images, ENHANCED_IMAGE)
+    """Compare the ONNX enhancer with ``module`` (the serving wrapper): uint8 outputs, in levels; with
+    ``OP_WEIGHTS`` (a wrapper with ``op_weights``), the blend weights too, within ``tolerance.atol``."""
+    weights = bool(getattr(module, "op_weights", False))
+    results = _outputs(module, onnx_path, images, [ENHANCED_IMAGE, OP_WEIGHTS] if weights else [ENHANCED_IMAGE])
+    reference, exported = results[0]
     if exported.dtype != np.uint8 or exported.shape != images.shape:
         raise ParityError(f"enhancer output is {exported.dtype} {exported.shape}, expected uint8 {images.shape}")
     diff = np.abs(exported.astype(np.int16) - reference.astype(np.int16))
@@ -217,6 +258,13 @@ def enhancer_parity(
         "tolerance": asdict(tolerance),
     }
     report["passed"] = report["max_abs_pixel_diff"] <= tolerance.max_pixel_diff
+    if weights:
+        want, got = results[1]
+        if got.dtype != np.float32 or got.shape != want.shape:
+            raise ParityError(f"{OP_WEIGHTS} is {got.dtype} {got.shape}, expected float32 {want.shape}")
+        report["max_abs_op_weight_diff"] = float(np.abs(got - want).max())
+        report["op_weights"] = int(want.shape[1])
+        report["passed"] = report["passed"] and report["max_abs_op_weight_diff"] <= tolerance.atol
     if raise_on_failure and not report["passed"]:
         raise ParityError(f"ONNX enhancer {onnx_path} disagrees with PyTorch: {report}")
     return report
@@ -236,7 +284,9 @@ def pipeline_parity(
     """
     enh, rec = cpu_session(enhancer_onnx), cpu_session(recognizer_onnx)
     with torch.no_grad():
-        reference = np.concatenate([recognizer(enhancer(torch.from_numpy(c))).numpy() for c in _chunks(images)])
+        reference = np.concatenate(
+            [recognizer(served_image(enhancer(torch.from_numpy(c)))).numpy() for c in _chunks(images)]
+        )
     exported = np.concatenate(
         [rec.run([LOGITS], {IMAGE: enh.run([ENHANCED_IMAGE], {IMAGE: c})[0]})[0] for c in _chunks(images)]
     )

@@ -8,7 +8,10 @@
 
 Every model takes ``IMAGE`` uint8 ``[S, S, 3]`` (plus the batch dimension). ``recognizer`` and ``dyntta``
 return ``LOGITS`` fp32 ``[num_classes]`` with ``labels.txt`` (the classification extension answers
-``score:index:label``); ``enhancer`` returns ``ENHANCED_IMAGE`` uint8 ``[S, S, 3]``.
+``score:index:label``); ``enhancer`` returns ``ENHANCED_IMAGE`` uint8 ``[S, S, 3]`` and, for an enhancer
+that blends named operations, ``OP_WEIGHTS`` fp32 ``[K]`` with the names in its ``op_names`` parameter
+(the ensemble uses ``ENHANCED_IMAGE`` only). Every config carries the ``preprocess`` parameter: the JSON of
+the recognizer's :class:`dyntta.data.Preprocess`, how a client brings an image of any shape to ``S``.
 
 Flavours, from the same ONNX files:
 
@@ -34,7 +37,18 @@ from typing import Any, Literal
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from dyntta.contract import ENHANCED_IMAGE, ENHANCER, ENSEMBLE, IMAGE, LOGITS, RECOGNIZER
+from dyntta.contract import (
+    ENHANCED_IMAGE,
+    ENHANCER,
+    ENSEMBLE,
+    IMAGE,
+    LOGITS,
+    OP_NAMES_PARAMETER,
+    OP_WEIGHTS,
+    PREPROCESS_PARAMETER,
+    RECOGNIZER,
+)
+from dyntta.data.preprocess import RESIZE, Preprocess
 
 Flavour = Literal["cpu", "gpu"]
 FLAVOURS: tuple[Flavour, ...] = ("cpu", "gpu")
@@ -81,6 +95,8 @@ class ServedModel:
     identity: bool = False  # the pass-through enhancer: nothing to accelerate
     plan_path: Path | None = None  # a TensorRT plan for the gpu flavour
     report: dict[str, Any] = field(default_factory=dict)
+    op_names: list[str] | None = None  # an enhancer with a second output OP_WEIGHTS [K]: its K names
+    preprocess: Preprocess = RESIZE
 
     @property
     def image_dims(self) -> list[int]:
@@ -110,6 +126,16 @@ def _param(config: mc.ModelConfig, key: str, value: Any) -> None:
     config.parameters[key].string_value = str(value)
 
 
+def _contract(config: mc.ModelConfig, model: ServedModel) -> None:
+    """What clients read from the config: the preprocessing policy; OP_WEIGHTS and its op names."""
+    _param(config, PREPROCESS_PARAMETER, model.preprocess.to_json())
+    if model.op_names:
+        if any("," in name for name in model.op_names):
+            raise ValueError(f"operation names must not contain commas: {model.op_names}")
+        config.output.add(name=OP_WEIGHTS, data_type=mc.TYPE_FP32, dims=[len(model.op_names)])
+        _param(config, OP_NAMES_PARAMETER, ",".join(model.op_names))
+
+
 def _warmup(config: mc.ModelConfig, model: ServedModel, batch_sizes: Sequence[int]) -> None:
     # READY then means the session (and, on GPU, the TensorRT engines) exists and has run once.
     for batch in dict.fromkeys(batch_sizes):
@@ -124,6 +150,7 @@ def model_config(model: ServedModel, flavour: Flavour, options: ServingOptions) 
     config = mc.ModelConfig(name=model.name, max_batch_size=options.max_batch_size)
     config.version_policy.latest.num_versions = 1
     _io(config, model, labels=True)
+    _contract(config, model)
     if flavour == "cpu":
         config.backend = "python"
         config.instance_group.add(count=options.cpu_instances, kind=mc.ModelInstanceGroup.KIND_CPU)
@@ -174,6 +201,8 @@ def ensemble_config(
     second = config.ensemble_scheduling.step.add(model_name=recognizer.name, model_version=-1)
     second.input_map[IMAGE] = "enhanced_image"
     second.output_map[LOGITS] = LOGITS
+    # A client of the ensemble preprocesses as the recognizer does (OP_WEIGHTS is not an ensemble output).
+    _param(config, PREPROCESS_PARAMETER, recognizer.preprocess.to_json())
     return config
 
 
@@ -219,6 +248,7 @@ def write_model(
         "normalisation in the graph)."
         if model.name == RECOGNIZER
         else "Enhancer: IMAGE uint8 [S,S,3] -> ENHANCED_IMAGE uint8 [S,S,3]"
+        + (f", OP_WEIGHTS fp32 [{len(model.op_names)}] (names: op_names)" if model.op_names else "")
         + (" (identity: pass-through graph, no enhancer checkpoint given)." if model.identity else ".")
     )
     (directory / "config.pbtxt").write_text(

@@ -4,7 +4,8 @@
         [--out predictions.csv | predictions.jsonl] [--top-k 1]
 
 Images (JPEG, PNG, WebP, BMP, found recursively) go through the same preprocessing contract as training
-and the gateway (:func:`dyntta.data.to_model_input`), are sent as uint8 [N, S, S, 3] batches, and the
+and the gateway (:func:`dyntta.data.to_model_input` under the policy in the model's ``preprocess`` config
+parameter: resize, center-crop or letterbox), are sent as uint8 [N, S, S, 3] batches, and the
 results are written as CSV or JSON lines (by the output's suffix). The input size and labels come from
 Triton (model metadata and the classification extension). Files that fail to decode are reported in the
 output with an ``error`` and do not stop the run. The next batch is decoded while Triton works on the
@@ -20,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -29,8 +31,8 @@ from tritonclient.utils import InferenceServerException
 
 from dyntta.cli import EXIT_FAILURE, ArgumentParser
 from dyntta.contract import IMAGE_SUFFIXES as SUFFIXES
-from dyntta.contract import find_images, parse_classification, softmax
-from dyntta.data import to_model_input
+from dyntta.contract import LOGITS, PREPROCESS_PARAMETER, find_images, parse_classification, softmax
+from dyntta.data.preprocess import RESIZE, Preprocess, to_model_input
 from serve.triton.errors import TritonError
 from serve.triton.urls import parse_triton_url
 
@@ -43,13 +45,18 @@ class Model:
     size: int
     max_batch_size: int
     labels: list[str]
+    preprocess: Preprocess = RESIZE
 
 
 def describe(client: grpcclient.InferenceServerClient, name: str) -> Model:
+    """Input, output, batch limit, preprocessing policy (the config's ``preprocess`` parameter; plain
+    resize when absent) and labels of a served classifier."""
     meta = client.get_model_metadata(name, as_json=True)
     config = client.get_model_config(name, as_json=True)["config"]
-    inp, out = meta["inputs"][0], meta["outputs"][0]
+    inp = meta["inputs"][0]
+    out = next((o for o in meta["outputs"] if o["name"] == LOGITS), meta["outputs"][0])
     size, classes = int(inp["shape"][-2]), int(out["shape"][-1])
+    parameter = (config.get("parameters") or {}).get(PREPROCESS_PARAMETER) or {}
     model = Model(
         name,
         inp["name"],
@@ -57,6 +64,7 @@ def describe(client: grpcclient.InferenceServerClient, name: str) -> Model:
         size,
         int(config.get("max_batch_size", 0) or 0),
         [str(i) for i in range(classes)],
+        Preprocess.from_json(parameter.get("string_value")),
     )
     # labels: one request through the classification extension returns "score:index:label" for each class
     probe = grpcclient.InferInput(model.input_name, [1, size, size, 3], "UINT8")
@@ -68,30 +76,35 @@ def describe(client: grpcclient.InferenceServerClient, name: str) -> Model:
     return model
 
 
-def decode(paths: Sequence[Path], size: int) -> tuple[np.ndarray, list[str | None]]:
+def decode(
+    paths: Sequence[Path], size: int, policy: Preprocess = RESIZE
+) -> tuple[np.ndarray[Any, Any], list[str | None]]:
     """Paths -> uint8 (N, size, size, 3) and an error (or None) per path; failed images are zeros."""
     pixels = np.zeros((len(paths), size, size, 3), np.uint8)
     errors: list[str | None] = []
     for i, path in enumerate(paths):
         try:
             with Image.open(path) as image:
-                pixels[i] = to_model_input(image, size)
+                pixels[i] = to_model_input(image, size, policy)
             errors.append(None)
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
             errors.append(f"{exc.__class__.__name__}: {exc}")
     return pixels, errors
 
 
+Decoded = tuple[np.ndarray[Any, Any], list[str | None]]
+
+
 def batches(
-    paths: Sequence[Path], size: int, batch_size: int, pool: ThreadPoolExecutor
-) -> Iterator[tuple[Sequence[Path], np.ndarray, list[str | None]]]:
+    paths: Sequence[Path], size: int, batch_size: int, pool: ThreadPoolExecutor, policy: Preprocess = RESIZE
+) -> Iterator[tuple[Sequence[Path], np.ndarray[Any, Any], list[str | None]]]:
     """Decoded batches, one batch ahead (decoding overlaps inference)."""
     chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
-    pending: Future | None = pool.submit(decode, chunks[0], size) if chunks else None
+    pending: Future[Decoded] | None = pool.submit(decode, chunks[0], size, policy) if chunks else None
     for i, chunk in enumerate(chunks):
         assert pending is not None
         pixels, errors = pending.result()
-        pending = pool.submit(decode, chunks[i + 1], size) if i + 1 < len(chunks) else None
+        pending = pool.submit(decode, chunks[i + 1], size, policy) if i + 1 < len(chunks) else None
         yield chunk, pixels, errors
 
 
@@ -104,8 +117,8 @@ class Writer:
         if self.csv is not None:
             self.csv.writerow(["path", "label", "index", "probability", "top_k", "error"])
 
-    def write(self, path: Path, probs: np.ndarray | None, labels: list[str], error: str | None) -> None:
-        top: list[dict] = []
+    def write(self, path: Path, probs: np.ndarray[Any, Any] | None, labels: list[str], error: str | None) -> None:
+        top: list[dict[str, Any]] = []
         if probs is not None:
             order = np.argsort(-probs, kind="stable")[: self.top_k]
             top = [{"label": labels[j], "index": int(j), "probability": round(float(probs[j]), 6)} for j in order]
@@ -130,7 +143,7 @@ class Writer:
             self.handle.close()
 
 
-def run(directory: Path, url: str, model_name: str, batch_size: int, out: Path | None, top_k: int) -> dict:
+def run(directory: Path, url: str, model_name: str, batch_size: int, out: Path | None, top_k: int) -> dict[str, int]:
     paths = find_images(directory)
     if not paths:
         raise SystemExit(f"no images ({', '.join(sorted(SUFFIXES))}) under {directory}")
@@ -144,7 +157,7 @@ def run(directory: Path, url: str, model_name: str, batch_size: int, out: Path |
             ThreadPoolExecutor(max_workers=1) as pool,
             tqdm(total=len(paths), unit="img", desc=model_name, file=sys.stderr) as bar,
         ):
-            for chunk, pixels, errors in batches(paths, model.size, step, pool):
+            for chunk, pixels, errors in batches(paths, model.size, step, pool, model.preprocess):
                 tensor = grpcclient.InferInput(model.input_name, list(pixels.shape), "UINT8")
                 tensor.set_data_from_numpy(pixels)
                 result = client.infer(

@@ -7,8 +7,8 @@ keep their core), under ``ITIMER_PROF`` (the worker's own CPU time, user + syste
 the Python loops; a worker that overruns even that (stuck in C) is killed after a wall-clock grace and
 replaced. Either way the client gets a 413 naming the limit.
 
-Workers are forked from a forkserver that has imported the decoding code once, so a replacement costs
-milliseconds, not the seconds of importing numpy, Pillow and torch again.
+Workers are forked from a forkserver that has imported the decoding code (numpy and Pillow, no torch)
+once, so a replacement costs milliseconds, not the time of importing them again.
 """
 
 from __future__ import annotations
@@ -142,7 +142,12 @@ class DecodePool:
 
     async def close(self) -> None:
         workers, self._workers = self._workers, []
-        await asyncio.to_thread(lambda: [w.stop() for w in workers])
+
+        def stop_all() -> None:
+            for worker in workers:
+                worker.stop()
+
+        await asyncio.to_thread(stop_all)
         self._threads.shutdown(wait=False, cancel_futures=True)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -165,7 +170,8 @@ class DecodePool:
         future.add_done_callback(release)
         status, value, _ = await asyncio.wrap_future(future)
         if status == "ok":
-            return value
+            result: T = value
+            return result
         if status == "api":
             kind, message = value
             raise kind(message)
@@ -176,7 +182,7 @@ class DecodePool:
             )
         raise BadImage(f"the image could not be decoded ({value})")
 
-    def _call(self, worker: _Worker, fn: Callable[..., Any], args: tuple) -> tuple[str, Any, _Worker]:
+    def _call(self, worker: _Worker, fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[str, Any, _Worker]:
         """In a pool thread: one task on ``worker``; a dead or stuck worker is replaced (returned third)."""
         try:
             worker.conn.send((fn, args))

@@ -1,7 +1,9 @@
 """Decoding uploads into model input, and encoding results, with the safety checks a public endpoint needs.
 
-Every image goes through :func:`dyntta.data.to_model_input`, the same conversion the training data went
-through. Failure modes map onto distinct errors:
+Every image goes through :func:`dyntta.data.to_model_input` under the served recognizer's
+:class:`~dyntta.data.Preprocess` policy (the ``preprocess`` parameter of its Triton config), the same
+conversion the training data went through; the module imports no torch. Failure modes map onto distinct
+errors:
 
 - the declared content type is not an image, or the bytes are no allowed format -> 415;
 - the bytes start like an allowed format but do not decode -> 400;
@@ -23,11 +25,12 @@ import struct
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from dyntta.data import to_model_input
+from dyntta.data.preprocess import RESIZE, Preprocess, to_model_input
 from serve.errors import BadImage, PayloadTooLarge, UnsupportedMediaType
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP")
@@ -81,9 +84,10 @@ def python_decoded(image: Image.Image) -> str | None:
     ones live in ``Image.core``. Checking the registry, not a list of names, also catches decoders a future
     Pillow adds.
     """
-    for tile in image.tile:
-        if tile.codec_name in Image.DECODERS:
-            return tile.codec_name
+    for tile in getattr(image, "tile", ()):  # an ImageFile's undecoded tiles (a plain Image has none)
+        codec: str = tile.codec_name
+        if codec in Image.DECODERS:
+            return codec
     return None
 
 
@@ -164,25 +168,34 @@ def open_image(data: bytes, *, max_pixels: int, name: str = "upload", budget: Pi
     return load(image, name=name)
 
 
-def _model_input(image: Image.Image, size: int, name: str) -> np.ndarray:
+def _model_input(image: Image.Image, size: int, name: str, policy: Preprocess) -> np.ndarray[Any, Any]:
     try:
-        return to_model_input(image, size)
+        pixels: np.ndarray[Any, Any] = to_model_input(image, size, policy)
+        return pixels
     except (OSError, ValueError, SyntaxError, EOFError, struct.error) as exc:
         raise BadImage(f"{name}: cannot convert to RGB ({exc.__class__.__name__}: {exc})") from None
     finally:
         image.close()
 
 
-def decode_to_model_input(upload: Upload, size: int, max_pixels: int) -> np.ndarray:
+def decode_to_model_input(
+    upload: Upload, size: int, max_pixels: int, policy: Preprocess = RESIZE
+) -> np.ndarray[Any, Any]:
     """One upload -> uint8 (size, size, 3), exactly as the training data was prepared."""
-    return decode_batch([upload], size, max_pixels)[0]
+    pixels: np.ndarray[Any, Any] = decode_batch([upload], size, max_pixels, policy=policy)[0]
+    return pixels
 
 
 def decode_batch(
-    uploads: Sequence[Upload], size: int, max_pixels: int, max_total_pixels: int | None = None
-) -> np.ndarray:
-    """Uploads -> uint8 (N, size, size, 3). Every header is checked (type, format, encoding, the pixel
-    budget of the whole request) before the first pixel is decoded."""
+    uploads: Sequence[Upload],
+    size: int,
+    max_pixels: int,
+    max_total_pixels: int | None = None,
+    policy: Preprocess = RESIZE,
+) -> np.ndarray[Any, Any]:
+    """Uploads -> uint8 (N, size, size, 3) under ``policy`` (the model's, :attr:`serve.inference.ModelInfo.
+    preprocess`). Every header is checked (type, format, encoding, the pixel budget of the whole request)
+    before the first pixel is decoded."""
     budget = PixelBudget(max_pixels, max_total_pixels)
     images: list[Image.Image] = []
     try:
@@ -195,7 +208,7 @@ def decode_batch(
         out = np.empty((len(uploads), size, size, 3), dtype=np.uint8)
         for i, (upload, image) in enumerate(zip(uploads, images, strict=True)):
             name = upload.filename or f"image{i}"
-            out[i] = _model_input(load(image, name=name), size, name)
+            out[i] = _model_input(load(image, name=name), size, name, policy)
         return out
     finally:
         for image in images:
@@ -224,7 +237,7 @@ def cheap_to_decode(uploads: Sequence[Upload], max_pixels: int, max_total_pixels
     return budget.used <= INLINE_MAX_PIXELS
 
 
-def encode_png(pixels: np.ndarray) -> bytes:
+def encode_png(pixels: np.ndarray[Any, Any]) -> bytes:
     """uint8 (H, W, 3) -> PNG bytes."""
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8), "RGB").save(buffer, format="PNG")

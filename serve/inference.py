@@ -3,8 +3,9 @@
 Every call goes to the replica the pool picks (up, fewest calls in flight). A call that fails because of the
 replica (connection error, UNAVAILABLE, the model not loaded there) marks it down and is retried once on
 another replica: inference is idempotent, and the client sees no error when one of several replicas dies.
-Model facts (input name and size, output name, batch limit, labels, version) are read from Triton itself,
-so the gateway follows whatever repository the server loaded. Labels come through Triton's classification
+Model facts (input name and size, output name, batch limit, labels, version, the preprocessing policy and
+the enhancer's op names) are read from Triton itself, so the gateway follows whatever repository the
+server loaded. Labels come through Triton's classification
 extension (``label_filename`` in the model config), which works for a local or a remote server alike.
 Triton failures become :mod:`serve.errors` exceptions: unreachable or model not ready -> 503, deadline
 -> 504, anything else -> 502.
@@ -13,6 +14,7 @@ Triton failures become :mod:`serve.errors` exceptions: unreachable or model not 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -25,7 +27,14 @@ from prometheus_client import CollectorRegistry
 from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException
 
-from dyntta.contract import parse_classification
+from dyntta.contract import (
+    ENHANCED_IMAGE,
+    LOGITS,
+    OP_NAMES_PARAMETER,
+    PREPROCESS_PARAMETER,
+    parse_classification,
+)
+from dyntta.data.preprocess import RESIZE, Preprocess
 from serve.errors import ApiError, BackendError, BackendTimeout, BackendUnavailable
 from serve.triton.pool import PoolCollector, Replica, ReplicaPool, ReplicaState, ReplicaStatus
 
@@ -42,6 +51,13 @@ class ModelInfo:
     output_datatype: str
     max_batch_size: int
     labels: tuple[str, ...] | None = None
+    #: how an upload becomes input_size x input_size (the config's ``preprocess`` parameter; plain resize
+    #: for a repository exported before the parameter existed)
+    preprocess: Preprocess = RESIZE
+    #: every output the model serves, in its metadata's order
+    outputs: tuple[str, ...] = ()
+    #: the enhancer's operation names (``op_names`` parameter), the columns of its ``OP_WEIGHTS`` output
+    op_names: tuple[str, ...] | None = None
 
     @property
     def num_classes(self) -> int | None:
@@ -50,10 +66,25 @@ class ModelInfo:
 
 @dataclass(frozen=True)
 class InferOutput:
-    array: np.ndarray
+    array: np.ndarray[Any, Any]
     model: str
     version: str
     seconds: float
+
+
+def config_parameters(config: dict[str, Any]) -> dict[str, str]:
+    """A model config's (as JSON) ``parameters`` as plain strings."""
+    raw = config.get("parameters") or {}
+    return {str(k): str((v or {}).get("string_value", "")) for k, v in raw.items()}
+
+
+def _main_output(outputs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The output the gateway classifies or returns: the contract's ``LOGITS`` / ``ENHANCED_IMAGE`` if the
+    model has it (the enhancer may serve ``OP_WEIGHTS`` beside it), else the first."""
+    for output in outputs:
+        if output["name"] in (LOGITS, ENHANCED_IMAGE):
+            return output
+    return outputs[0]
 
 
 #: gRPC statuses that say "this replica cannot serve now" (not "this request is wrong"): try another
@@ -91,7 +122,7 @@ class TritonBackend:
         self._registry = registry
         self._collector = PoolCollector(self.pool)
         if registry is not None:
-            registry.register(self._collector)  # type: ignore[arg-type]
+            registry.register(self._collector)
 
     async def start(self) -> None:
         """Probe the replicas once and keep probing them in the background."""
@@ -100,7 +131,7 @@ class TritonBackend:
     async def close(self) -> None:
         await self.pool.close()
         if self._registry is not None:
-            self._registry.unregister(self._collector)  # type: ignore[arg-type]
+            self._registry.unregister(self._collector)
             self._registry = None
 
     # --- health ---------------------------------------------------------------------------------------
@@ -153,10 +184,16 @@ class TritonBackend:
             return meta, config
 
         meta, config = await self._on_a_replica(name, fetch)
-        inp, out = meta["inputs"][0], meta["outputs"][0]
+        inp, out = meta["inputs"][0], _main_output(meta["outputs"])
         shape = [int(d) for d in inp["shape"]]
         if len(shape) < 3 or shape[-1] != 3 or shape[-2] != shape[-3] or shape[-2] <= 0:
             raise BackendError(f"model {name!r} input {inp['name']} has shape {shape}; expected [-1, S, S, 3]")
+        parameters = config_parameters(config)
+        try:
+            preprocess = Preprocess.from_json(parameters.get(PREPROCESS_PARAMETER))
+        except ValueError as exc:
+            raise BackendError(f"model {name!r} has an invalid {PREPROCESS_PARAMETER} parameter: {exc}") from None
+        names = parameters.get(OP_NAMES_PARAMETER)
         info = ModelInfo(
             name=name,
             version=str(max((meta.get("versions") or ["1"]), key=lambda v: int(v) if v.isdigit() else 0)),
@@ -165,10 +202,13 @@ class TritonBackend:
             output_name=out["name"],
             output_datatype=out["datatype"],
             max_batch_size=int(config.get("max_batch_size", 0) or 0),
+            preprocess=preprocess,
+            outputs=tuple(o["name"] for o in meta["outputs"]),
+            op_names=tuple(names.split(",")) if names else None,
         )
         if out["datatype"] in ("FP32", "FP16") and len(out["shape"]) >= 1:
             labels = await self._probe_labels(info, int(out["shape"][-1]))
-            info = ModelInfo(**{**info.__dict__, "labels": labels})
+            info = dataclasses.replace(info, labels=labels)
         return info
 
     async def _probe_labels(self, info: ModelInfo, num_classes: int) -> tuple[str, ...]:
@@ -181,7 +221,21 @@ class TritonBackend:
 
     # --- inference ------------------------------------------------------------------------------------
 
-    async def infer(self, name: str, images: np.ndarray, request_id: str = "") -> InferOutput:
+    async def infer_outputs(
+        self, name: str, images: np.ndarray[Any, Any], outputs: Sequence[str], request_id: str = ""
+    ) -> dict[str, np.ndarray[Any, Any]]:
+        """uint8 (N, S, S, 3) -> the named outputs (e.g. the enhancer's ``ENHANCED_IMAGE`` and
+        ``OP_WEIGHTS``), N images in one request (N <= the model's batch limit)."""
+        info = await self.model_info(name)
+        missing = [o for o in outputs if o not in info.outputs]
+        if missing:
+            raise BackendError(f"model {name!r} has no output {', '.join(missing)} (it has {', '.join(info.outputs)})")
+        if info.max_batch_size <= 0 or len(images) > info.max_batch_size:
+            raise BackendError(f"internal: {len(images)} images in one request to model {name!r}")
+        result = await self._call(info, images, request_id=request_id, outputs=outputs)
+        return {o: result.as_numpy(o) for o in outputs}
+
+    async def infer(self, name: str, images: np.ndarray[Any, Any], request_id: str = "") -> InferOutput:
         """uint8 (N, S, S, 3) -> the model's first output for each image, split to the model's batch limit.
         ``request_id`` is passed to Triton (its logs and traces carry it)."""
         info = await self.model_info(name)
@@ -197,17 +251,24 @@ class TritonBackend:
         version = results[0].get_response().model_version or info.version
         return InferOutput(np.concatenate(arrays), name, version, time.perf_counter() - start)
 
-    def infer_blocking(self, name: str, images: np.ndarray, loop: asyncio.AbstractEventLoop) -> InferOutput:
+    def infer_blocking(self, name: str, images: np.ndarray[Any, Any], loop: asyncio.AbstractEventLoop) -> InferOutput:
         """From a worker thread: run :meth:`infer` on the app's loop (the clients stay on their loop)."""
         return asyncio.run_coroutine_threadsafe(self.infer(name, images), loop).result()
 
     async def _call(
-        self, info: ModelInfo, pixels: np.ndarray, class_count: int = 0, request_id: str = ""
+        self,
+        info: ModelInfo,
+        pixels: np.ndarray[Any, Any],
+        class_count: int = 0,
+        request_id: str = "",
+        outputs: Sequence[str] = (),
     ) -> grpcclient.InferResult:
         batch = pixels if info.max_batch_size > 0 else pixels[0]
         tensor = InferInput(info.input_name, list(batch.shape), "UINT8")
         tensor.set_data_from_numpy(np.ascontiguousarray(batch))
-        outputs = [InferRequestedOutput(info.output_name, class_count=class_count)]
+        requested = [InferRequestedOutput(o) for o in outputs] or [
+            InferRequestedOutput(info.output_name, class_count=class_count)
+        ]
         try:
             await asyncio.wait_for(self._slots.acquire(), self.timeout_s)
         except TimeoutError:
@@ -217,7 +278,7 @@ class TritonBackend:
 
         async def infer(client: grpcclient.InferenceServerClient, timeout: float) -> grpcclient.InferResult:
             return await client.infer(
-                info.name, [tensor], outputs=outputs, request_id=request_id, client_timeout=timeout
+                info.name, [tensor], outputs=requested, request_id=request_id, client_timeout=timeout
             )
 
         try:

@@ -27,7 +27,8 @@ from tqdm import tqdm
 
 from dyntta import contract
 from dyntta.contract import IMAGE_SUFFIXES, DatasetNotFoundError, find_class_images
-from dyntta.data.transforms import arrays_to_model_input, to_model_input
+from dyntta.data.preprocess import RESIZE, Preprocess, to_model_input
+from dyntta.data.transforms import arrays_to_model_input
 from dyntta.registry import Registry
 
 FASHION_MNIST_CLASSES = list(contract.FASHION_MNIST_CLASSES)
@@ -37,8 +38,9 @@ DATA_DIR_ENV = "DYNTTA_DATA_DIR"
 SPLITS = ("train", "test")
 
 
-#: ``loader(split, image_size, root)``; ``root`` None means the loader's environment variable or default place.
-Loader = Callable[[str, int, "str | os.PathLike[str] | None"], "LabelledImages"]
+#: ``loader(split, image_size, root, preprocess)``; ``root`` None means the loader's environment variable or
+#: default place; ``preprocess`` is how each image becomes ``image_size`` x ``image_size``.
+Loader = Callable[[str, int, "str | os.PathLike[str] | None", Preprocess], "LabelledImages"]
 DATASETS: Registry[Loader] = Registry("data set")
 """Every loadable data set, registered by decorator beside its loader (names are case-insensitive and
 treat ``-`` and ``_`` alike)."""
@@ -67,27 +69,35 @@ class LabelledImages:
 
 
 def load_dataset(
-    name: str, split: str = "train", *, image_size: int = 32, root: str | os.PathLike[str] | None = None
+    name: str,
+    split: str = "train",
+    *,
+    image_size: int = 32,
+    root: str | os.PathLike[str] | None = None,
+    preprocess: Preprocess | None = None,
 ) -> LabelledImages:
     """Load one split of a data set at ``image_size`` x ``image_size`` RGB.
 
     ``root`` overrides where the files are; otherwise ``DYNTTA_FASHION_MNIST_DIR`` (Fashion-MNIST) or
-    ``DYNTTA_DATA_DIR`` is used, then the default location.
+    ``DYNTTA_DATA_DIR`` is used, then the default location. ``preprocess`` is the recognizer's policy
+    (``recognizer.config.preprocess``); ``None`` is plain resize, the legacy policy. The built-in data
+    sets are square, so only ImageFolder images can differ between policies.
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-    return DATASETS.get(name)(split, image_size, root)
+    return DATASETS.get(name)(split, image_size, root, preprocess or RESIZE)
 
 
 # --- Fashion-MNIST (IDX) -------------------------------------------------------------------------------
 
 
 @DATASETS.register("fashion-mnist", aliases=("fashionmnist",))
-def _fashion_mnist(split: str, size: int, root: str | os.PathLike[str] | None) -> LabelledImages:
+def _fashion_mnist(split: str, size: int, root: str | os.PathLike[str] | None, policy: Preprocess) -> LabelledImages:
     images_path, labels_path = contract.fashion_mnist_files(split, root)
     raw = read_idx(images_path)
     labels = torch.from_numpy(read_idx(labels_path).astype(np.int64))
-    return LabelledImages("fashion-mnist", split, arrays_to_model_input(raw, size), labels, list(FASHION_MNIST_CLASSES))
+    images = arrays_to_model_input(raw, size, policy)
+    return LabelledImages("fashion-mnist", split, images, labels, list(FASHION_MNIST_CLASSES))
 
 
 def read_idx(path: Path) -> np.ndarray[Any, Any]:
@@ -106,16 +116,16 @@ def read_idx(path: Path) -> np.ndarray[Any, Any]:
 
 
 @DATASETS.register("cifar10", aliases=("cifar-10",))
-def _cifar10(split: str, size: int, root: str | os.PathLike[str] | None) -> LabelledImages:
-    return _cifar("cifar10", split, size, root)
+def _cifar10(split: str, size: int, root: str | os.PathLike[str] | None, policy: Preprocess) -> LabelledImages:
+    return _cifar("cifar10", split, size, root, policy)
 
 
 @DATASETS.register("cifar100", aliases=("cifar-100",))
-def _cifar100(split: str, size: int, root: str | os.PathLike[str] | None) -> LabelledImages:
-    return _cifar("cifar100", split, size, root)
+def _cifar100(split: str, size: int, root: str | os.PathLike[str] | None, policy: Preprocess) -> LabelledImages:
+    return _cifar("cifar100", split, size, root, policy)
 
 
-def _cifar(key: str, split: str, size: int, root: str | os.PathLike[str] | None) -> LabelledImages:
+def _cifar(key: str, split: str, size: int, root: str | os.PathLike[str] | None, policy: Preprocess) -> LabelledImages:
     default = "cifar-10-batches-py" if key == "cifar10" else "cifar-100-python"
     directory = Path(root or os.environ.get(DATA_DIR_ENV) or Path.cwd() / "data" / default)
     if key == "cifar10":
@@ -136,7 +146,7 @@ def _cifar(key: str, split: str, size: int, root: str | os.PathLike[str] | None)
         arrays.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
         labels.extend(batch[label_key])
     classes = [c.decode() for c in _unpickle(directory / meta)[names_key]]
-    images = arrays_to_model_input(np.concatenate(arrays), size)
+    images = arrays_to_model_input(np.concatenate(arrays), size, policy)
     return LabelledImages(key, split, images, torch.tensor(labels, dtype=torch.int64), classes)
 
 
@@ -150,13 +160,13 @@ def _unpickle(path: Path) -> dict[bytes, Any]:
 
 
 @DATASETS.register("imagefolder", aliases=("image-folder",))
-def _imagefolder(split: str, size: int, root: str | os.PathLike[str] | None) -> LabelledImages:
+def _imagefolder(split: str, size: int, root: str | os.PathLike[str] | None, policy: Preprocess) -> LabelledImages:
     if root is None and not os.environ.get(DATA_DIR_ENV):
         raise DatasetNotFoundError(f"--data imagefolder needs --data-dir DIR (or {DATA_DIR_ENV}=DIR)")
-    return _image_folder(Path(root or os.environ[DATA_DIR_ENV]), split, size)
+    return _image_folder(Path(root or os.environ[DATA_DIR_ENV]), split, size, policy)
 
 
-def _image_folder(directory: Path, split: str, size: int) -> LabelledImages:
+def _image_folder(directory: Path, split: str, size: int, policy: Preprocess = RESIZE) -> LabelledImages:
     if not directory.is_dir():
         raise DatasetNotFoundError(f"ImageFolder directory {directory} does not exist")
     split_dir = directory / split
@@ -172,7 +182,7 @@ def _image_folder(directory: Path, split: str, size: int) -> LabelledImages:
     images = np.empty((len(files), size, size, 3), dtype=np.uint8)
     for i, (path, _) in enumerate(tqdm(files, desc=f"reading {split_dir}", disable=len(files) < 1000)):
         with Image.open(path) as img:
-            images[i] = to_model_input(img, size)
+            images[i] = to_model_input(img, size, policy)
     labels = torch.tensor([label for _, label in files], dtype=torch.int64)
     tensor = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
     return LabelledImages(f"imagefolder:{directory}", split, tensor, labels, classes)

@@ -83,5 +83,10 @@ class DynTTAEnhancer(nn.Module):
         enhanced = out.clamp(0.0, 1.0)
         return (enhanced, weights) if return_weights else enhanced
 
+    def op_names(self) -> list[str]:
+        """The K blended operations, in the order of the weights ``forward(x, return_weights=True)``
+        returns (the served enhancer's ``OP_WEIGHTS`` columns)."""
+        return blend_names()
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -1,6 +1,6 @@
 """Recognizers (timm factory) and their checkpoint format."""
 
-from dyntta.models.checkpoint import load_recognizer, read_checkpoint_meta, save_recognizer
+from dyntta.models.checkpoint import load_recognizer, read_checkpoint_meta, read_preprocess, save_recognizer
 from dyntta.models.recognizers import (
     Recognizer,
     RecognizerConfig,
@@ -15,5 +15,6 @@ __all__ = [
     "create_recognizer",
     "load_recognizer",
     "read_checkpoint_meta",
+    "read_preprocess",
     "save_recognizer",
 ]

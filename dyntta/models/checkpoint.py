@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from dyntta.data.preprocess import Preprocess
 from dyntta.models.recognizers import Recognizer, RecognizerConfig
 from dyntta.version import __version__
 
@@ -56,7 +59,10 @@ def write_checkpoint(
     weights_dtype: str,
 ) -> Path:
     """Write ``model.safetensors`` (floating tensors in ``weights_dtype``) and ``config.json`` for any model
-    kind; ``description`` holds what rebuilds the model."""
+    kind; ``description`` holds what rebuilds the model.
+
+    Each file is written under a temporary name and renamed into place, weights first: a reader (or a
+    crash) never sees a half-written file, and a ``config.json`` is never newer than its weights."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     dtype = getattr(torch, weights_dtype)
@@ -64,7 +70,7 @@ def write_checkpoint(
         k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous()
         for k, v in model.state_dict().items()
     }
-    save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": fmt})
+    _write_atomically(directory / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp), metadata={"format": fmt}))
     meta = {
         "format": fmt,
         "dyntta_version": __version__,
@@ -75,8 +81,33 @@ def write_checkpoint(
         "recipe": recipe or {},
         "metrics": metrics or {},
     }
-    (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    text = json.dumps(meta, indent=2) + "\n"
+    _write_atomically(directory / CONFIG_FILE, lambda tmp: tmp.write_text(text))
     return directory
+
+
+def _file_mode() -> int:
+    """What ``open()`` would give a new file: 0o666 less the umask (0644 with the usual 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """``write(tmp)`` to a temporary file beside ``path``, then rename it over ``path`` (atomic on POSIX).
+
+    safetensors (and ``tempfile``) create files 0600; the checkpoint gets the permissions of any file the
+    user writes, so that a served or shared checkpoint is readable."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        os.chmod(tmp, _file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_weights(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
@@ -90,6 +121,12 @@ def read_checkpoint_meta(directory: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"not a dyntta checkpoint: {path} is missing")
     return json.loads(path.read_text())
+
+
+def read_preprocess(directory: str | os.PathLike) -> Preprocess:
+    """The preprocessing policy a recognizer checkpoint records (plain resize if it records none)."""
+    meta = read_checkpoint_meta(directory)
+    return Preprocess.from_dict((meta.get("model") or {}).get("preprocess"))
 
 
 def load_recognizer(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> Recognizer:

@@ -15,6 +15,8 @@ from timm.models import register_model
 from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 
+from dyntta.data.preprocess import RESIZE, Preprocess
+
 #: Inputs at or below this side length get the small-input stem (first strided conv -> stride 1).
 SMALL_INPUT_MAX = 64
 
@@ -42,6 +44,10 @@ class RecognizerConfig:
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     small_input: bool | None = None  # None: decided from input_size
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    # How an image of any shape becomes input_size x input_size: training, evaluation, export (the Triton
+    # ``preprocess`` parameter) and the gateway apply it. Checkpoints that record none were trained with
+    # plain resize (the default here).
+    preprocess: Preprocess = RESIZE
 
     @property
     def num_classes(self) -> int:
@@ -52,12 +58,13 @@ class RecognizerConfig:
         return self.input_size <= SMALL_INPUT_MAX if self.small_input is None else self.small_input
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "preprocess": self.preprocess.to_dict()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RecognizerConfig:
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
         known["mean"], known["std"] = tuple(known.get("mean", cls.mean)), tuple(known.get("std", cls.std))
+        known["preprocess"] = Preprocess.from_dict(known.get("preprocess"))
         return cls(**known)
 
 

@@ -12,8 +12,9 @@ from pathlib import Path
 import torch
 
 from dyntta import distributed
-from dyntta.data import load_dataset, split_validation, to_float
-from dyntta.models import create_recognizer, load_recognizer, save_recognizer
+from dyntta.data import CENTER_CROP, Preprocess, load_dataset, split_validation, to_float
+from dyntta.data.preprocess import INTERPOLATIONS
+from dyntta.models import create_recognizer, load_recognizer, read_preprocess, save_recognizer
 from dyntta.robust import STRATEGIES, create_strategy, parse_method_args
 from dyntta.train.augment import standard_augmentation
 from dyntta.train.loop import LoopConfig, check_training_set, evaluate_accuracy, fit, pick_device
@@ -46,6 +47,18 @@ class RecognizerTrainConfig:
     schedule: str | None = None
     small_input_stem: bool = True
     sync_bn: bool = False
+    preprocess: str | None = None
+    crop_pct: float = 1.0
+    interpolation: str = "bilinear"
+
+    def policy(self) -> Preprocess:
+        """The preprocessing the checkpoint records: the flags, else the --init checkpoint's, else
+        center-crop (the shorter side whole; for the square built-in data sets the same pixels as resize)."""
+        if self.preprocess is None:
+            if self.init:
+                return read_preprocess(self.init)
+            return Preprocess(CENTER_CROP.mode, self.crop_pct, self.interpolation)  # type: ignore[arg-type]
+        return Preprocess(self.preprocess, self.crop_pct, self.interpolation)  # type: ignore[arg-type]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,6 +68,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=15, help="training epochs")
     parser.add_argument("--out", required=True, help="output checkpoint directory")
     parser.add_argument("--image-size", type=int, default=32, help="model input side in pixels")
+    parser.add_argument(
+        "--preprocess",
+        default=None,
+        choices=["resize", "center-crop", "letterbox"],
+        help="how a non-square image becomes image-size x image-size, in training, evaluation and serving "
+        "(recorded in the checkpoint): resize squashes it, center-crop keeps the centred square of "
+        "--crop-pct of the shorter side, letterbox pads to a square with black; default center-crop "
+        "(with --init: that checkpoint's policy)",
+    )
+    parser.add_argument(
+        "--crop-pct",
+        type=float,
+        default=1.0,
+        help="center-crop: fraction of the shorter side kept (timm's evaluation value is 0.875)",
+    )
+    parser.add_argument(
+        "--interpolation", default="bilinear", choices=INTERPOLATIONS, help="resampling to image-size (Pillow)"
+    )
     parser.add_argument("--method", default="erm", choices=sorted(STRATEGIES), help="training method")
     parser.add_argument(
         "--method-args",
@@ -140,10 +171,13 @@ def run(args: argparse.Namespace) -> dict:
             "--sync-bn needs CUDA (nccl): torch's SyncBatchNorm does not run on CPU modules. Without it "
             "BatchNorm statistics are per rank (running statistics averaged over ranks at every step)"
         )
+    policy = config.policy()  # ValueError (bad --crop-pct): a usage error for the caller
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    full_train = load_dataset(config.data, "train", image_size=config.image_size, root=config.data_dir)
-    test = load_dataset(config.data, "test", image_size=config.image_size, root=config.data_dir)
+    full_train, test = (
+        load_dataset(config.data, split, image_size=config.image_size, root=config.data_dir, preprocess=policy)
+        for split in ("train", "test")
+    )
     train, val = split_validation(full_train, config.val_fraction, config.seed)
     if config.train_subset:
         train = train.subset(torch.arange(min(config.train_subset, len(train))))
@@ -156,6 +190,7 @@ def run(args: argparse.Namespace) -> dict:
         mean=mean,
         std=std,
         small_input=None if config.small_input_stem else False,
+        preprocess=policy,
     )
     if config.init:
         load_initial_weights(model, config.init)

@@ -6,11 +6,13 @@ import time
 from typing import Annotated
 
 import numpy as np
+import numpy.typing as npt
 from fastapi import APIRouter, Depends, File, Query, UploadFile
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from dyntta.contract import softmax
+from dyntta.data.preprocess import RESIZE, Preprocess
 from serve.config import Settings
 from serve.decode_pool import DecodePool
 from serve.deps import AdmissionDep, BackendDep, DecoderDep, MetricsDep, SettingsDep, require_api_key
@@ -33,10 +35,13 @@ async def _read(files: list[UploadFile], settings: Settings) -> list[Upload]:
     return uploads
 
 
-async def decode(uploads: list[Upload], size: int, settings: Settings, pool: DecodePool) -> np.ndarray:
+async def decode(
+    uploads: list[Upload], size: int, settings: Settings, pool: DecodePool, policy: Preprocess = RESIZE
+) -> npt.NDArray[np.uint8]:
     """Tiny uploads (their cost is bounded by their few bytes) are decoded on the event loop, faster than
-    any hop; everything else in a decoding process under the per-request CPU limit (serve.decode_pool)."""
-    limits = (size, settings.max_image_pixels, settings.max_request_pixels)
+    any hop; everything else in a decoding process under the per-request CPU limit (serve.decode_pool).
+    ``policy``: the served model's preprocessing (``ModelInfo.preprocess``)."""
+    limits = (size, settings.max_image_pixels, settings.max_request_pixels, policy)
     if cheap_to_decode(uploads, settings.max_image_pixels, settings.max_request_pixels):
         return decode_batch(uploads, *limits)
     return await pool.run(decode_batch, uploads, *limits)
@@ -72,7 +77,7 @@ async def classify(
         uploads = await _read(_images(files, file), settings)
         info = await backend.model_info(model)
         decode_start = time.perf_counter()
-        pixels = await decode(uploads, info.input_size, settings, decoder)
+        pixels = await decode(uploads, info.input_size, settings, decoder, info.preprocess)
         decoded = time.perf_counter()
         output = await backend.infer(model, pixels, request_id=current_request_id())
     metrics.inference.labels(model).observe(output.seconds)
@@ -127,7 +132,7 @@ async def enhance(
     async with admission.slot():
         (upload,) = await _read([file], settings)
         info = await backend.model_info(settings.enhancer_model)
-        pixels = await decode([upload], info.input_size, settings, decoder)
+        pixels = await decode([upload], info.input_size, settings, decoder, info.preprocess)
         output = await backend.infer(settings.enhancer_model, pixels, request_id=current_request_id())
     metrics.inference.labels(settings.enhancer_model).observe(output.seconds)
     metrics.images.labels("enhance").inc()

@@ -8,8 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from dyntta.contract import ENHANCED_IMAGE, LOGITS, OP_NAMES_PARAMETER, OP_WEIGHTS, PREPROCESS_PARAMETER
+from dyntta.data import RESIZE, Preprocess
 from dyntta.models import save_recognizer
 from export.__main__ import main
+from export.repository import parse_config
 from export.tensorrt import tensorrt_version
 
 
@@ -34,6 +37,12 @@ def test_cli_writes_a_repository_and_reports_parity(checkpoint: Path, tmp_path: 
     assert report["produced_by"]["command"].startswith("python -m export --recognizer")
     assert json.loads((out / "enhancer" / "export.json").read_text())["identity"] is True
     assert "python -m export" in (out / "dyntta" / "config.pbtxt").read_text()
+    # the identity enhancer serves no OP_WEIGHTS; every model carries the (legacy resize) policy
+    enhancer = parse_config(out / "enhancer" / "config.pbtxt")
+    assert [o.name for o in enhancer.output] == [ENHANCED_IMAGE] and OP_NAMES_PARAMETER not in enhancer.parameters
+    for model in ("dyntta", "recognizer", "enhancer"):
+        policy = parse_config(out / model / "config.pbtxt").parameters[PREPROCESS_PARAMETER].string_value
+        assert Preprocess.from_json(policy) == RESIZE
 
 
 def test_cli_fails_loudly_past_tolerance(checkpoint: Path, tmp_path: Path, capsys):
@@ -151,3 +160,11 @@ def test_cli_exports_the_dyntta_enhancer_checkpoint(checkpoint: Path, tmp_path: 
     assert summary["pipeline_parity"]["top1_agreement"] >= 0.99
     report = json.loads((out / "enhancer" / "export.json").read_text())
     assert report["identity"] is False and report["source"]["checkpoint"] == str(enhancer_dir)
+    # OP_WEIGHTS [K] beside the image, named by op_names and checked like it; the ensemble ignores it
+    names = DynTTAEnhancer().op_names()
+    config = parse_config(out / "enhancer" / "config.pbtxt")
+    assert [(o.name, list(o.dims)) for o in config.output][1] == (OP_WEIGHTS, [len(names)])
+    assert config.parameters[OP_NAMES_PARAMETER].string_value.split(",") == names == report["op_names"]
+    assert summary["enhancer_parity"]["max_abs_op_weight_diff"] <= 1e-3
+    assert summary["enhancer_parity"]["op_weights_batch_independence_max_diff"] <= 1e-3
+    assert [o.name for o in parse_config(out / "dyntta" / "config.pbtxt").output] == [LOGITS]

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 import torch
 
-from dyntta.models import create_recognizer, load_recognizer, read_checkpoint_meta, save_recognizer
+from dyntta.data import RESIZE, Preprocess
+from dyntta.models import create_recognizer, load_recognizer, read_checkpoint_meta, read_preprocess, save_recognizer
 
 
 def test_factory_adapts_small_inputs() -> None:
@@ -46,3 +49,27 @@ def test_checkpoint_round_trip_same_logits(tmp_path, dtype) -> None:
 def test_missing_checkpoint_is_clear(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="not a dyntta checkpoint"):
         load_recognizer(tmp_path)
+
+
+def test_checkpoint_records_the_preprocessing_policy_and_old_ones_mean_resize(tmp_path) -> None:
+    policy = Preprocess("center_crop", crop_pct=0.875)
+    model = create_recognizer("test_resnet", ["a", "b"], preprocess=policy)
+    save_recognizer(model, tmp_path / "ckpt")
+    assert load_recognizer(tmp_path / "ckpt").config.preprocess == policy == read_preprocess(tmp_path / "ckpt")
+    config = tmp_path / "ckpt" / "config.json"
+    meta = json.loads(config.read_text())
+    del meta["model"]["preprocess"]  # a checkpoint written before the policy existed
+    config.write_text(json.dumps(meta))
+    assert load_recognizer(tmp_path / "ckpt").config.preprocess == RESIZE == read_preprocess(tmp_path / "ckpt")
+
+
+def test_checkpoint_files_are_renamed_into_place_with_normal_permissions(tmp_path) -> None:
+    umask = os.umask(0o022)
+    try:
+        save_recognizer(create_recognizer("test_resnet", ["a", "b"]), tmp_path / "ckpt")
+    finally:
+        os.umask(umask)
+    files = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+    assert files == ["config.json", "model.safetensors"]  # no temporary file left behind
+    for name in files:
+        assert stat.S_IMODE((tmp_path / "ckpt" / name).stat().st_mode) == 0o644, name

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dyntta.data import to_model_input
+from dyntta.data import Preprocess, to_model_input
 from serve.errors import BadImage, PayloadTooLarge, UnsupportedMediaType
 from serve.imaging import Upload, decode_batch, decode_to_model_input, encode_png, sniff_format
 from tests.serve.helpers import encode, header_bomb_png
@@ -26,6 +26,19 @@ def test_allowed_formats_decode_exactly_like_the_contract(fmt: str):
         expected = to_model_input(reference, 32)
     assert pixels.dtype == np.uint8 and pixels.shape == (32, 32, 3)
     np.testing.assert_array_equal(pixels, expected)
+
+
+@pytest.mark.parametrize("policy", [Preprocess("center_crop"), Preprocess("letterbox", fill=(9, 9, 9))])
+def test_uploads_follow_the_served_policy(policy: Preprocess):
+    """A 3:1 upload is decoded under the model's policy (ModelInfo.preprocess), not squashed."""
+    wide = Image.fromarray(RNG.integers(0, 256, (20, 60, 3), dtype=np.uint8))
+    pixels = decode_batch([Upload("wide.png", "image/png", encode(wide, "PNG"))], 20, 10**7, policy=policy)[0]
+    np.testing.assert_array_equal(pixels, to_model_input(wide, 20, policy))
+    if policy.mode == "center_crop":  # the shorter side is the model's: the middle third, untouched
+        np.testing.assert_array_equal(pixels, np.asarray(wide)[:, 20:40])
+    else:
+        assert (pixels[:6] == 9).all() and (pixels[14:] == 9).all()  # rows of padding above and below
+    assert not np.array_equal(pixels, to_model_input(wide, 20))  # the legacy resize squashes it
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "LA", "I;16"])
