@@ -41,6 +41,7 @@ class Predictor(nn.Module):
         """Start from the identity: zero last layer, so magnitudes are 0 (identity for every op) and the
         blend puts most weight on the identity op."""
         last = self.head[-1]
+        assert isinstance(last, nn.Linear)  # built in __init__
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
         with torch.no_grad():

@@ -30,6 +30,7 @@ class ResidualUNet(nn.Module):
         self.decode = _block(3 * width, width)
         self.out = nn.Conv2d(width, 3, 3, padding=1)
         nn.init.zeros_(self.out.weight)
+        assert self.out.bias is not None  # Conv2d(bias=True)
         nn.init.zeros_(self.out.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

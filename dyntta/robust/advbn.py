@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dyntta.robust.plain import plain_recognizer, recognizer_config
 from dyntta.robust.registry import register_strategy
 from dyntta.robust.strategy import TrainingStrategy
 
@@ -101,12 +102,11 @@ class AdvBN(TrainingStrategy):
 
     # -- model ------------------------------------------------------------------------------------------
     def prepare_model(self, model: nn.Module) -> nn.Module:
-        backbone = model.backbone
+        backbone = model.get_submodule("backbone")
         self.front, self.head = split_backbone(backbone, self.cut)
         # The split is only valid if running the children in order is the backbone's forward.
-        probe = torch.rand(
-            2, 3, model.config.input_size, model.config.input_size, device=next(model.parameters()).device
-        )
+        size = recognizer_config(model).input_size
+        probe = torch.rand(2, 3, size, size, device=next(model.parameters()).device)
         was_training = model.training
         model.eval()
         with torch.no_grad():
@@ -126,7 +126,7 @@ class AdvBN(TrainingStrategy):
         for module in self.front:
             module.eval()
         with torch.no_grad():
-            return run(self.front, (images - model.mean) / model.std)
+            return run(self.front, (images - model.get_buffer("mean")) / model.get_buffer("std"))
 
     def perturb(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The inner maximisation over the per-channel factors (a, b); records the loss at every step."""
@@ -193,19 +193,13 @@ class AdvBN(TrainingStrategy):
 
     def inference_model(self, model: nn.Module) -> nn.Module:
         """A plain recognizer with the chosen BN branch folded back in place of each dual BN."""
-        from dyntta.models import Recognizer
+        keys = set(model.state_dict())
 
-        state = model.state_dict()
-        plain = Recognizer(model.config).to(next(model.parameters()).device)
-        mapped = {}
-        for key in plain.state_dict():
-            if key in state:
-                mapped[key] = state[key]
-            else:
-                prefix, leaf = key.rsplit(".", 1)
-                mapped[key] = state[f"{prefix}.{self.branch}.{leaf}"]
-        plain.load_state_dict(mapped)
-        return plain
+        def source(key: str) -> str:  # a dual BN's ``prefix.leaf`` is ``prefix.<branch>.leaf`` in the model
+            prefix, _, leaf = key.rpartition(".")
+            return key if key in keys else f"{prefix}.{self.branch}.{leaf}"
+
+        return plain_recognizer(model, source)
 
     def describe(self) -> dict[str, Any]:
         return {

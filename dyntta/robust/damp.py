@@ -35,6 +35,7 @@ from dyntta.robust.registry import register_strategy
 from dyntta.robust.strategy import TrainingStrategy
 
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
+Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _largest_divisor_at_most(n: int, m: int) -> int:
@@ -66,13 +67,13 @@ class _Perturbed:
         self.value = (param.detach().unsqueeze(0) * self.factor).requires_grad_(True)
 
 
-def _conv_forward(module: nn.Conv2d, perturbed: _Perturbed, m: int, same_padding: bool = False):
+def _conv_forward(module: nn.Conv2d, perturbed: _Perturbed, m: int, same_padding: bool = False) -> Forward:
     if module.padding_mode != "zeros":
         raise ValueError(f"DAMP supports zero-padded convolutions only, not padding_mode={module.padding_mode!r}")
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         if same_padding:  # timm Conv2dSame: TensorFlow 'SAME' padding, computed from the input size
-            x = pad_same(x, module.kernel_size, module.stride, module.dilation)
+            x = pad_same(x, list(module.kernel_size), list(module.stride), list(module.dilation))
         weight = perturbed.value.reshape(m * module.out_channels, *module.weight.shape[1:])
         bias = module.bias.repeat(m) if module.bias is not None else None
         y = F.conv2d(
@@ -83,7 +84,7 @@ def _conv_forward(module: nn.Conv2d, perturbed: _Perturbed, m: int, same_padding
     return forward
 
 
-def _linear_forward(module: nn.Linear, perturbed: _Perturbed, m: int):
+def _linear_forward(module: nn.Linear, perturbed: _Perturbed, m: int) -> Forward:
     def forward(x: torch.Tensor) -> torch.Tensor:
         xs = x.reshape(m, -1, x.shape[-1])  # micro-batches are contiguous along the leading dimension
         y = torch.bmm(xs, perturbed.value.transpose(1, 2))
@@ -94,7 +95,7 @@ def _linear_forward(module: nn.Linear, perturbed: _Perturbed, m: int):
     return forward
 
 
-def _batch_statistics(module: nn.modules.batchnorm._BatchNorm) -> Callable[[torch.Tensor], torch.Tensor]:
+def _batch_statistics(module: nn.modules.batchnorm._BatchNorm) -> Forward:
     def normalise(x: torch.Tensor) -> torch.Tensor:
         # Same statistics and running-average logic as nn.BatchNorm, without the affine part.
         momentum = 0.0 if module.momentum is None else module.momentum
@@ -122,10 +123,10 @@ def _norm_forward(
     module: nn.Module,
     perturbed: _Perturbed,
     m: int,
-    normalise: Callable[[torch.Tensor], torch.Tensor],
+    normalise: Forward,
     channels_last: bool,
-    after: Callable[[torch.Tensor], torch.Tensor] | None = None,
-):
+    after: Forward | None = None,
+) -> Forward:
     """Normalise without the affine part, then each micro-batch's perturbed scale and the clean shift.
     ``channels_last``: the scale's dimensions are the input's trailing ones (LayerNorm); else dimension 1."""
 
@@ -139,25 +140,27 @@ def _norm_forward(
             shape = (m, 1, x.shape[1]) + (1,) * (x.dim() - 2)
             bias_shape = (x.shape[1],) + (1,) * (x.dim() - 2)
         y = y * perturbed.value.reshape(shape)
-        if module.bias is not None:
-            y = y + module.bias.reshape(bias_shape)
+        bias = getattr(module, "bias", None)  # the clean shift (None: no affine shift)
+        if isinstance(bias, torch.Tensor):
+            y = y + bias.reshape(bias_shape)
         y = y.reshape(x.shape)
         return after(y) if after is not None else y
 
     return forward
 
 
-def _patched_forward(name: str, module: nn.Module, perturbed: _Perturbed, m: int):
+def _patched_forward(name: str, module: nn.Module, perturbed: _Perturbed, m: int) -> Forward:
     """The micro-batched forward of a module whose weight DAMP perturbs. Only classes whose forward is
-    known are patched (a subclass with its own forward would silently lose it); others are refused."""
+    known are patched (a subclass with its own forward would silently lose it); others are refused.
+    (``isinstance`` and the exact class: the first types the module, the second is the rule.)"""
     kind = type(module)
-    if kind in (nn.Conv2d, Conv2dSame):
+    if isinstance(module, nn.Conv2d) and kind in (nn.Conv2d, Conv2dSame):
         return _conv_forward(module, perturbed, m, same_padding=kind is Conv2dSame)
     if isinstance(module, nn.Linear) and kind.forward is nn.Linear.forward:
         return _linear_forward(module, perturbed, m)
-    if kind in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and kind in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
         return _norm_forward(module, perturbed, m, _batch_statistics(module), channels_last=False)
-    if kind is BatchNormAct2d:  # BatchNorm, then its own dropout and activation
+    if isinstance(module, BatchNormAct2d) and kind is BatchNormAct2d:  # BatchNorm, then dropout and activation
         return _norm_forward(
             module,
             perturbed,
@@ -166,7 +169,7 @@ def _patched_forward(name: str, module: nn.Module, perturbed: _Perturbed, m: int
             channels_last=False,
             after=lambda y: module.act(module.drop(y)),
         )
-    if kind in (nn.LayerNorm, TimmLayerNorm):  # over the trailing normalized_shape
+    if isinstance(module, nn.LayerNorm) and kind in (nn.LayerNorm, TimmLayerNorm):  # the trailing normalized_shape
         return _norm_forward(
             module,
             perturbed,
@@ -174,7 +177,7 @@ def _patched_forward(name: str, module: nn.Module, perturbed: _Perturbed, m: int
             lambda x: F.layer_norm(x, module.normalized_shape, None, None, module.eps),
             channels_last=True,
         )
-    if kind is LayerNorm2d:  # timm: LayerNorm over the channels of NCHW
+    if isinstance(module, LayerNorm2d) and kind is LayerNorm2d:  # timm: LayerNorm over the channels of NCHW
         return _norm_forward(
             module,
             perturbed,
@@ -184,7 +187,7 @@ def _patched_forward(name: str, module: nn.Module, perturbed: _Perturbed, m: int
             ),
             channels_last=False,
         )
-    if kind is nn.GroupNorm:
+    if isinstance(module, nn.GroupNorm) and kind is nn.GroupNorm:
         return _norm_forward(
             module,
             perturbed,
@@ -202,17 +205,18 @@ def _patched_forward(name: str, module: nn.Module, perturbed: _Perturbed, m: int
 def perturbable_modules(model: nn.Module) -> list[nn.Module]:
     """Modules whose kernel / scale DAMP (and SAM/ASAM) perturb: convolutions, linear layers and the scale of
     every affine normalisation (BatchNorm, LayerNorm, GroupNorm), subclasses included."""
-    return [module for _, module in named_perturbable_modules(model)]
+    return [module for _, module, _ in _perturbable(model)]
 
 
-def named_perturbable_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    out = []
+def _perturbable(model: nn.Module) -> list[tuple[str, nn.Module, nn.Parameter]]:
+    """(name, module, its kernel or scale) of every module DAMP perturbs."""
+    out: list[tuple[str, nn.Module, nn.Parameter]] = []
     for name, module in model.named_modules():
         weight = getattr(module, "weight", None)
         if not isinstance(weight, nn.Parameter):
             continue
         if isinstance(module, nn.Conv2d | nn.Linear) or (isinstance(module, NORM_TYPES) and weight is not None):
-            out.append((name, module))
+            out.append((name, module, weight))
         elif isinstance(module, nn.Conv1d | nn.Conv3d | nn.ConvTranspose2d):
             raise ValueError(f"DAMP cannot perturb module {name!r} ({type(module).__qualname__}): unsupported kind")
     return out
@@ -223,8 +227,8 @@ def multiplicative_noise(model: nn.Module, sigma: float, m: int) -> Iterator[lis
     """Within the context, ``model`` runs M micro-batches in parallel, each with its own perturbed weights."""
     patched: list[tuple[nn.Module, _Perturbed]] = []
     try:
-        for name, module in named_perturbable_modules(model):
-            perturbed = _Perturbed(module.weight, m, sigma)
+        for name, module, weight in _perturbable(model):
+            perturbed = _Perturbed(weight, m, sigma)
             module.forward = _patched_forward(name, module, perturbed, m)
             patched.append((module, perturbed))
         yield [p for _, p in patched]

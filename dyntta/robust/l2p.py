@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from timm.models.resnet import BasicBlock, Bottleneck
 from torch import nn
 
 from dyntta.robust.attacks import pgd_linf
+from dyntta.robust.plain import plain_recognizer, recognizer_config
 from dyntta.robust.registry import register_strategy
 from dyntta.robust.strategy import TrainingStrategy
 
@@ -57,8 +59,9 @@ def injection_points(model: nn.Module) -> dict[str, nn.Module]:
     each residual addition (timm ResNet family: BasicBlock.act2, Bottleneck.act3)."""
     backbone = getattr(model, "backbone", model)
     points: dict[str, nn.Module] = {}
-    if isinstance(getattr(backbone, "act1", None), nn.Module):
-        points["stem"] = backbone.act1
+    stem = getattr(backbone, "act1", None)
+    if isinstance(stem, nn.Module):
+        points["stem"] = stem
     for name, module in backbone.named_modules():
         if isinstance(module, Bottleneck):
             points[name] = module.act3
@@ -93,15 +96,21 @@ def attach_noise(
         finally:
             for probe in probes:
                 probe.remove()
-    modules = nn.ModuleDict({key.replace(".", "_"): NoiseInjection(shapes[key], init) for key in points})
+    noise = {key: NoiseInjection(shapes[key], init) for key in points}
+    modules = nn.ModuleDict({key.replace(".", "_"): module for key, module in noise.items()})
     model.l2p_noise = modules
-    model._l2p_hooks = [
-        point.register_forward_pre_hook(_injector(modules[key.replace(".", "_")])) for key, point in points.items()
-    ]
+    hooks = [point.register_forward_pre_hook(_injector(noise[key])) for key, point in points.items()]
+    model._l2p_hooks = hooks  # type: ignore[assignment]  # torch types Module.__setattr__ for tensors and modules only
     return modules
 
 
-def _injector(noise: NoiseInjection):
+def noise_modules(model: nn.Module) -> dict[str, NoiseInjection]:
+    """The noise modules :func:`attach_noise` put in ``model.l2p_noise``, by their name there."""
+    noise = model.get_submodule("l2p_noise").named_children()
+    return {name: module for name, module in noise if isinstance(module, NoiseInjection)}
+
+
+def _injector(noise: NoiseInjection) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]]:
     def hook(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         return (noise(args[0]), *args[1:])
 
@@ -183,9 +192,10 @@ class Learn2Perturb(TrainingStrategy):
         return model
 
     def parameter_groups(self, model: nn.Module) -> list[dict[str, Any]]:
-        noise = {id(p) for p in model.l2p_noise.parameters()}
-        weights = [p for p in model.parameters() if p.requires_grad and id(p) not in noise]
-        return [{"params": weights}, {"params": list(model.l2p_noise.parameters()), "weight_decay": 0.0}]
+        noise = model.get_submodule("l2p_noise")
+        noise_ids = {id(p) for p in noise.parameters()}
+        weights = [p for p in model.parameters() if p.requires_grad and id(p) not in noise_ids]
+        return [{"params": weights}, {"params": list(noise.parameters()), "weight_decay": 0.0}]
 
     def start_epoch(self, epoch: int, epochs: int) -> None:
         self.epoch = epoch
@@ -208,13 +218,14 @@ class Learn2Perturb(TrainingStrategy):
 
     def regulariser(self, model: nn.Module) -> torch.Tensor:
         scale = self.gamma / max(1.0, harmonic(self.epoch - self.noise_start + 1))
-        return -scale * sum(m.theta.clamp_min(0).sqrt().sum() for m in model.l2p_noise.values())
+        terms = [m.theta.clamp_min(0).sqrt().sum() for m in noise_modules(model).values()]
+        return -scale * sum(terms[1:], terms[0])  # = the plain sum: 0 + terms[0] is terms[0]
 
     def training_step(
         self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer
     ) -> dict[str, float]:
         set_noise(model, self.noise_on)
-        noise_params = list(model.l2p_noise.parameters())
+        noise_params = list(model.get_submodule("l2p_noise").parameters())
         noise_ids = {id(p) for p in noise_params}
         adv = None
         if self.adversarial:
@@ -261,7 +272,7 @@ class Learn2Perturb(TrainingStrategy):
 
     def after_step(self, model: nn.Module) -> None:
         with torch.no_grad():
-            for p in model.l2p_noise.parameters():
+            for p in model.get_submodule("l2p_noise").parameters():
                 p.clamp_(min=self.noise_floor)
 
     # -- inference --------------------------------------------------------------------------------------
@@ -275,12 +286,12 @@ class Learn2Perturb(TrainingStrategy):
 
     def inference_model(self, model: nn.Module) -> nn.Module:
         """The deterministic mean path as a plain recognizer (the noise maps go to ``save_artifacts``)."""
-        return plain_copy(model, drop_prefix="l2p_noise.")
+        return plain_recognizer(model)  # every key but the noise maps'
 
     def save_artifacts(self, model: nn.Module, directory: Path) -> list[str]:
         if not hasattr(model, "l2p_noise"):
             return []
-        tensors = {k: m.theta.detach().cpu().contiguous() for k, m in model.l2p_noise.items()}
+        tensors = {k: m.theta.detach().cpu().contiguous() for k, m in noise_modules(model).items()}
         save_file(
             tensors,
             str(Path(directory) / NOISE_FILE),
@@ -311,16 +322,6 @@ class Learn2Perturb(TrainingStrategy):
         }
 
 
-def plain_copy(model: nn.Module, drop_prefix: str) -> nn.Module:
-    """A fresh :class:`~dyntta.models.Recognizer` with ``model``'s weights, less the keys under
-    ``drop_prefix`` (no hooks or extra modules carried over)."""
-    from dyntta.models import Recognizer
-
-    plain = Recognizer(model.config).to(next(model.parameters()).device)
-    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith(drop_prefix)})
-    return plain
-
-
 def load_noisy_recognizer(directory: str | os.PathLike, k: int | None = None) -> nn.Module:
     """Torch-side stochastic inference: the saved recognizer with its learned noise re-attached, returning
     the log of the softmax averaged over ``k`` noise draws (default: the recipe's ``eval_samples``)."""
@@ -340,8 +341,8 @@ def load_noisy_recognizer(directory: str | os.PathLike, k: int | None = None) ->
     if sorted(keys) != sorted(thetas):
         raise ValueError(f"{path} holds noise maps {sorted(thetas)}, the model has points {sorted(keys)}")
     shapes = {key: tuple(thetas[key.replace(".", "_")].shape) for key in points}
-    modules = attach_noise(model, model.config.input_size, 0.0, shapes=shapes)
+    attach_noise(model, recognizer_config(model).input_size, 0.0, shapes=shapes)
     with torch.no_grad():
-        for key, module in modules.items():
+        for key, module in noise_modules(model).items():
             module.theta.copy_(thetas[key])
     return SampleAveraged(model.eval(), k or int(meta.get("eval_samples", 10)))

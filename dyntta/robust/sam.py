@@ -38,7 +38,7 @@ class SAM(TrainingStrategy):
         loss = self.loss(model, images, labels)
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         with torch.no_grad():
-            ascent = []
+            ascent: list[torch.Tensor | None] = []
             for p, g in zip(params, grads, strict=True):
                 if g is None or id(p) not in scaled:
                     ascent.append(None)
@@ -50,7 +50,8 @@ class SAM(TrainingStrategy):
                 for p, g in zip(params, grads, strict=True)
                 if g is not None and id(p) in scaled
             ]
-            norm = torch.sqrt(sum((t * t).sum() for t in norms)).clamp_min(1e-12)
+            squares = [(t * t).sum() for t in norms]
+            norm = torch.sqrt(sum(squares[1:], squares[0])).clamp_min(1e-12)  # the plain sum: 0 + s0 is s0
             # (w + e) - e is not w in floating point: restore the clean weights exactly (data-parallel
             # ranks with different e would otherwise drift apart in the last bits)
             clean = [p.detach().clone() if e is not None else None for p, e in zip(params, ascent, strict=True)]

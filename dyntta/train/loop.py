@@ -114,7 +114,7 @@ def evaluate_accuracy(
     if sharded and world.distributed:
         per = math.ceil(len(data) / world.size)
         lo, hi = min(len(data), world.rank * per), min(len(data), (world.rank + 1) * per)
-    correct = 0
+    correct: float = 0  # a float once summed over ranks
     for start in range(lo, hi, batch_size):
         stop = min(hi, start + batch_size)
         images = to_float(data.images[start:stop]).to(device)
@@ -211,6 +211,10 @@ def fit(
     seed_everything(config.seed)
     model = strategy.prepare_model(model).to(device)
     distributed.broadcast_module(model)  # ranks may have initialised their copies differently
+    state_path = Path(out_dir) / STATE_FILE
+    saved = torch.load(state_path, map_location=device, weights_only=False) if resume and state_path.is_file() else None
+    if saved is not None:  # e.g. DPL's amended set: bind_data then restores it instead of recomputing it
+        strategy.load_state_dict(saved.get("strategy") or {})
     train = same_on_every_rank(strategy.bind_data(train, val))  # e.g. DPL sets its guide set aside, amends
     if len(train) == 0:
         raise ValueError("no training images left (the training split is empty)")
@@ -221,11 +225,10 @@ def fit(
     history: list[dict] = []
     start_epoch = 0
     start_step = 0
-    state_path = Path(out_dir) / STATE_FILE
     if world.is_main:
         state_path.parent.mkdir(parents=True, exist_ok=True)
-    if resume and state_path.is_file():
-        state = torch.load(state_path, map_location=device, weights_only=False)
+    if saved is not None:
+        state = saved
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, history = state["epoch"], state["history"]
@@ -261,7 +264,8 @@ def fit(
         model.train()
         started = time.perf_counter()
         order = distributed.shard_indices(len(train), config.seed, epoch)
-        running, seen = 0.0, 0
+        running: float = 0.0
+        seen: float = 0  # a float once summed over ranks
         bar = tqdm(
             batches(order, per_rank),
             desc=f"epoch {epoch + 1}/{config.epochs}",
@@ -306,6 +310,7 @@ def fit(
                     "epoch": epoch + 1,
                     "history": history,
                     "train": train if config.rounds > 1 else None,
+                    "strategy": strategy.state_dict(),
                 },
                 state_path,
             )
