@@ -28,6 +28,7 @@ from dyntta import cli
 from dyntta.cli import CommandError, UsageError
 from dyntta.data import DatasetNotFoundError
 from dyntta.models import Recognizer, load_recognizer, read_checkpoint_meta
+from export import external
 from export.build import ExportOptions, ExportResult, Source, export_repository, random_images
 from export.onnx import ParityError, Tolerance, to_nhwc_uint8
 from export.repository import FLAVOURS, Flavour, ServingOptions
@@ -62,7 +63,13 @@ def parity_batch(data: str, count: int, size: int, data_dir: str | None) -> tupl
 
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.ArgumentParser(prog="python -m export", description=__doc__.splitlines()[0], epilog=__doc__)
-    parser.add_argument("--recognizer", required=True, help="recognizer checkpoint directory")
+    parser.add_argument(
+        "--recognizer",
+        required=True,
+        help="recognizer checkpoint directory, or your own (export/external.py): timm:ARCH or torchvision:ARCH "
+        "with --recognizer-weights, a TorchScript file, an ONNX file (served as given)",
+    )
+    external.add_arguments(parser)
     parser.add_argument("--enhancer", help="enhancer checkpoint directory; without it, the identity enhancer")
     parser.add_argument("--out", default="model_repository", help="repository to write (first flavour)")
     parser.add_argument(
@@ -163,6 +170,8 @@ def _summary(result: ExportResult) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace, command: str) -> ExportResult:
+    if external.is_external(args.recognizer):
+        return external.run(args, command)
     recognizer, rec_meta, enhancer, enh_meta = _checkpoints(args)
     options = _options(args, command, rec_meta, enh_meta)
     recipe = rec_meta.get("recipe") or {}

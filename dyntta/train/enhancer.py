@@ -1,13 +1,29 @@
 """``python -m dyntta.train enhancer``: fit a DynTTA enhancer through a frozen recognizer.
 
-The recognizer never changes; only the enhancer's predictor, U-Net and head learn, from the recognizer's
-cross-entropy on enhanced images. The same one training loop as recognizers is used: the trainable model
-is ``recognizer(enhancer(x))`` with the recognizer frozen in eval mode.
+The recognizer never changes; only the enhancer's predictor, U-Net and head learn. The same one training
+loop as recognizers is used: the trainable model is ``recognizer(enhancer(x))`` with the recognizer frozen
+in eval mode.
+
+The recognizer is any :mod:`dyntta.models.external` spec: a dyntta checkpoint, ``timm:ARCH`` or
+``torchvision:ARCH`` with ``--recognizer-weights``, a TorchScript file or an ONNX file (converted with
+onnx2torch, refused unless it matches onnxruntime on real images). Its normalisation is folded into the
+frozen module, so the enhancer always sees ``to_model_input`` pixels / 255.
+
+Two objectives:
+
+- ``--labels dataset`` (default): the recognizer's cross-entropy against the data set's labels on
+  enhanced corrupted images;
+- ``--labels none`` (label-free, for images without labels: a plain folder, or an ImageFolder or data set
+  whose labels are ignored): the recognizer's predictions on the clean image are the targets. With ``r``
+  the frozen recognizer, ``e`` the enhancer, ``c`` a random corruption and ``T`` the temperature
+  (:data:`DEFAULT_TEMPERATURE`), the loss is ``T^2 * KL(softmax(r(x) / T) || softmax(r(e(c(x))) / T))``,
+  averaged over the batch (Hinton et al.'s distillation loss, the clean recognizer as teacher).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -15,22 +31,48 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from dyntta import distributed
-from dyntta.data import LabelledImages, load_dataset, split_validation
+from dyntta.contract import DatasetNotFoundError, find_images
+from dyntta.data import LabelledImages, load_dataset, split_validation, to_float, to_model_input
 from dyntta.enhancer import DynTTAEnhancer, EnhancerConfig, load_enhancer, save_enhancer
-from dyntta.models import Recognizer, load_recognizer, read_checkpoint_meta
+from dyntta.models import read_checkpoint_meta
+from dyntta.models.external import (
+    Kind,
+    LoadedRecognizer,
+    add_recognizer_arguments,
+    load_external_recognizer,
+    spec_from_args,
+)
 from dyntta.robust import TrainingStrategy
 from dyntta.train.augment import standard_augmentation
 from dyntta.train.corruption_augment import RandomAugMix, RandomCorruption, corrupted_copy
-from dyntta.train.loop import LoopConfig, check_training_set, evaluate_accuracy, fit, pick_device
+from dyntta.train.loop import (
+    MIN_TRAIN_IMAGES,
+    LoopConfig,
+    check_training_set,
+    evaluate_accuracy,
+    fit,
+    pick_device,
+)
+
+LABELS = ("dataset", "none")
+#: Label-free fitting's softmax temperature (``--temperature``).
+DEFAULT_TEMPERATURE = 1.0
+#: Labels of images whose class nobody gave (label-free training images).
+UNKNOWN = -1
 
 
 class EnhancedRecognizer(nn.Module):
     """``recognizer(enhancer(x))`` with the recognizer frozen: no gradients, BatchNorm always in eval."""
 
-    def __init__(self, enhancer: nn.Module, recognizer: Recognizer) -> None:
+    enhancer: nn.Module
+    recognizer: nn.Module
+
+    def __init__(self, enhancer: nn.Module, recognizer: nn.Module) -> None:
         super().__init__()
         self.enhancer = enhancer
         self.recognizer = recognizer.eval()
@@ -43,7 +85,35 @@ class EnhancedRecognizer(nn.Module):
         return self
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.recognizer(self.enhancer(pixels))
+        logits: torch.Tensor = self.recognizer(self.enhancer(pixels))
+        return logits
+
+
+class SoftTargets(TrainingStrategy):
+    """Label-free fitting: on a corrupted copy of each (clean, augmented) training image, match the frozen
+    recognizer's softened prediction on the clean image. Loss:
+    ``T^2 * KL(softmax(r(x) / T) || softmax(r(e(shift(x))) / T))``, batch mean; the labels are ignored."""
+
+    name = "soft-targets"
+
+    def __init__(self, shift: nn.Module, temperature: float = DEFAULT_TEMPERATURE) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"--temperature must be positive, got {temperature}")
+        self.shift = shift
+        self.temperature = temperature
+
+    def loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if not isinstance(model, EnhancedRecognizer):
+            raise TypeError("soft targets come from the frozen recognizer of an EnhancedRecognizer")
+        t = self.temperature
+        with torch.no_grad():
+            targets = F.softmax(model.recognizer(images) / t, dim=1)
+        logits = model(self.shift(images))
+        return F.kl_div(F.log_softmax(logits / t, dim=1), targets, reduction="batchmean") * t * t
+
+    def describe(self) -> dict[str, object]:
+        return {"method": self.name, "temperature": self.temperature}
 
 
 @dataclass
@@ -52,6 +122,8 @@ class EnhancerTrainConfig:
     out: str
     data: str = "fashion-mnist"
     data_dir: str | None = None
+    labels: str = "dataset"
+    temperature: float = DEFAULT_TEMPERATURE
     epochs: int = 4
     batch_size: int = 128
     lr: float = 2e-3
@@ -69,10 +141,32 @@ class EnhancerTrainConfig:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--recognizer", required=True, help="frozen recognizer checkpoint directory")
+    parser.add_argument(
+        "--recognizer",
+        required=True,
+        help="the frozen recognizer: a dyntta checkpoint directory, timm:ARCH or torchvision:ARCH (with "
+        "--recognizer-weights), a TorchScript file, or an ONNX file (onnx2torch, checked against onnxruntime)",
+    )
+    add_recognizer_arguments(parser)
     parser.add_argument("--out", required=True, help="output enhancer checkpoint directory")
     parser.add_argument("--data", default="fashion-mnist", help="fashion-mnist | cifar10 | cifar100 | imagefolder")
-    parser.add_argument("--data-dir", default=None, help="where the data set's files are (overrides defaults)")
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="where the data set's files are (overrides defaults); with --labels none and imagefolder, any "
+        "folder of images (class sub-folders are ignored)",
+    )
+    parser.add_argument(
+        "--labels",
+        default="dataset",
+        choices=LABELS,
+        help="dataset: cross-entropy against the data set's labels; none: label-free, the loss is "
+        "T^2 * KL(softmax(r(x)/T) || softmax(r(e(c(x)))/T)), the frozen recognizer r's softened prediction on "
+        "the clean image x as target for the enhanced e(.) corrupted copy c(x)",
+    )
+    parser.add_argument(
+        "--temperature", type=float, default=DEFAULT_TEMPERATURE, help="softmax temperature T of --labels none"
+    )
     parser.add_argument("--epochs", type=int, default=4, help="training epochs")
     parser.add_argument(
         "--batch-size",
@@ -114,7 +208,60 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args: argparse.Namespace) -> dict:
+# --- data ---------------------------------------------------------------------------------------------------
+
+
+def unlabelled_images(config: EnhancerTrainConfig, size: int) -> LabelledImages:
+    """Label-free training images: every image under ``--data-dir`` for ``imagefolder`` (a plain folder or
+    an ImageFolder, its ``train/`` part if there is one), else the named data set's train split; labels
+    are :data:`UNKNOWN`."""
+    if config.data.replace("_", "-").lower() not in ("imagefolder", "image-folder"):
+        data = load_dataset(config.data, "train", image_size=size, root=config.data_dir)
+        return LabelledImages(data.name, "train", data.images, torch.full_like(data.labels, UNKNOWN), [])
+    if config.data_dir is None:
+        raise DatasetNotFoundError("--data imagefolder needs --data-dir DIR")
+    root = Path(config.data_dir)
+    if not root.is_dir():
+        raise DatasetNotFoundError(f"image folder {root} does not exist")
+    files = find_images(root / "train" if (root / "train").is_dir() else root)
+    if not files:
+        raise DatasetNotFoundError(f"no images found under {root}")
+    images = torch.empty((len(files), 3, size, size), dtype=torch.uint8)
+    for i, path in enumerate(files):
+        with Image.open(path) as image:
+            images[i] = torch.from_numpy(to_model_input(image, size)).permute(2, 0, 1)
+    return LabelledImages(f"folder:{root}", "train", images, torch.full((len(files),), UNKNOWN), [])
+
+
+def align_labels(data: LabelledImages, recognizer: LoadedRecognizer) -> LabelledImages:
+    """``data`` with its labels in the recognizer's class order (matched by name when the recognizer names
+    its classes; by position, counts checked, when it does not)."""
+    own = recognizer.classes
+    if own is None or own == data.classes:
+        if len(data.classes) != recognizer.num_classes:
+            raise ValueError(
+                f"the data set has {len(data.classes)} classes but the recognizer {recognizer.num_classes} outputs"
+            )
+        return data
+    if sorted(own) != sorted(data.classes):
+        raise ValueError(f"data set classes {data.classes[:5]}... do not match the recognizer's {own[:5]}...")
+    order = torch.tensor([own.index(name) for name in data.classes])
+    return LabelledImages(data.name, data.split, data.images, order[data.labels], list(own))
+
+
+@torch.no_grad()
+def predicted_labels(recognizer: nn.Module, data: LabelledImages, batch_size: int = 500) -> LabelledImages:
+    """``data`` labelled with the recognizer's own top-1 on the clean images (label-free validation:
+    accuracy against these is agreement with the clean prediction)."""
+    labels = [recognizer(to_float(data.images[i : i + batch_size])).argmax(1) for i in range(0, len(data), batch_size)]
+    predicted = torch.cat(labels) if labels else torch.empty(0, dtype=torch.long)
+    return LabelledImages(data.name, data.split, data.images, predicted, data.classes)
+
+
+# --- the command --------------------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> dict[str, object]:
     config = EnhancerTrainConfig(
         **{k: v for k, v in vars(args).items() if k in EnhancerTrainConfig.__dataclass_fields__}
     )
@@ -125,24 +272,43 @@ def run(args: argparse.Namespace) -> dict:
         raise ValueError(
             f"need 0 <= --val-fraction < 1 and --val-size >= 0, got {config.val_fraction}, {config.val_size}"
         )
+    label_free = config.labels == "none"
+    spec = spec_from_args(args)
+
+    @functools.cache
+    def images_at(size: int) -> LabelledImages:
+        if label_free:
+            return unlabelled_images(config, size)
+        return load_dataset(config.data, "train", image_size=size, root=config.data_dir)
+
+    # An ONNX recognizer is checked on the first real training images, at its own input size.
+    recognizer = load_external_recognizer(spec, lambda size, count: images_at(size).images[:count])
+    size = recognizer.preprocessing.input_size
+    full_train = images_at(size) if label_free else align_labels(images_at(size), recognizer)
+    classes = recognizer.classes or full_train.classes or [str(i) for i in range(recognizer.num_classes)]
+    full_train.classes = classes
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    recognizer = load_recognizer(config.recognizer)
-    size = recognizer.config.input_size
-    full_train = load_dataset(config.data, "train", image_size=size, root=config.data_dir)
-    if full_train.classes != recognizer.config.classes:
-        raise ValueError(f"data set classes {full_train.classes[:5]}... do not match the recognizer's")
     n_val = validation_size(len(full_train), config.val_fraction, config.val_size)
     train, val = split_validation(full_train, n_val / len(full_train), config.seed)
     if config.train_subset:
         train = train.subset(torch.arange(min(config.train_subset, len(train))))
-    check_training_set(train)
+    if label_free:
+        if len(train) < MIN_TRAIN_IMAGES:
+            raise ValueError(f"the training split has {len(train)} images; at least {MIN_TRAIN_IMAGES} are needed")
+        val = predicted_labels(recognizer.module, val)
+    else:
+        check_training_set(train)
     val_corrupted = corrupted_copy(val, config.corruption_probability, seed=config.seed + 1)
 
     enhancer = load_enhancer(config.init) if config.init else DynTTAEnhancer(EnhancerConfig(input_size=size))
-    model = EnhancedRecognizer(enhancer, recognizer)
-    shift = RandomAugMix() if config.blind else RandomCorruption(config.corruption_probability)
-    augment = nn.Sequential(standard_augmentation(size), shift)
+    model = EnhancedRecognizer(enhancer, recognizer.module)
+    shift: nn.Module = RandomAugMix() if config.blind else RandomCorruption(config.corruption_probability)
+    if label_free:  # the strategy corrupts: the targets come from the clean (augmented) images
+        strategy: TrainingStrategy = SoftTargets(shift, config.temperature)
+        augment = standard_augmentation(size)
+    else:
+        strategy, augment = TrainingStrategy(), nn.Sequential(standard_augmentation(size), shift)
     loop = LoopConfig(
         epochs=config.epochs,
         batch_size=config.batch_size,
@@ -157,37 +323,49 @@ def run(args: argparse.Namespace) -> dict:
     if world.is_main:
         print(
             f"training a DynTTA enhancer ({enhancer.num_parameters() / 1e6:.3f} M parameters) for "
-            f"{config.recognizer} on {len(train)} {config.data} images, validating on {len(val)} "
+            f"{config.recognizer} ({recognizer.kind}, {size} px) on {len(train)} {config.data} images"
+            f"{' without labels' if label_free else ''}, validating on {len(val)} "
             f"({'blind: AugMix' if config.blind else f'corrupted with p={config.corruption_probability:.3f}'}), "
             f"device {device}, world size {world.size}",
             file=sys.stderr,
         )
     started = time.perf_counter()
-    trained, history = fit(model, TrainingStrategy(), train, val_corrupted, loop, out, augment=augment)
+    trained, history = fit(model, strategy, train, val_corrupted, loop, out, augment=augment)
     train_seconds = time.perf_counter() - started
     if not world.is_main:
         return {}  # rank 0 alone evaluates and writes the checkpoint
 
+    if not isinstance(trained, EnhancedRecognizer):
+        raise TypeError(f"the training loop returned a {type(trained).__name__}, not the EnhancedRecognizer")
     trained.eval()
 
     def accuracy(model: nn.Module, data: LabelledImages) -> float | None:  # None: no validation split
         return round(evaluate_accuracy(model, data, device), 4) if len(data) else None
 
-    metrics = {
-        "val_corrupted_accuracy_recognizer_alone": accuracy(trained.recognizer, val_corrupted),
-        "val_corrupted_accuracy_enhanced": accuracy(trained, val_corrupted),
-        "val_clean_accuracy_recognizer_alone": accuracy(trained.recognizer, val),
-        "val_clean_accuracy_enhanced": accuracy(trained, val),
+    # label-free: "accuracy" is agreement with the recognizer's top-1 on the clean image
+    measure = "agreement_with_clean_prediction" if label_free else "accuracy"
+    metrics: dict[str, object] = {
+        f"val_corrupted_{measure}_recognizer_alone": accuracy(trained.recognizer, val_corrupted),
+        f"val_corrupted_{measure}_enhanced": accuracy(trained, val_corrupted),
+        f"val_clean_{measure}_recognizer_alone": accuracy(trained.recognizer, val),
+        f"val_clean_{measure}_enhanced": accuracy(trained, val),
         "train_seconds": round(train_seconds, 1),
         "history": history,
     }
+    loss = (
+        f"T^2 * KL(softmax(r(x)/T) || softmax(r(e(c(x)))/T)), T={config.temperature:g}: the frozen recognizer's "
+        "softened prediction on the clean image as target (no labels)"
+        if label_free
+        else "cross-entropy of the frozen recognizer on enhanced images"
+    )
     recipe = {
         "command": "python -m dyntta.train enhancer " + " ".join(sys.argv[2:]),
         **asdict(config),
-        "recognizer_meta": {
-            k: read_checkpoint_meta(config.recognizer).get(k) for k in ("format", "created", "num_parameters")
-        },
-        "loss": "cross-entropy of the frozen recognizer on enhanced images",
+        "recognizer_spec": spec.to_dict(),
+        "recognizer_loaded": recognizer.describe(),
+        "recognizer_meta": _checkpoint_meta(config.recognizer) if recognizer.kind is Kind.CHECKPOINT else None,
+        "classes": classes,
+        "loss": loss,
         "shift": "AugMix (torchvision, severity 5)"
         if config.blind
         else "one of the 15 benchmark corruptions, severity U{1..5}, with the given probability",
@@ -196,9 +374,14 @@ def run(args: argparse.Namespace) -> dict:
         "world_size": world.size,
         "per_rank_batch": config.batch_size // world.size,
     }
-    save_enhancer(trained.enhancer.cpu(), out, recipe=recipe, metrics=metrics, weights_dtype=config.weights_dtype)
+    save_enhancer(enhancer.cpu(), out, recipe=recipe, metrics=metrics, weights_dtype=config.weights_dtype)
     print(json.dumps({"checkpoint": str(out), **{k: v for k, v in metrics.items() if k != "history"}}))
     return metrics
+
+
+def _checkpoint_meta(directory: str) -> dict[str, object]:
+    meta = read_checkpoint_meta(directory)
+    return {k: meta.get(k) for k in ("format", "created", "num_parameters")}
 
 
 def validation_size(n: int, fraction: float, cap: int) -> int:

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from dyntta.data import to_float
 from dyntta.enhancer import load_enhancer
 from dyntta.models import load_recognizer
+from dyntta.models.external import load_external_recognizer
 from dyntta.train import enhancer as enhancer_command
 from dyntta.train.corruption_augment import corrupted_copy
 
@@ -20,11 +21,12 @@ def test_short_enhancer_training_lowers_corrupted_loss(tiny_recognizer_dir, fmni
     assert any(k.endswith("running_mean") for k in before)  # BatchNorm buffers are part of the check
     trained_with = []  # the recognizer instance the command trains against (the real loader, kept)
 
-    def keep(directory, *args, **kwargs):
-        trained_with.append(load_recognizer(directory, *args, **kwargs))
-        return trained_with[-1]
+    def keep(spec, *args, **kwargs):
+        loaded = load_external_recognizer(spec, *args, **kwargs)
+        trained_with.append(loaded.module)
+        return loaded
 
-    monkeypatch.setattr(enhancer_command, "load_recognizer", keep)
+    monkeypatch.setattr(enhancer_command, "load_external_recognizer", keep)
     parser = argparse.ArgumentParser()
     enhancer_command.add_arguments(parser)
     out = tmp_path / "enhancer"
