@@ -17,9 +17,9 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from dyntta import contract
-from dyntta.data import load_dataset, to_float
+from dyntta.data import RESIZE, Preprocess, load_dataset, to_float
 from dyntta.enhancer import load_enhancer
-from dyntta.models import load_recognizer
+from dyntta.models import load_recognizer, read_preprocess
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINTS = ROOT / "checkpoints" / "fashion-mnist"
@@ -43,7 +43,20 @@ def test_repository_holds_the_three_models_of_the_contract() -> None:
     assert [i.name for i in ensemble.input] == [contract.IMAGE] and [o.name for o in ensemble.output] == [
         contract.LOGITS
     ]
-    assert [o.name for o in config(contract.ENHANCER).output] == [contract.ENHANCED_IMAGE]
+    assert [o.name for o in config(contract.ENHANCER).output] == [contract.ENHANCED_IMAGE, contract.OP_WEIGHTS]
+
+
+def test_configs_carry_the_preprocessing_policy_and_the_op_names() -> None:
+    """Every model says how clients preprocess: the recognizer checkpoint's policy, plain resize for the
+    committed one (what it was trained with); the enhancer names the columns of OP_WEIGHTS."""
+    policy = read_preprocess(CHECKPOINTS / "recognizer")
+    assert policy == RESIZE
+    for model in contract.MODEL_NAMES:
+        assert Preprocess.from_json(config(model).parameters[contract.PREPROCESS_PARAMETER].string_value) == policy
+    enhancer = config(contract.ENHANCER)
+    names = load_enhancer(CHECKPOINTS / "enhancer").op_names()
+    assert enhancer.parameters[contract.OP_NAMES_PARAMETER].string_value.split(",") == names
+    assert list(enhancer.output[1].dims) == [len(names)] and enhancer.output[1].data_type == mc.TYPE_FP32
 
 
 @pytest.mark.parametrize("model", HOSTED)
@@ -72,10 +85,10 @@ def test_checkpoints_load_as_recorded() -> None:
     assert enhancer.config.input_size == recognizer.config.input_size == source["input_size"]
 
 
-def _run(model: str, images: np.ndarray) -> np.ndarray:
+def _run(model: str, images: np.ndarray, output: int = 0) -> np.ndarray:
     session = ort.InferenceSession(str(REPOSITORY / model / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
     return np.concatenate(
-        [session.run(None, {contract.IMAGE: images[i : i + 128]})[0] for i in range(0, len(images), 128)]
+        [session.run(None, {contract.IMAGE: images[i : i + 128]})[output] for i in range(0, len(images), 128)]
     )
 
 
@@ -90,7 +103,8 @@ def test_recorded_parity_still_holds() -> None:
 
     with torch.no_grad():
         logits = recognizer(to_float(images)).numpy()
-        enhanced = torch.floor(enhancer(to_float(images)).clamp(0, 1) * 255 + 0.5).to(torch.uint8)
+        enhanced_float, weights = enhancer(to_float(images), return_weights=True)
+        enhanced = torch.floor(enhanced_float.clamp(0, 1) * 255 + 0.5).to(torch.uint8)
         pipeline_logits = recognizer(to_float(enhanced)).numpy()
     served_logits = _run(contract.RECOGNIZER, served_input)
     assert np.abs(served_logits - logits).max() <= tolerance["atol"] + tolerance["rtol"] * np.abs(logits).max()
@@ -99,6 +113,10 @@ def test_recorded_parity_still_holds() -> None:
     served_enhanced = _run(contract.ENHANCER, served_input)
     pixel_diff = np.abs(served_enhanced.astype(np.int16) - enhanced.permute(0, 2, 3, 1).numpy().astype(np.int16))
     assert pixel_diff.max() <= tolerance["max_pixel_diff"] and (pixel_diff > 0).mean() < 1e-3
+
+    served_weights = _run(contract.ENHANCER, served_input, output=1)  # OP_WEIGHTS, checked like the image
+    assert np.abs(served_weights - weights.numpy()).max() <= tolerance["atol"]
+    assert record(contract.ENHANCER)["parity"]["max_abs_op_weight_diff"] <= tolerance["atol"]
 
     pipeline = _run(contract.RECOGNIZER, served_enhanced)
     recorded = record(contract.ENHANCER)["pipeline_parity"]

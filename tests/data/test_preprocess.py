@@ -36,9 +36,9 @@ def test_center_crop_of_a_tall_image_and_a_resampled_crop() -> None:
     pixels = np.ascontiguousarray(_wide(20).transpose(1, 0, 2))  # 1:3, 60 x 20
     out = to_model_input(Image.fromarray(pixels), 20, Preprocess("center-crop"))
     np.testing.assert_array_equal(out, pixels[20:40])
-    # at a smaller size the crop is resampled: the same as resizing the numpy crop (nearest: exact indices)
+    # at a smaller size the crop is resampled: nearest at scale 2 takes the pixel at 2x + 1 of the crop
     out = to_model_input(Image.fromarray(pixels), 10, Preprocess("center_crop", interpolation="nearest"))
-    np.testing.assert_array_equal(out, pixels[20:40][::2, ::2])
+    np.testing.assert_array_equal(out, pixels[20:40][1::2, 1::2])
 
 
 def test_letterbox_pads_instead_of_squashing() -> None:
