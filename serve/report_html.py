@@ -1,19 +1,24 @@
 """A robustness report (dyntta.evaluate's JSON format) as one self-contained HTML page.
 
-The page holds a summary table and, per compared model, an accuracy heatmap (corruption x severity, cells
-coloured by accuracy), plus the difference "enhancer + recognizer minus recognizer" when both are present.
-No scripts and no external assets, so a saved page keeps working.
+The page holds a summary table; for a report with an enhancer strip, the enhancer at work (both models'
+curves per group and clean | corrupted | enhanced images with both predictions, the PNGs embedded as data
+URIs, which the gateway's ``img-src 'self' data:`` policy allows); per compared model an accuracy heatmap
+(corruption x severity, cells coloured by accuracy), plus the difference "enhancer + recognizer minus
+recognizer" when both are present. No scripts and no external assets, so a saved page keeps working.
 """
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 import math
+import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
-from dyntta.evaluate.schema import ModelResults, Report
+from dyntta.evaluate.schema import EnhancerStrip, ModelResults, Report
 
 
 def _pct(value: Any, digits: int = 1) -> str:
@@ -97,6 +102,82 @@ def _summary(models: Mapping[str, ModelResults]) -> str:
     )
 
 
+def _code_spans(text: str) -> str:
+    """Escaped text with Markdown's `code` spans as <code>."""
+    return re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(text, quote=False))
+
+
+def _png_uri(path: Path) -> str | None:
+    """A PNG file as a data URI; None if it is missing or not a PNG (the page then shows the table)."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    return "data:image/png;base64," + base64.b64encode(data).decode() if data[:4] == b"\x89PNG" else None
+
+
+def _said(strip: EnhancerStrip, predicted: int, label: int) -> str:
+    name = strip.classes[predicted] if 0 <= predicted < len(strip.classes) else str(predicted)
+    return f"{'✓' if predicted == label else '✗'} {name}"
+
+
+def _strip_alt(strip: EnhancerStrip, group: str) -> str:
+    """The group's strip as words: every image's class and both predictions (the PNG's text, readable)."""
+    parts = []
+    for row in strip.rows:
+        if row.group == group:
+            for sample in row.samples:
+                label = strip.classes[sample.label] if sample.label < len(strip.classes) else str(sample.label)
+                parts.append(
+                    f"{row.corruption}, image {sample.index} ({label}): {strip.alone} "
+                    f"{_said(strip, sample.predicted[strip.alone], sample.label)}, {strip.enhanced} "
+                    f"{_said(strip, sample.predicted[strip.enhanced], sample.label)}"
+                )
+    return "; ".join(parts)
+
+
+def _strip_table(strip: EnhancerStrip) -> str:
+    """The strip without its pictures: class, then both predictions, coloured right / wrong."""
+
+    def cell(predicted: int, label: int) -> str:
+        kind = "right" if predicted == label else "wrong"
+        return f'<span class="{kind}">{html.escape(_said(strip, predicted, label))}</span>'
+
+    head = "".join(f"<th>image {i}</th>" for i in strip.indices)
+    rows = []
+    for row in strip.rows:
+        cells = "".join(
+            f"<td>{html.escape(strip.classes[s.label] if s.label < len(strip.classes) else str(s.label))}: "
+            f"{cell(s.predicted[strip.alone], s.label)} → {cell(s.predicted[strip.enhanced], s.label)}</td>"
+            for s in row.samples
+        )
+        rows.append(f'<tr><th class="name">{html.escape(row.corruption)}</th>{cells}</tr>')
+    return (
+        f'<table class="strip"><thead><tr><th>corruption</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    )
+
+
+def _enhancer_strip(strip: EnhancerStrip, assets: Path | None) -> str:
+    """Both models' curves, then the strip per group as embedded PNGs (or as a table without them)."""
+    parts = ["<h2>The enhancer at work</h2>"]
+    curves = _png_uri(assets / strip.curves_file) if assets is not None and strip.curves_file else None
+    if curves:
+        alt = f"accuracy vs severity per group, {strip.alone} and {strip.enhanced}"
+        parts.append(f'<figure><img src="{curves}" alt="{html.escape(alt)}"></figure>')
+    parts.append(f"<p>{_code_spans(strip.caption())}</p>")
+    uris = {file: _png_uri(assets / file) if assets is not None else None for file in strip.files()}
+    if uris and all(uris.values()):
+        for file, uri in uris.items():
+            group = next(row.group for row in strip.rows if row.file == file)
+            parts.append(
+                f'<figure class="strip"><figcaption>{html.escape(group)}</figcaption>'
+                f'<img src="{uri}" alt="{html.escape(_strip_alt(strip, group))}"></figure>'
+            )
+    else:  # drawn without figures, or the files are gone: the predictions as a table
+        parts.append(_strip_table(strip))
+    return "\n".join(parts)
+
+
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
@@ -105,10 +186,17 @@ td { font-variant-numeric: tabular-nums; }
 th.name, .summary th { text-align: left; }
 .heatmaps { display: flex; flex-wrap: wrap; gap: 2em; }
 pre { background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: 85%; }
+figure { margin: 0.5em 0 1.5em; }
+figure img { max-width: 100%; height: auto; }
+figcaption { font-weight: bold; margin-bottom: 0.3em; }
+.strip td { text-align: left; }
+.right { color: #1a7f37; }
+.wrong { color: #cf222e; }
 """
 
 
-def render_report_html(report: Report, *, job_id: str | None = None) -> str:
+def render_report_html(report: Report, *, job_id: str | None = None, assets: Path | None = None) -> str:
+    """The page; ``assets``: the folder holding the PNGs the report names (the enhancer strip's), embedded."""
     header = report.header
     names = list(report.conditions.corruptions)
     severities = list(report.conditions.severities)
@@ -123,6 +211,7 @@ def render_report_html(report: Report, *, job_id: str | None = None) -> str:
         f"corruptions: {html.escape(json.dumps(corruptions))}</p>",
         "<h2>Summary</h2>",
         _summary(models),
+        *([_enhancer_strip(report.enhancer_strip, assets)] if report.enhancer_strip else []),
         "<h2>Accuracy (%) per corruption and severity</h2>",
         '<div class="heatmaps">',
     ]

@@ -78,6 +78,7 @@ class WorkerConfig:
     batch_size: int = 256
     ensemble: str = "dyntta"
     recognizer: str = "recognizer"
+    enhancer: str = "enhancer"
     keep_reports: int | None = None
     report_max_age_s: float | None = None
     worker_id: str = ""
@@ -95,6 +96,7 @@ class WorkerConfig:
             chunk=settings.job_batch_size,
             ensemble=settings.ensemble_model,
             recognizer=settings.recognizer_model,
+            enhancer=settings.enhancer_model,
             keep_reports=settings.keep_reports or None,
             report_max_age_s=settings.report_max_age_days * 86400 if settings.report_max_age_days else None,
         )
@@ -145,10 +147,10 @@ class Worker:
         beat = threading.Thread(target=self._heartbeat, args=(job, lost), name=f"lease-{job.id[:8]}", daemon=True)
         beat.start()
         try:
-            report = self._evaluate(job, self._checker(job, lost))
+            run = self._evaluate(job, self._checker(job, lost))
             if lost.is_set():
                 raise LeaseLost(f"job {job.id}: lease lost")
-            self._write_report(job, report)
+            self._write_report(job, run)
             self.store.finish(job, DONE)
             remove_job_files(self.config.reports_dir, job.id, keep_report=True)
             log.info("job %s: done by worker %s", job.id, self.id)
@@ -202,7 +204,9 @@ class Worker:
     # --- one job ----------------------------------------------------------------------------------------
 
     def _evaluate(self, job: Job, progress: Callable[[float], None]) -> Any:
+        """The job's report run (``.report``, and the enhancer strip's pixels for its figures)."""
         from dyntta.evaluate.runner import ReportOptions, run_report
+        from dyntta.evaluate.strip import StripSpec
         from dyntta.version import __version__
 
         data = self._load(job)
@@ -233,19 +237,18 @@ class Worker:
             batch_size=self.config.batch_size,
             model_keys={name: f"{info.name}:{info.version}" for name, info in infos.items()},
         )
-        options = ReportOptions(
-            corruptions=job.params.corruptions,
-            severities=job.params.severities,
-            seed=job.params.seed,
-            table=job.params.table,
-            batch_size=self.config.batch_size,
-            model_keys={name: f"{info.name}:{info.version}" for name, info in infos.items()},
-        )
         classifiers = {name: self._classifier(model) for name, model in models.items()}
-        run = run_report(classifiers, data, options, header=header, progress=progress, cache=saved)
+        strip = None
+        if job.params.with_enhancer:
+            enhancer = self._loop.run(self.backend.model_info(self.config.enhancer))
+            strip = StripSpec(
+                enhance=self._enhancer(enhancer),
+                enhanced_by=f"Triton model `{enhancer.name}` version {enhancer.version}, output {enhancer.output_name}",
+            )
+        run = run_report(classifiers, data, options, header=header, progress=progress, cache=saved, strip=strip)
         if saved.reused:
             log.info("job %s: reused %d saved batch predictions", job.id, saved.reused)
-        return run.report
+        return run
 
     def _classifier(self, model: str) -> Callable[[Any], np.ndarray]:
         chunk = self.config.chunk
@@ -258,6 +261,22 @@ class Worker:
             return np.concatenate(parts).astype(np.float32, copy=False)
 
         return classify
+
+    def _enhancer(self, info: Any) -> Callable[[Any], Any]:
+        """The served enhancer's ENHANCED_IMAGE as the strip's enhance function (uint8 NCHW in and out)."""
+        import torch
+
+        from dyntta.contract import ENHANCED_IMAGE
+
+        if info.output_name != ENHANCED_IMAGE:  # Triton answers with a model's first output
+            raise ValueError(f"model {info.name!r}: first output {info.output_name!r}, expected {ENHANCED_IMAGE!r}")
+
+        def enhance(images: Any) -> Any:
+            nhwc = np.ascontiguousarray(images.permute(0, 2, 3, 1).numpy())
+            out = self._loop.run(self.backend.infer(info.name, nhwc)).array
+            return torch.from_numpy(np.ascontiguousarray(out)).permute(0, 3, 1, 2).contiguous()
+
+        return enhance
 
     def _load(self, job: Job) -> Any:
         import torch
@@ -274,19 +293,28 @@ class Worker:
             f"upload:{job.source}", "test", tensor, torch.from_numpy(labels.astype(np.int64)), list(job.params.classes)
         )
 
-    def _write_report(self, job: Job, report: Any) -> None:
-        """report.json and report.html in the job's folder, each written whole then renamed into place."""
+    def _write_report(self, job: Job, run: Any) -> None:
+        """The enhancer strip's PNGs, report.json and report.html (the PNGs embedded) in the job's folder,
+        each written whole then renamed into place."""
+        from dyntta.evaluate.outputs import write_enhancer_figures
         from dyntta.evaluate.writers import write_json
         from serve.report_html import render_report_html
 
         self.store.heartbeat(job, self.config.lease_s)  # still ours: do not write over a new owner's files
         out = self.config.reports_dir / job.id
         out.mkdir(parents=True, exist_ok=True)
-        tmp = out / f".{REPORT_JSON}.{self.id.replace(':', '_')}.tmp"
+        mine = self.id.replace(":", "_")
+        drafts = out / f".figures.{mine}.tmp"
+        drafts.mkdir(exist_ok=True)
+        for path in write_enhancer_figures(run, drafts).values():  # also names the files in the report
+            path.replace(out / path.name)
+        shutil.rmtree(drafts, ignore_errors=True)
+        report = run.report
+        tmp = out / f".{REPORT_JSON}.{mine}.tmp"
         write_json(report, tmp)
         tmp.replace(out / REPORT_JSON)
-        tmp = out / f".{REPORT_HTML}.{self.id.replace(':', '_')}.tmp"
-        tmp.write_text(render_report_html(report, job_id=job.id), encoding="utf-8")
+        tmp = out / f".{REPORT_HTML}.{mine}.tmp"
+        tmp.write_text(render_report_html(report, job_id=job.id, assets=out), encoding="utf-8")
         tmp.replace(out / REPORT_HTML)
 
     def prune(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 from pathlib import Path
 
@@ -29,3 +30,24 @@ def test_names_are_escaped() -> None:
     report.models = {"<b>x</b>": report.models["recognizer"]}
     page = render_report_html(report)
     assert "<b>x</b>" not in page and "&lt;b&gt;x&lt;/b&gt;" in page
+
+
+def test_enhancer_strip_is_embedded_and_described() -> None:
+    """The committed enhancer report's strip PNGs and curves go into the page as data URIs (the gateway's
+    CSP allows ``img-src data:``); the alt text and the caption carry the predictions as words."""
+    report = read_report(ENHANCER_REPORT)
+    strip = report.enhancer_strip
+    assert strip is not None and strip.curves_file is not None
+    page = render_report_html(report, assets=ENHANCER_REPORT.parent)
+    uris = re.findall(r'<img src="data:image/png;base64,([^"]+)"', page)
+    files = [strip.curves_file, *strip.files()]
+    assert len(uris) == len(files) == 1 + 5  # the curves, and one strip per group (4 + the extras)
+    assert [base64.b64decode(u) for u in uris] == [(ENHANCER_REPORT.parent / f).read_bytes() for f in files]
+    first = strip.rows[0].samples[0]
+    said = strip.classes[first.predicted[strip.alone]]
+    assert f"{strip.rows[0].corruption}, image {first.index} (" in page and said in page
+    assert "The enhancer at work" in page and f"at severity {strip.severity}" in page
+    # without the files, the same predictions as a table
+    bare = render_report_html(report)
+    assert "data:image/png" not in bare and bare.count('<tr><th class="name">') > len(strip.rows)
+    assert bare.count('class="right"') + bare.count('class="wrong"') == 2 * len(strip.rows) * len(strip.indices)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from dyntta.data import arrays_to_model_input
+from dyntta.evaluate.predictions import corrupt_uint8
 from serve.store import JobParams, JobStore, default_state_url
 from tests.serve.conftest import CLASSES, SIZE, GatewayFactory, LinearProbe
 from tests.serve.helpers import fmnist_raw, png_bytes
@@ -34,6 +36,7 @@ def test_builtin_job_report_matches_offline_clean_accuracy(make_gateway: Gateway
         report = client.get(job["report_url"]).json()["report"]
         page = client.get(job["report_html_url"])
         listed = client.get("/v1/robustness").json()["jobs"]
+        strip_predictions = _served_predictions_of_the_strip(client, report["enhancer_strip"], seed=3)
     assert report["format"] == "dyntta.robustness-report/1"
     assert set(report["models"]) == {"recognizer", "enhancer + recognizer"}
     assert report["conditions"]["corruptions"] == ["gaussian_noise", "contrast"]
@@ -46,9 +49,39 @@ def test_builtin_job_report_matches_offline_clean_accuracy(make_gateway: Gateway
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     assert "gaussian_noise" in page.text and 'class="heatmap"' in page.text
     assert listed[0]["id"] == job["id"]
+    # the enhancer strip (issue 16 item 2): its predictions are what the served models say of those images,
+    # its PNGs (clean | corrupted | enhanced, two groups here) sit next to the report and are in the page
+    strip = report["enhancer_strip"]
+    assert strip["severity"] == 1 and [r["corruption"] for r in strip["rows"]] == ["gaussian_noise", "contrast"]
+    assert len(strip["indices"]) == 3 and "ENHANCED_IMAGE" in strip["enhanced_by"]
+    assert strip_predictions == [[s["predicted"] for s in row["samples"]] for row in strip["rows"]]
+    folder = gateway.app.state.jobs.reports_dir / job["id"]
+    assert strip["curves_file"] == "enhancer_curves.png" and (folder / "enhancer_curves.png").is_file()
+    assert sorted({r["file"] for r in strip["rows"]}) == ["enhancer_strip_digital.png", "enhancer_strip_noise.png"]
+    assert all((folder / r["file"]).read_bytes()[:4] == b"\x89PNG" for r in strip["rows"])
+    assert page.text.count('<img src="data:image/png;base64,') == 3 and "The enhancer at work" in page.text
     # the job ran in a worker process; the gateway's metric reads the store, so it still sees the finish
     assert before == {"queued": 0, "running": 0, "done": 0, "failed": 0}
     assert after == {"queued": 0, "running": 0, "done": 1, "failed": 0}
+
+
+def _served_predictions_of_the_strip(client: Any, strip: dict[str, Any], seed: int) -> list[list[dict[str, int]]]:
+    """Each strip image re-corrupted here and classified by the gateway, recognizer alone and ensemble."""
+    raw, _ = fmnist_raw("test", max(strip["indices"]) + 1)
+    index = torch.tensor(strip["indices"])
+    clean = arrays_to_model_input(raw, SIZE)[index]
+    out = []
+    for row in strip["rows"]:
+        condition = (row["corruption"], strip["severity"])
+        corrupted = corrupt_uint8(clean, condition, index, seed=seed, table=None, device="cpu")
+        pngs = [png_bytes(np.ascontiguousarray(a.permute(1, 2, 0).numpy())) for a in corrupted]
+        blobs = [("files", (f"{i}.png", png, "image/png")) for i, png in enumerate(pngs)]
+        said: dict[str, list[int]] = {}
+        for name, enhance in (("recognizer", "false"), ("enhancer + recognizer", "true")):
+            results = client.post("/v1/classify", params={"enhance": enhance}, files=blobs).json()["results"]
+            said[name] = [r["top_k"][0]["index"] for r in results]
+        out.append([{m: said[m][k] for m in said} for k in range(len(corrupted))])
+    return out
 
 
 def _job_gauge(exposition: str) -> dict[str, float]:
