@@ -5,7 +5,8 @@ All are ``async def``: FastAPI runs sync dependencies in the thread pool, one th
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
@@ -23,48 +24,44 @@ _api_key_header = APIKeyHeader(
 )
 
 
-async def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
+T = TypeVar("T")
 
 
-async def get_backend(request: Request) -> TritonBackend:
-    return request.app.state.backend
+def app_resource(request: Request, name: str, kind: type[T]) -> T:
+    """``request.app.state.<name>``, set by ``serve.app``, checked to be a ``kind``."""
+    value = getattr(request.app.state, name)
+    if not isinstance(value, kind):
+        raise TypeError(f"app.state.{name} is {type(value).__name__}, expected {kind.__name__}")
+    return value
 
 
-async def get_jobs(request: Request) -> JobManager:
-    return request.app.state.jobs
+def _resource(name: str, kind: type[T]) -> Callable[[Request], Awaitable[T]]:
+    """The dependency that returns ``app.state.<name>``."""
+
+    async def get(request: Request) -> T:
+        return app_resource(request, name, kind)
+
+    return get
 
 
-async def get_metrics(request: Request) -> Metrics:
-    return request.app.state.metrics
-
-
-async def get_admission(request: Request) -> Admission:
-    return request.app.state.admission
-
-
-async def get_decoder(request: Request) -> DecodePool:
-    return request.app.state.decoder
-
-
-async def key_fingerprint(request: Request) -> str | None:
+def request_fingerprint(request: Request) -> str | None:
     """Fingerprint of the API key this request authenticated with (``serve.security.key_fingerprint``);
-    "" when the gateway has no key. Set by :class:`serve.security.ApiKeyGuard` before the body is read."""
-    return getattr(request.state, "api_key_fingerprint", None)
+    "" when the gateway has no key, None when none matched. Set by :class:`serve.security.ApiKeyGuard`
+    before the body is read."""
+    fingerprint = getattr(request.state, "api_key_fingerprint", None)
+    return None if fingerprint is None else str(fingerprint)
 
 
 async def require_api_key(request: Request, key: Annotated[str | None, Security(_api_key_header)] = None) -> None:
     """Documents the key in the OpenAPI schema. The check itself is :class:`serve.security.ApiKeyGuard`,
     which runs before the body is read; this only refuses if that guard was somehow not installed."""
-    if request.app.state.settings.api_keys and not getattr(request.state, "api_key_fingerprint", None):
+    if app_resource(request, "settings", Settings).api_keys and not request_fingerprint(request):
         raise Unauthorized("missing or wrong API key")
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-BackendDep = Annotated[TritonBackend, Depends(get_backend)]
-JobsDep = Annotated[JobManager, Depends(get_jobs)]
-MetricsDep = Annotated[Metrics, Depends(get_metrics)]
-AdmissionDep = Annotated[Admission, Depends(get_admission)]
-DecoderDep = Annotated[DecodePool, Depends(get_decoder)]
-#: for the job routes: jobs are stored with this and listed/read only by the same fingerprint
-KeyFingerprintDep = Annotated[str | None, Depends(key_fingerprint)]
+SettingsDep = Annotated[Settings, Depends(_resource("settings", Settings))]
+BackendDep = Annotated[TritonBackend, Depends(_resource("backend", TritonBackend))]
+JobsDep = Annotated[JobManager, Depends(_resource("jobs", JobManager))]
+MetricsDep = Annotated[Metrics, Depends(_resource("metrics", Metrics))]
+AdmissionDep = Annotated[Admission, Depends(_resource("admission", Admission))]
+DecoderDep = Annotated[DecodePool, Depends(_resource("decoder", DecodePool))]

@@ -7,11 +7,14 @@ process (it goes to the log instead).
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serve.schemas import ErrorBody, ErrorResponse
 
 log = logging.getLogger("serve")
 
@@ -107,11 +110,15 @@ class BackendTimeout(ApiError):
     status_code, code = 504, "inference_timeout"
 
 
-def _body(code: str, message: str, detail: object = None) -> dict:
-    error: dict[str, object] = {"code": code, "message": message}
-    if detail is not None:
-        error["detail"] = detail
-    return {"error": error}
+def error_body(code: str, message: str, detail: object = None) -> dict[str, Any]:
+    """The JSON of every error response, built as the documented :class:`ErrorResponse` (no ``detail`` key
+    unless one is given). Also used by the ASGI guards (serve/security.py) that answer before FastAPI."""
+    body = (
+        ErrorBody(code=code, message=message)
+        if detail is None
+        else ErrorBody(code=code, message=message, detail=detail)
+    )
+    return ErrorResponse(error=body).model_dump(mode="json", exclude_unset=True)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -119,14 +126,14 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         if exc.status_code >= 500:
             log.warning("%s %s -> %d: %s", request.method, request.url.path, exc.status_code, exc.message)
-        return JSONResponse(_body(exc.code, exc.message), exc.status_code, headers=exc.headers)
+        return JSONResponse(error_body(exc.code, exc.message), exc.status_code, headers=exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
             exc.status_code, "http_error"
         )
-        return JSONResponse(_body(code, str(exc.detail)), exc.status_code, headers=exc.headers)
+        return JSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -135,9 +142,9 @@ def install_error_handlers(app: FastAPI) -> None:
             {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
             for e in exc.errors()
         ]
-        return JSONResponse(_body("validation_error", "request validation failed", detail), 422)
+        return JSONResponse(error_body("validation_error", "request validation failed", detail), 422)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse(_body("internal_error", "internal server error (see the gateway log)"), 500)
+        return JSONResponse(error_body("internal_error", "internal server error (see the gateway log)"), 500)

@@ -25,6 +25,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 
 from dyntta.contract import IMAGE_SUFFIXES as ZIP_IMAGE_SUFFIXES
 from dyntta.contract import is_image_path
@@ -54,8 +55,8 @@ class DecodedSet:
     """An uploaded evaluation set, decoded and validated: what a worker evaluates."""
 
     name: str
-    images: np.ndarray  # uint8 (N, S, S, 3), the model's input contract
-    labels: np.ndarray  # int64 (N,), indices into ``classes``
+    images: npt.NDArray[np.uint8]  # (N, S, S, 3), the model's input contract
+    labels: npt.NDArray[np.int64]  # (N,), indices into ``classes``
     classes: list[str]
 
     def __len__(self) -> int:

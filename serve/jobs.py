@@ -29,6 +29,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -226,8 +227,8 @@ class JobManager:
         params: JobParams,
         *,
         owner: str = "",
-        images: np.ndarray | None = None,
-        labels: np.ndarray | None = None,
+        images: npt.NDArray[np.uint8] | None = None,
+        labels: npt.NDArray[np.int64] | None = None,
     ) -> Job:
         """Queue a job; ``images`` (N, S, S, 3) uint8 + ``labels`` for an uploaded set (else the built-in set)."""
         self.check_capacity()

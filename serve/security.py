@@ -15,7 +15,9 @@ import secrets
 from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from serve.errors import error_body
 
 #: Content-Security-Policy for every response: scripts only from the gateway itself (the web page and the
 #: locally served Swagger UI), inline styles allowed (report heatmap cells), no framing, no plugins
@@ -36,12 +38,15 @@ _HOST_EXEMPT = {"/healthz", "/readyz"}
 
 
 def key_fingerprint(key: str) -> str:
-    """What is stored to tie a job to the key that created it: a hash prefix, never the key."""
+    """What is stored to tie a job to the key that created it (``Job.owner``): a hash prefix, never the key.
+    The key is a high-entropy secret chosen by the operator, so an unsalted hash does not make it guessable."""
     return hashlib.sha256(b"dyntta-api-key\0" + key.encode()).hexdigest()[:16]
 
 
-async def _reject(send: Send, status: int, code: str, message: str, headers: Iterable[tuple[bytes, bytes]] = ()):
-    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+async def _reject(
+    send: Send, status: int, code: str, message: str, headers: Iterable[tuple[bytes, bytes]] = ()
+) -> None:
+    body = json.dumps(error_body(code, message)).encode()
     await send(
         {
             "type": "http.response.start",
@@ -57,13 +62,31 @@ async def _reject(send: Send, status: int, code: str, message: str, headers: Ite
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
+    headers: Iterable[tuple[bytes, bytes]] = scope["headers"]
+    for key, value in headers:
         if key == name:
             return value.decode("latin-1")
     return None
 
 
-class ApiKeyGuard:
+class HttpMiddleware:
+    """A pure ASGI middleware (it answers before FastAPI parses anything) that acts on HTTP requests in
+    :meth:`http`; lifespan and websocket messages pass through untouched."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self.http(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
+
+
+class ApiKeyGuard(HttpMiddleware):
     """401 before the body is read when a key is configured and the path is protected (``protected``).
 
     The key comes in ``X-API-Key`` or as ``Authorization: Bearer <key>`` (what Prometheus sends). Several
@@ -72,7 +95,7 @@ class ApiKeyGuard:
     """
 
     def __init__(self, app: ASGIApp, keys: Iterable[str], protected: Callable[[str], bool]) -> None:
-        self.app = app
+        super().__init__(app)
         self.keys = [(k.encode(), key_fingerprint(k)) for k in keys if k]
         self.protected = protected
 
@@ -90,10 +113,7 @@ class ApiKeyGuard:
                 found = fingerprint
         return found
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not self.keys:  # no key configured: everyone is the same (anonymous) owner
             scope.setdefault("state", {})["api_key_fingerprint"] = ""
             await self.app(scope, receive, send)
@@ -131,7 +151,7 @@ def default_allowed_hosts(bind_host: str) -> set[str] | None:
     return _LOOPBACK_NAMES | {_host_name(bind_host)}
 
 
-class BrowserGuard:
+class BrowserGuard(HttpMiddleware):
     """Without an API key, the gateway's only protection against a hostile web page in the user's browser:
 
     - ``Host`` must be an allowed name (DNS rebinding: evil.example resolving to 127.0.0.1) -> else 400;
@@ -143,13 +163,10 @@ class BrowserGuard:
     """
 
     def __init__(self, app: ASGIApp, allowed_hosts: set[str] | None) -> None:
-        self.app = app
+        super().__init__(app)
         self.allowed_hosts = allowed_hosts
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         host = _host_name(_header(scope, b"host") or "")
         if self.allowed_hosts is not None and scope["path"] not in _HOST_EXEMPT and host not in self.allowed_hosts:
             await _reject(
@@ -178,18 +195,11 @@ class BrowserGuard:
         return self.allowed_hosts is None or _host_name(origin_host) not in self.allowed_hosts
 
 
-class SecurityHeaders:
+class SecurityHeaders(HttpMiddleware):
     """CSP, nosniff, frame-ancestors / X-Frame-Options and Referrer-Policy on every response."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def with_headers(message: dict) -> None:
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 names = {k.lower() for k, _ in message.get("headers", [])}
                 extra = [(k, v) for k, v in _SECURITY_HEADERS if k not in names]

@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
-from dyntta.contract import resolve_conditions
+from dyntta.contract import DatasetNotFoundError, resolve_conditions
 from dyntta.evaluate.schema import Report
-from serve.deps import BackendDep, JobsDep, SettingsDep, require_api_key
+from serve.deps import BackendDep, JobsDep, SettingsDep, request_fingerprint, require_api_key
 from serve.errors import BadRequest, Conflict, NotFound, UnsupportedMediaType
 from serve.evalset import BUILTIN_NAME, ZipLimits, builtin_compatible, builtin_files, read_imagefolder_zip
 from serve.jobs import REPORT_HTML, REPORT_JSON, Job, JobManager, JobParams
 from serve.routes import UPLOAD_ERRORS
 from serve.schemas import ErrorResponse, JobList, JobStatus, RobustnessReport
-from serve.store import key_fingerprint
 
 # every job route needs the key when one is set: a job is visible only to the key that created it
 router = APIRouter(prefix="/v1/robustness", tags=["robustness"], dependencies=[Depends(require_api_key)])
@@ -31,7 +30,11 @@ _ZIP_TYPES = {
     "application/octet-stream",
     "multipart/x-zip",
 }
-_NOT_FOUND = {404: {"model": ErrorResponse, "description": "no such job"}}
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse, "description": "no such job"}}
+_REPORT_ERRORS: dict[int | str, dict[str, Any]] = {
+    **_NOT_FOUND,
+    409: {"model": ErrorResponse, "description": "job not finished"},
+}
 
 
 def job_status(job: Job) -> JobStatus:
@@ -41,7 +44,7 @@ def job_status(job: Job) -> JobStatus:
         status=job.status,
         progress=job.progress,
         message=job.message,
-        created=job.created,  # type: ignore[arg-type]
+        created=job.created,
         updated=job.updated,
         source=job.source,
         num_images=job.num_images,
@@ -57,13 +60,9 @@ def job_status(job: Job) -> JobStatus:
 
 def owner_of(request: Request) -> str:
     """The fingerprint of the API key this request authenticated with ('' without a key): jobs are stored
-    and read under it, so one key's jobs are invisible to another's. The key itself is never stored."""
-    fingerprint = getattr(request.state, "api_key_fingerprint", None)  # set by the auth middleware
-    if fingerprint is not None:
-        return str(fingerprint)
-    if not request.app.state.settings.api_key:
-        return ""
-    return key_fingerprint(request.headers.get("x-api-key"))  # an app built without that middleware
+    and read under it, so one key's jobs are invisible to another's. The key itself is never stored. With
+    keys set, a request without a matching one never gets here (the router's ``require_api_key``)."""
+    return request_fingerprint(request) or ""
 
 
 def _check_table(table: str | None) -> str | None:
@@ -164,8 +163,6 @@ async def submit(
                 "are "
                 f"{labels}; upload a zip of labelled images instead"
             )
-        from dyntta.data.datasets import DatasetNotFoundError
-
         try:
             builtin_files()
         except DatasetNotFoundError as exc:
@@ -209,7 +206,7 @@ async def get_job(request: Request, job_id: JOB_ID, jobs: JobsDep) -> JobStatus:
 @router.get(
     "/{job_id}/report",
     response_model=RobustnessReport,
-    responses={**_NOT_FOUND, 409: {"model": ErrorResponse, "description": "job not finished"}},
+    responses=_REPORT_ERRORS,
     summary="The finished report (dyntta.evaluate's JSON format)",
 )
 async def get_report(request: Request, job_id: JOB_ID, jobs: JobsDep) -> RobustnessReport:
@@ -220,7 +217,7 @@ async def get_report(request: Request, job_id: JOB_ID, jobs: JobsDep) -> Robustn
 @router.get(
     "/{job_id}/report.html",
     response_class=HTMLResponse,
-    responses={**_NOT_FOUND, 409: {"model": ErrorResponse, "description": "job not finished"}},
+    responses=_REPORT_ERRORS,
     summary="The finished report as an HTML page (tables and heatmaps)",
 )
 async def get_report_html(request: Request, job_id: JOB_ID, jobs: JobsDep) -> HTMLResponse:

@@ -6,7 +6,7 @@ replica needs from another goes through this store or the shared report director
 """
 
 from serve.store.lock import StateDirBusy, StateDirLock
-from serve.store.models import ACTIVE, FINAL, Job, JobParams, key_fingerprint
+from serve.store.models import ACTIVE, FINAL, Job, JobParams
 from serve.store.predictions import StoredPredictions
 from serve.store.store import JobStore, LeaseLost, default_state_url
 
@@ -21,5 +21,4 @@ __all__ = [
     "StateDirLock",
     "StoredPredictions",
     "default_state_url",
-    "key_fingerprint",
 ]

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from typing import Final, Literal
 
-QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
+#: "interrupted": only in stores of the in-process job manager before 98f7a90 (a job cut short by a restart)
+JobState = Literal["queued", "running", "done", "failed", "interrupted"]
+QUEUED: Final = "queued"
+RUNNING: Final = "running"
+DONE: Final = "done"
+FAILED: Final = "failed"
 ACTIVE = (QUEUED, RUNNING)
 FINAL = (DONE, FAILED)
-
-
-def key_fingerprint(api_key: str | None) -> str:
-    """What the store keeps to tell API keys apart: a SHA-256 prefix, never the key itself ('' = no key).
-    The key is a high-entropy secret chosen by the operator, so an unsalted hash does not make it guessable."""
-    if not api_key:
-        return ""
-    return hashlib.sha256(b"dyntta-api-key:" + api_key.encode()).hexdigest()[:32]
 
 
 @dataclass
@@ -42,7 +39,7 @@ class JobParams:
 @dataclass
 class Job:
     id: str
-    status: str
+    status: JobState
     progress: float
     message: str
     created: str
@@ -51,6 +48,7 @@ class Job:
     num_images: int
     params: JobParams
     error: str | None = None
+    #: fingerprint of the API key that created the job (serve.security.key_fingerprint); "" without keys
     owner: str = ""
     worker: str | None = None
     lease_token: str | None = None

@@ -9,13 +9,16 @@ moment and the next one may run on another host.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from serve.store.models import Job
 from serve.store.store import JobStore
 
 Condition = tuple[str, int]
+Prediction = tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]  # class indices, confidences
 
 
 class StoredPredictions:
@@ -25,14 +28,21 @@ class StoredPredictions:
         self.entries = store.load_predictions(job.id)
         self.reused = 0
 
-    def get(self, model_key: str, condition: Condition, batch: str) -> tuple[np.ndarray, np.ndarray] | None:
+    def get(self, model_key: str, condition: Condition, batch: str) -> Prediction | None:
         hit = self.entries.get((model_key, condition[0], int(condition[1]), batch))
         if hit is None:
             return None
         self.reused += 1
         return np.frombuffer(hit[0], dtype="<i4").astype(np.int64), np.frombuffer(hit[1], dtype="<f4").copy()
 
-    def put(self, model_key: str, condition: Condition, batch: str, pred: np.ndarray, conf: np.ndarray) -> None:
+    def put(
+        self,
+        model_key: str,
+        condition: Condition,
+        batch: str,
+        pred: npt.NDArray[np.integer[Any]],
+        conf: npt.NDArray[np.floating[Any]],
+    ) -> None:
         blobs = (pred.astype("<i4").tobytes(), conf.astype("<f4").tobytes())
         self.store.save_prediction(self.job, model_key, condition[0], int(condition[1]), batch, *blobs)
         self.entries[(model_key, condition[0], int(condition[1]), batch)] = blobs

@@ -15,13 +15,14 @@ seconds of the workers' hosts: their clocks must agree to well under the lease (
 
 from __future__ import annotations
 
+import builtins
 import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import (
     Connection,
@@ -242,7 +243,14 @@ class JobStore:
     def set_num_images(self, job: Job, num_images: int, message: str) -> None:
         self._fenced(job, num_images=num_images, message=message)
 
-    def finish(self, job: Job, status: str = DONE, *, message: str = "report ready", error: str | None = None) -> None:
+    def finish(
+        self,
+        job: Job,
+        status: Literal["done", "failed"] = DONE,
+        *,
+        message: str = "report ready",
+        error: str | None = None,
+    ) -> None:
         """Mark the job done (or failed) and drop its saved predictions; raises LeaseLost if another worker
         owns it now, so a job is completed exactly once."""
         values: dict[str, Any] = {
@@ -301,7 +309,7 @@ class JobStore:
 
     # --- retention --------------------------------------------------------------------------------------
 
-    def prune(self, keep: int | None, max_age_s: float | None) -> list[str]:
+    def prune(self, keep: int | None, max_age_s: float | None) -> builtins.list[str]:  # ``list``: the method
         """Delete finished jobs beyond the newest ``keep`` or finished more than ``max_age_s`` ago; returns
         their ids (the caller removes their report files)."""
         with self._tx() as conn:

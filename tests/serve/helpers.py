@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
+import time
+import urllib.request
 import zlib
 from pathlib import Path
 from typing import Any
@@ -55,10 +58,27 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 def start_serve(repository: Path, state_dir: Path, port: int) -> subprocess.Popen[bytes]:
     """``python -m serve`` (bundled Triton + gateway) on ``repository``, gateway on ``port``; the caller waits
-    for readiness and stops it."""
+    for readiness (:func:`wait_ready`) and stops it."""
     env = {**os.environ, "DYNTTA_PORT": str(port), "DYNTTA_STATE_DIR": str(state_dir)}
     return subprocess.Popen(
         [sys.executable, "-m", "serve", "--model-repository", str(repository), "--log-level", "warning"],
         cwd=REPO_ROOT,
         env=env,
     )
+
+
+def wait_ready(process: subprocess.Popen[bytes], port: int, timeout_s: float = 240) -> str:
+    """Poll the gateway's /readyz until it reports ready; fails if ``process`` exits first or time runs out.
+    Returns the gateway's base URL."""
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert process.poll() is None, "python -m serve exited early"
+        try:
+            with urllib.request.urlopen(url + "/readyz", timeout=2) as response:
+                if json.loads(response.read())["ready"]:
+                    return url
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "not ready in time"
+        time.sleep(0.3)

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ from serve import worker
 from serve.config import MB, settings_from_args
 from serve.triton import TritonServer, free_port
 from tests.serve.conftest import CLASSES, SIZE, ContrastStretch, LinearProbe
-from tests.serve.helpers import fmnist_raw, png_bytes, start_serve
+from tests.serve.helpers import fmnist_raw, png_bytes, start_serve, wait_ready
 
 
 def test_batch_client_classifies_a_folder(triton: TritonServer, probe: LinearProbe, tmp_path: Path):
@@ -105,17 +104,7 @@ def test_python_m_serve_starts_everything_and_ctrl_c_stops_it(gateway_repository
     port = free_port()
     process = start_serve(gateway_repository, tmp_path / "var", port)
     try:
-        deadline = time.monotonic() + 240
-        while True:
-            assert process.poll() is None, "python -m serve exited early"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
-                    if json.loads(response.read())["ready"]:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "not ready in time"
-            time.sleep(0.3)
+        wait_ready(process, port)
         triton_pids = [
             p
             for p in _children(process.pid)
