@@ -29,6 +29,7 @@ import numpy.typing as npt
 
 from dyntta.contract import IMAGE_SUFFIXES as ZIP_IMAGE_SUFFIXES
 from dyntta.contract import is_image_path
+from dyntta.data.preprocess import RESIZE, Preprocess, to_model_input
 from serve.errors import ApiError, BadRequest, PayloadTooLarge
 from serve.imaging import PixelBudget, open_image
 
@@ -119,11 +120,16 @@ def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, na
 
 
 def read_imagefolder_zip(
-    data: bytes, *, size: int, labels: Sequence[str], limits: ZipLimits, name: str = "upload.zip"
+    data: bytes,
+    *,
+    size: int,
+    labels: Sequence[str],
+    limits: ZipLimits,
+    name: str = "upload.zip",
+    policy: Preprocess = RESIZE,
 ) -> DecodedSet:
-    """Zip of ``[root/]class/image`` files -> uint8 (N, size, size, 3), labelled by the model's classes."""
-    from dyntta.data.transforms import to_model_input
-
+    """Zip of ``[root/]class/image`` files -> uint8 (N, size, size, 3), labelled by the model's classes and
+    prepared with the served recognizer's preprocessing ``policy`` (what it was trained with)."""
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError, NotImplementedError) as exc:
@@ -173,7 +179,7 @@ def read_imagefolder_zip(
             budget -= len(blob)
             try:
                 with open_image(blob, max_pixels=limits.max_image_pixels, name=info.filename, budget=pixels) as image:
-                    images[i] = to_model_input(image, size)
+                    images[i] = to_model_input(image, size, policy)
             except ApiError as exc:
                 raise type(exc)(f"{name}: {exc.message}") from None
     return DecodedSet(name, images, np.array([label for _, label in files], dtype=np.int64), list(labels))

@@ -146,7 +146,13 @@ async def submit(
         )
         name = (file.filename or "upload.zip").replace("/", "_")[-100:]
         dataset = await run_in_threadpool(
-            read_imagefolder_zip, data, size=info.input_size, labels=labels, limits=limits, name=name
+            read_imagefolder_zip,
+            data,
+            size=info.input_size,
+            labels=labels,
+            limits=limits,
+            name=name,
+            policy=info.preprocess,
         )
         del data
         params.classes = list(dataset.classes)
