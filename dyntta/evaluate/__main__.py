@@ -159,7 +159,11 @@ def run(config: ReportConfig, argv: list[str] | None = None) -> Report | None:
         header["tta"] = "none"
 
     size = config.image_size or primary.info.input_size or 32
-    data = load_dataset(config.data, config.split, image_size=size, root=config.data_dir)
+    # a recognizer checkpoint's preprocessing policy (issue 16.3); an .onnx model records none: resize
+    from dyntta.models.checkpoint import read_preprocess  # timm: only when a model is evaluated
+
+    policy = read_preprocess(config.model) if Path(config.model).is_dir() else None
+    data = load_dataset(config.data, config.split, image_size=size, root=config.data_dir, preprocess=policy)
     if config.limit:
         data = data.subset(torch.arange(min(config.limit, len(data))))
     if primary.info.classes and len(primary.info.classes) != len(data.classes):
