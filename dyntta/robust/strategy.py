@@ -85,5 +85,14 @@ class TrainingStrategy:
         the trained (not the inference) model; returns the file names written."""
         return []
 
+    # -- resume ------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs that the model and optimizer do not hold (e.g. DPL's amended set); kept
+        in ``train_state.pt`` and handed to :meth:`load_state_dict` before :meth:`bind_data`."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take back what :meth:`state_dict` gave (called before :meth:`bind_data` when resuming)."""
+
     def describe(self) -> dict[str, Any]:
         return {"method": self.name, "label_smoothing": self.label_smoothing}
