@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -211,8 +211,13 @@ def shard_indices(n: int, seed: int, epoch: int, shuffle: bool = True) -> torch.
     of size B/world is the single-process k-th batch of size B.
     """
     world = current()
-    sampler = torch.utils.data.DistributedSampler(
-        range(n), num_replicas=world.size, rank=world.rank, shuffle=shuffle, seed=seed, drop_last=False
+    sampler: torch.utils.data.DistributedSampler[int] = torch.utils.data.DistributedSampler(
+        range(n),  # type: ignore[arg-type]  # any sized sequence works; only its length is read
+        num_replicas=world.size,
+        rank=world.rank,
+        shuffle=shuffle,
+        seed=seed,
+        drop_last=False,
     )
     sampler.set_epoch(epoch)
     return torch.tensor(list(iter(sampler)), dtype=torch.long)
@@ -225,6 +230,38 @@ def all_reduce_sum(values: Sequence[float]) -> list[float]:
     tensor = torch.tensor(list(values), dtype=torch.float64)
     dist.all_reduce(tensor)
     return tensor.tolist()
+
+
+def sum_in_order(
+    n: int, compute: Callable[[int], torch.Tensor], size: int, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """Sum of ``compute(k)`` (flat float32 tensors of ``size``) for k = 0..n-1, the same bit for bit on every
+    rank and in one process: item k is computed on rank k % world only, and every rank adds the items in
+    order k = 0, 1, ... (an all-reduce of slots that one rank fills and the others leave at zero is exact).
+    Each rank computes ~n / world items; memory is world x size."""
+    world = current()
+    total = torch.zeros(size, device=device)
+    for first in range(0, n, world.size):
+        if not world.distributed:
+            total += compute(first)
+            continue
+        slots = torch.zeros(world.size, size, device=device)
+        if first + world.rank < n:
+            slots[world.rank] = compute(first + world.rank)
+        dist.all_reduce(slots)
+        for r in range(min(world.size, n - first)):
+            total += slots[r]
+    return total
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank gets every rank's ``obj`` (in rank order)."""
+    world = current()
+    if not world.distributed:
+        return [obj]
+    everything: list[Any] = [None] * world.size
+    dist.all_gather_object(everything, obj)
+    return everything
 
 
 def all_same(obj: Any) -> bool:
@@ -285,6 +322,7 @@ __all__ = [
     "DEFAULT_TIMEOUT_S",
     "TIMEOUT_ENV",
     "World",
+    "all_gather_objects",
     "all_reduce_sum",
     "all_same",
     "atomic_save",
@@ -301,6 +339,7 @@ __all__ = [
     "main_first",
     "shard_indices",
     "shutdown",
+    "sum_in_order",
     "synchronise_steps",
     "timeout",
 ]
