@@ -97,8 +97,12 @@ class _CpuLimit(Exception):
     pass
 
 
+_armed = False  # only while a corruption runs: a late signal must not hit the worker's own loop
+
+
 def _on_cpu_limit(signum: int, frame: object) -> None:
-    raise _CpuLimit
+    if _armed:
+        raise _CpuLimit
 
 
 def _corrupt(pixels: Pixels, name: str, severity: int, seed: int) -> Pixels:
@@ -115,8 +119,9 @@ def _corrupt(pixels: Pixels, name: str, severity: int, seed: int) -> Pixels:
     return result
 
 
-def _serve(conn: Connection, cpu_s: float) -> None:
-    """Worker process: import torch and the suite once, then corrupt one image per message."""
+def _serve(conn: Connection) -> None:
+    """Worker process: import torch and the suite once, then corrupt one image per ``(cpu_s, task)``."""
+    global _armed
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the gateway stops us
     try:
         import torch
@@ -130,12 +135,15 @@ def _serve(conn: Connection, cpu_s: float) -> None:
     signal.signal(signal.SIGPROF, _on_cpu_limit)
     while True:
         try:
-            args = conn.recv()
+            cpu_s, task = conn.recv()
         except (EOFError, OSError):
             return
-        signal.setitimer(signal.ITIMER_PROF, cpu_s)
+        _armed = True
+        signal.setitimer(signal.ITIMER_PROF, cpu_s)  # this process's CPU time, user + system
         try:
-            result: tuple[str, Any] = ("ok", _corrupt(*args))
+            out = _corrupt(*task)
+            _armed = False
+            result: tuple[str, Any] = ("ok", out)
         except _CpuLimit:
             result = ("cpu", None)
         except ValueError as exc:  # the suite's own checks (e.g. an input smaller than it supports)
@@ -143,6 +151,7 @@ def _serve(conn: Connection, cpu_s: float) -> None:
         except Exception as exc:
             result = ("error", f"{exc.__class__.__name__}: {exc}")
         finally:
+            _armed = False
             signal.setitimer(signal.ITIMER_PROF, 0)
         try:
             conn.send(result)
@@ -160,7 +169,6 @@ class CorruptionWorker:
         self.cpu_s = cpu_s
         self.max_waiting = max_waiting
         self.start_timeout_s = start_timeout_s
-        self.wall_s = max(5.0 * cpu_s, 5.0)
         self.pending = 0  # running + queued, counted until the worker thread is done with each
         self._context = multiprocessing.get_context("forkserver")  # the decode pool's server: no re-import
         self._process: Any = None
@@ -170,6 +178,11 @@ class CorruptionWorker:
     @property
     def started(self) -> bool:
         return self._process is not None and self._process.is_alive()
+
+    @property
+    def pid(self) -> int | None:
+        """The worker process's id while it runs."""
+        return self._process.pid if self.started else None
 
     async def warm(self) -> None:
         """Start the process now (in the background of the caller) unless it runs or is being started."""
@@ -181,7 +194,7 @@ class CorruptionWorker:
         if status == "ok":
             return np.asarray(value, dtype=np.uint8)
         if status == "invalid":
-            raise InvalidChoice(f"{name} cannot be applied here: {value}")
+            raise InvalidChoice(f"{name} cannot be applied to this image: {value}")
         if status == "cpu":
             raise CorruptionUnavailable(f"{name} needed more than {self.cpu_s:g} s of CPU for one image")
         raise CorruptionUnavailable(f"the corruption worker failed: {value}")
@@ -204,20 +217,23 @@ class CorruptionWorker:
     def _blocking(self, args: Task | None) -> tuple[str, Any]:
         """In the worker thread: (re)start the process if needed, then one task; never raises."""
         if not self.started:
+            self._kill()  # reap a worker that died since the last request
             try:
                 self._start()
             except Exception as exc:
                 self._kill()
-                return "error", str(exc)
+                reason = "it exited while starting" if isinstance(exc, EOFError) else str(exc) or repr(exc)
+                return "error", f"it could not start ({reason})"
         if args is None:
             return "ok", None
         assert self._conn is not None
         try:
-            self._conn.send(args)
-            if self._conn.poll(self.wall_s):
+            self._conn.send((self.cpu_s, args))
+            wall_s = max(5.0 * self.cpu_s, 5.0)  # past this the worker is stuck in C code: kill it
+            if self._conn.poll(wall_s):
                 status, value = self._conn.recv()
                 return status, value
-            log.warning("corruption worker %s overran %g s; killing it", self._process.pid, self.wall_s)
+            log.warning("corruption worker %s overran %g s; killing it", self._process.pid, wall_s)
             status, value = "cpu", None
         except (EOFError, OSError) as exc:
             log.warning("corruption worker died (%s); it restarts on the next request", exc)
@@ -228,9 +244,7 @@ class CorruptionWorker:
     def _start(self) -> None:
         start = time.perf_counter()
         self._conn, child = self._context.Pipe()
-        self._process = self._context.Process(
-            target=_serve, args=(child, self.cpu_s), daemon=True, name="dyntta-corrupt"
-        )
+        self._process = self._context.Process(target=_serve, args=(child,), daemon=True, name="dyntta-corrupt")
         self._process.start()
         child.close()
         if not self._conn.poll(self.start_timeout_s):
@@ -241,20 +255,20 @@ class CorruptionWorker:
         log.info("corruption worker %s ready in %.1f s", self._process.pid, time.perf_counter() - start)
 
     def _kill(self) -> None:
-        if self._process is not None and self._process.is_alive():
-            self._process.kill()
-        if self._process is not None:
-            self._process.join(timeout=5)
-        if self._conn is not None:
-            self._conn.close()
-        self._process, self._conn = None, None
+        process, conn, self._process, self._conn = self._process, self._conn, None, None
+        if process is not None and process.pid is not None:  # pid is None if start() itself failed
+            if process.is_alive():
+                process.kill()
+            process.join(timeout=5)
+        if conn is not None:
+            conn.close()
 
     def close(self) -> None:
         """Stop the process (blocking: up to a few seconds); queued tasks are dropped."""
         self._thread.shutdown(wait=False, cancel_futures=True)
         if self._conn is not None:
             self._conn.close()  # the worker's recv() ends: it exits on its own
-        if self._process is not None:
+        if self._process is not None and self._process.pid is not None:
             self._process.join(timeout=2)
         self._kill()
 

@@ -1,6 +1,8 @@
 """The web page in a real headless Chromium (Debian's ``chromium`` + ``chromium-driver``, driven by
 selenium; nothing is downloaded): upload an image, see top-k with and without the enhancer and the enhanced
-image; an error is shown, not swallowed; robustness reports are listed and open as HTML."""
+image; corrupt an image in the "try a corruption" panel and see clean, corrupted and enhanced images with
+both top-k and the enhancer's heaviest operations; an error is shown, not swallowed; robustness reports are
+listed and open as HTML."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from dyntta.contract import CORRUPTIONS, OP_WEIGHTS
 from tests.serve.conftest import CLASSES, SIZE, LiveGateway
 from tests.serve.helpers import fmnist_raw, png_bytes
 from tests.serve.test_gateway import wait_job
@@ -112,3 +115,46 @@ def test_reports_are_listed_and_open(browser, gateway: LiveGateway):
     wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "table.heatmap"))
     assert job["id"] in browser.find_element(By.TAG_NAME, "h1").text
     assert "brightness" in browser.page_source
+
+
+def test_try_a_corruption_shows_three_images_both_predictions_and_the_ops(
+    browser, gateway: LiveGateway, tmp_path: Path
+):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.select import Select
+
+    raw, _ = fmnist_raw("test", 2)
+    image = tmp_path / "trouser.png"
+    image.write_bytes(png_bytes(raw[1]))
+    browser.get(gateway.url + "/")
+    # the choices come from the gateway: every corruption of the contract, grouped
+    wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#pg-corruption optgroup option")) == len(CORRUPTIONS))
+    browser.find_element(By.ID, "pg-file").send_keys(str(image))
+    Select(browser.find_element(By.ID, "pg-corruption")).select_by_value("gaussian_noise")
+    Select(browser.find_element(By.ID, "pg-severity")).select_by_value("5")
+    browser.find_element(By.ID, "pg-top-k").clear()
+    browser.find_element(By.ID, "pg-top-k").send_keys("3")
+    browser.find_element(By.ID, "pg-btn").click()
+    wait(browser, lambda d: d.find_element(By.ID, "pg-status").get_attribute("data-done") == "1")
+    for img in ("pg-clean", "pg-corrupted", "pg-enhanced"):
+        width = wait(
+            browser,
+            lambda d, i=img: d.execute_script(
+                f"const i = document.getElementById('{i}'); return i.complete && i.naturalWidth;"
+            ),
+        )
+        assert width == SIZE, img
+    assert "severity 5" in browser.find_element(By.ID, "pg-corrupted-caption").text
+    for table in ("pg-plain-results", "pg-enhanced-results"):
+        rows = browser.find_elements(By.CSS_SELECTOR, f"#{table} tbody tr")
+        assert len(rows) == 3
+        assert all(row.find_element(By.TAG_NAME, "td").text in CLASSES for row in rows)
+    ops = browser.find_elements(By.CSS_SELECTOR, "#pg-ops tbody tr")
+    assert ops or OP_WEIGHTS in browser.find_element(By.ID, "pg-ops-note").text  # weights, or why there are none
+
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    browser.find_element(By.ID, "pg-file").send_keys(str(text))
+    browser.find_element(By.ID, "pg-btn").click()
+    wait(browser, lambda d: "415" in d.find_element(By.ID, "pg-status").text)
+    assert browser.find_element(By.ID, "pg-status").get_attribute("class") == "error"
