@@ -141,10 +141,11 @@ def run(args: argparse.Namespace, command: str) -> ExportResult:
     recorded = recipe.get("recognizer_spec") or {}
     spec = spec_from_args(args, recorded if recorded.get("spec") == args.recognizer else None)
     data = args.parity_data or recipe.get("data") or "fashion-mnist"
-    data_dir = args.data_dir or recipe.get("data_dir")
+    # the recipe's folder belongs to the recipe's data set, not to one named with --parity-data
+    data_dir = args.data_dir or (None if args.parity_data else recipe.get("data_dir"))
 
-    def images_nchw(size: int, count: int) -> torch.Tensor:
-        return torch.from_numpy(parity_batch(data, count, size, data_dir)[0]).permute(0, 3, 1, 2)
+    def images_nchw(preprocessing: Preprocessing, count: int) -> torch.Tensor:
+        return torch.from_numpy(parity_batch(data, count, preprocessing.input_size, data_dir)[0]).permute(0, 3, 1, 2)
 
     loaded = load_external_recognizer(spec, images_nchw)
     size = loaded.preprocessing.input_size
@@ -171,5 +172,6 @@ def run(args: argparse.Namespace, command: str) -> ExportResult:
             options,
             enhancer=enhancer,
             parity_images=images,
+            preprocess=loaded.policy,
             recognizer_onnx=served,
         )

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dyntta.data.preprocess import INTERPOLATIONS, Preprocess
 from dyntta.models.checkpoint import CONFIG_FILE, load_recognizer
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -73,6 +74,13 @@ class Preprocessing:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def policy(self) -> Preprocess:
+        """The :class:`~dyntta.data.Preprocess` that brings any image to this input: timm's and
+        torchvision's evaluation transform, a centre crop of ``crop_pct`` of the shorter side."""
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation {self.interpolation!r} is not one of {', '.join(INTERPOLATIONS)}")
+        return Preprocess("center_crop", self.crop_pct, self.interpolation)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -155,6 +163,11 @@ class LoadedRecognizer:
     num_classes: int
     classes: list[str] | None  # None: neither the checkpoint nor --classes names them (use the data set's)
     onnx_parity: OnnxParity | None = None
+    policy: Preprocess | None = None  # how images of any shape reach input_size; None: preprocessing.policy()
+
+    def __post_init__(self) -> None:
+        if self.policy is None:
+            self.policy = self.preprocessing.policy()
 
     @property
     def kind(self) -> Kind:
@@ -166,6 +179,7 @@ class LoadedRecognizer:
             "kind": str(self.kind),
             **self.spec.to_dict(),
             "preprocessing": self.preprocessing.to_dict(),
+            "policy": self.policy.to_dict() if self.policy else None,
             "num_classes": self.num_classes,
             "num_parameters": sum(p.numel() for p in self.module.parameters()),
             "onnx_parity": asdict(self.onnx_parity) if self.onnx_parity else None,
@@ -315,8 +329,9 @@ def _triple(value: Sequence[float] | None, name: str) -> Triple | None:
 
 # --- loading -----------------------------------------------------------------------------------------------
 
-#: ``images(size, count)``: real uint8 (count, 3, size, size) images for the ONNX parity check.
-ImageSource = Callable[[int, int], torch.Tensor]
+#: ``images(preprocessing, count)``: real uint8 (count, 3, S, S) images, brought to the recognizer's input
+#: by its own preprocessing, for the ONNX parity check.
+ImageSource = Callable[[Preprocessing, int], torch.Tensor]
 
 
 def load_external_recognizer(spec: RecognizerSpec, images: ImageSource | None = None) -> LoadedRecognizer:
@@ -347,7 +362,7 @@ def load_external_recognizer(spec: RecognizerSpec, images: ImageSource | None = 
     if kind is Kind.ONNX:
         if images is None:
             raise ValueError("an ONNX recognizer is checked against onnxruntime on real images: pass images")
-        loaded.onnx_parity = check_onnx_parity(loaded, images(preprocessing.input_size, ONNX_PARITY_IMAGES))
+        loaded.onnx_parity = check_onnx_parity(loaded, images(preprocessing, ONNX_PARITY_IMAGES))
     return loaded
 
 
@@ -361,7 +376,9 @@ def _from_checkpoint(spec: RecognizerSpec) -> LoadedRecognizer:
     preprocessing = Preprocessing(config.input_size, config.mean, config.std, source=str(spec.path / CONFIG_FILE))
     if spec.classes is not None and list(spec.classes) != config.classes:
         raise ValueError(f"--classes differ from the checkpoint's classes {config.classes[:5]}...")
-    return LoadedRecognizer(model.eval(), spec, preprocessing, config.num_classes, list(config.classes))
+    return LoadedRecognizer(
+        model.eval(), spec, preprocessing, config.num_classes, list(config.classes), policy=config.preprocess
+    )
 
 
 def _check_classes(classes: tuple[str, ...] | None, num_classes: int) -> list[str] | None:

@@ -37,7 +37,7 @@ from torch import nn
 
 from dyntta import distributed
 from dyntta.contract import DatasetNotFoundError, find_images
-from dyntta.data import LabelledImages, load_dataset, split_validation, to_float, to_model_input
+from dyntta.data import RESIZE, LabelledImages, Preprocess, load_dataset, split_validation, to_float, to_model_input
 from dyntta.enhancer import DynTTAEnhancer, EnhancerConfig, load_enhancer, save_enhancer
 from dyntta.models import read_checkpoint_meta
 from dyntta.models.external import (
@@ -211,12 +211,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # --- data ---------------------------------------------------------------------------------------------------
 
 
-def unlabelled_images(config: EnhancerTrainConfig, size: int) -> LabelledImages:
+def unlabelled_images(config: EnhancerTrainConfig, size: int, policy: Preprocess | None = None) -> LabelledImages:
     """Label-free training images: every image under ``--data-dir`` for ``imagefolder`` (a plain folder or
     an ImageFolder, its ``train/`` part if there is one), else the named data set's train split; labels
-    are :data:`UNKNOWN`."""
+    are :data:`UNKNOWN`. ``policy``: the recognizer's preprocessing (default plain resize)."""
     if config.data.replace("_", "-").lower() not in ("imagefolder", "image-folder"):
-        data = load_dataset(config.data, "train", image_size=size, root=config.data_dir)
+        data = load_dataset(config.data, "train", image_size=size, root=config.data_dir, preprocess=policy)
         return LabelledImages(data.name, "train", data.images, torch.full_like(data.labels, UNKNOWN), [])
     if config.data_dir is None:
         raise DatasetNotFoundError("--data imagefolder needs --data-dir DIR")
@@ -229,7 +229,7 @@ def unlabelled_images(config: EnhancerTrainConfig, size: int) -> LabelledImages:
     images = torch.empty((len(files), 3, size, size), dtype=torch.uint8)
     for i, path in enumerate(files):
         with Image.open(path) as image:
-            images[i] = torch.from_numpy(to_model_input(image, size)).permute(2, 0, 1)
+            images[i] = torch.from_numpy(to_model_input(image, size, policy or RESIZE)).permute(2, 0, 1)
     return LabelledImages(f"folder:{root}", "train", images, torch.full((len(files),), UNKNOWN), [])
 
 
@@ -276,15 +276,17 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     spec = spec_from_args(args)
 
     @functools.cache
-    def images_at(size: int) -> LabelledImages:
+    def images_at(size: int, policy: Preprocess) -> LabelledImages:
         if label_free:
-            return unlabelled_images(config, size)
-        return load_dataset(config.data, "train", image_size=size, root=config.data_dir)
+            return unlabelled_images(config, size, policy)
+        return load_dataset(config.data, "train", image_size=size, root=config.data_dir, preprocess=policy)
 
-    # An ONNX recognizer is checked on the first real training images, at its own input size.
-    recognizer = load_external_recognizer(spec, lambda size, count: images_at(size).images[:count])
-    size = recognizer.preprocessing.input_size
-    full_train = images_at(size) if label_free else align_labels(images_at(size), recognizer)
+    # An ONNX recognizer is checked on the first real training images, brought to its input its own way.
+    recognizer = load_external_recognizer(
+        spec, lambda pre, count: images_at(pre.input_size, pre.policy()).images[:count]
+    )
+    size, policy = recognizer.preprocessing.input_size, recognizer.policy or RESIZE
+    full_train = images_at(size, policy) if label_free else align_labels(images_at(size, policy), recognizer)
     classes = recognizer.classes or full_train.classes or [str(i) for i in range(recognizer.num_classes)]
     full_train.classes = classes
     out = Path(config.out)

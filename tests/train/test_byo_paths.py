@@ -1,5 +1,5 @@
 """Bring your own recognizer (issue 13.1) and label-free fitting (13.2), with small real models trained here:
-timm ``test_resnet`` and torchvision ``squeezenet1_1`` on 640 Fashion-MNIST images, the timm model's
+timm ``test_resnet`` and torchvision ``mobilenet_v3_small`` on 640 Fashion-MNIST images, the timm model's
 TorchScript trace and its ONNX export. An enhancer fitted through each path for a few steps lowers the
 recognizer's loss on corrupted held-out images."""
 
@@ -44,7 +44,7 @@ class Byo:
     folder: Path  # ImageFolder c0..c9 of the training images
     flat: Path  # the same images in one folder, no classes
     timm_weights: Path  # test_resnet state dict (.safetensors), normalised with its pretrained_cfg's 0.5
-    torchvision_weights: Path  # squeezenet1_1 state dict (.pth), ImageNet mean/std
+    torchvision_weights: Path  # mobilenet_v3_small state dict (.pth), ImageNet mean/std
     torchscript: Path  # the timm network traced
     onnx: Path  # the timm network exported (float NCHW normalised in, logits out)
 
@@ -74,7 +74,9 @@ def byo(tmp_path_factory: pytest.TempPathFactory) -> Byo:
         for path in (root / "folder" / CLASSES[label] / f"{i:04d}.png", root / "flat" / f"{i:04d}.png"):
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(pixels).save(path)
-    network = _train(timm.create_model("test_resnet", num_classes=10), train.images, train.labels, 0.5, 0.5, 60)
+    network = _train(
+        timm.create_model("test_resnet", num_classes=10), train.images, train.labels, (0.5,) * 3, (0.5,) * 3, 60
+    )
     save_file(network.state_dict(), str(root / "timm.safetensors"))
     example = torch.zeros(2, 3, SIZE, SIZE)
     with torch.no_grad():
@@ -89,14 +91,14 @@ def byo(tmp_path_factory: pytest.TempPathFactory) -> Byo:
             output_names=["logits"],
             dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}},
         )
-    squeeze = models.get_model("squeezenet1_1", num_classes=10)
-    squeeze = _train(squeeze, train.images, train.labels, IMAGENET_MEAN, IMAGENET_STD, 60)
-    torch.save({"state_dict": squeeze.state_dict()}, root / "squeezenet.pth")  # a container, as trainers save
+    mobilenet = models.get_model("mobilenet_v3_small", num_classes=10)
+    mobilenet = _train(mobilenet, train.images, train.labels, IMAGENET_MEAN, IMAGENET_STD, 60)
+    torch.save({"state_dict": mobilenet.state_dict()}, root / "mobilenet.pth")  # a container, as trainers save
     return Byo(
         root / "folder",
         root / "flat",
         root / "timm.safetensors",
-        root / "squeezenet.pth",
+        root / "mobilenet.pth",
         root / "net.pt",
         root / "net.onnx",
     )
@@ -108,7 +110,7 @@ def _recognizer_flags(kind: str, byo: Byo) -> list[str]:
         # pretrained_cfg says 160 px, crop 0.95 and mean/std 0.5: the size and crop are overridden
         "timm": ["timm:test_resnet", "--recognizer-weights", str(byo.timm_weights), "--recognizer-input-size", "32"],
         "torchvision": [
-            "torchvision:squeezenet1_1",
+            "torchvision:mobilenet_v3_small",
             "--recognizer-weights",
             str(byo.torchvision_weights),
             "--recognizer-input-size",
