@@ -67,7 +67,11 @@ def build_methods(recognizer: torch.nn.Module, enhancer: torch.nn.Module) -> Met
     }
 
 
-def run_unit(adapter: Adapter, stream: Stream, episodes: list[list[torch.Tensor]]) -> tuple[dict, float, int]:
+Counts = dict[str, tuple[int, int]]  # condition name -> (correct, images)
+
+
+def run_unit(adapter: Adapter, stream: Stream, episodes: list[list[torch.Tensor]]) -> tuple[Counts, float, int]:
+    """Run ``adapter`` over ``episodes`` (reset before each): per-condition counts, seconds inside it, images."""
     correct = torch.zeros(len(stream.conditions), dtype=torch.long)
     total = torch.zeros_like(correct)
     seconds, images = 0.0, 0

@@ -11,4 +11,7 @@ def flip_tta(model: nn.Module) -> nn.Module:
 
     Fashion-MNIST's training augmentation includes horizontal flips, so the mirror is in distribution.
     """
-    return ttach.ClassificationTTAWrapper(model, ttach.Compose([ttach.HorizontalFlip()]), merge_mode="mean")
+    wrapped: nn.Module = ttach.ClassificationTTAWrapper(
+        model, ttach.Compose([ttach.HorizontalFlip()]), merge_mode="mean"
+    )
+    return wrapped

@@ -44,7 +44,7 @@ class Tent:
         self.optimizer = torch.optim.Adam(self.params, lr=self.lr, betas=(0.9, 0.999))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.model(x)
+        logits: torch.Tensor = self.model(x)
         self.optimizer.zero_grad(set_to_none=True)
         entropy(logits).backward()
         self.optimizer.step()
