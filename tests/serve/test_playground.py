@@ -4,8 +4,11 @@ is the suite's own (the same pixels a robustness report uses), both paths agree 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -14,6 +17,7 @@ from PIL import Image
 
 from dyntta.contract import CORRUPTIONS, OP_WEIGHTS
 from dyntta.evaluate.predictions import corrupt_uint8
+from serve.playground import CorruptionUnavailable, CorruptionWorker, InvalidChoice
 from tests.serve.conftest import CLASSES, SIZE, LiveGateway
 from tests.serve.helpers import fmnist_raw, png_bytes
 
@@ -155,3 +159,36 @@ def test_not_an_image_is_a_415_and_the_options_list_every_corruption(gateway: Li
         choices = client.get("/v1/playground").json()
     assert sorted(n for names in choices["corruptions"].values() for n in names) == sorted(CORRUPTIONS)
     assert choices["severities"] == [1, 2, 3, 4, 5]
+
+
+def test_the_corruption_worker_survives_its_cpu_limit_a_crash_and_a_bad_input():
+    worker = CorruptionWorker()
+    image = np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+
+    async def scenario() -> None:
+        first = await worker.run(image, "glass_blur", 5, 0)
+        pid = worker.pid
+        assert pid is not None
+        worker.cpu_s = 1e-3  # far less than zoom blur of a 256 px image needs: refused, and the worker lives on
+        big = np.resize(image, (256, 256, 3))
+        with pytest.raises(CorruptionUnavailable, match="needed more than 0.001 s of CPU"):
+            await worker.run(big, "zoom_blur", 5, 0)
+        worker.cpu_s = 2.0
+        np.testing.assert_array_equal(await worker.run(image, "glass_blur", 5, 0), first)
+        assert worker.pid == pid
+        os.kill(pid, signal.SIGKILL)  # a crash: the next request starts a new worker
+        while worker.started:
+            await asyncio.sleep(0.01)
+        np.testing.assert_array_equal(await worker.run(image, "glass_blur", 5, 0), first)
+        assert worker.pid not in (None, pid)
+        with pytest.raises(InvalidChoice, match="at least 32x32"):  # the suite's own limit, as a 422
+            await worker.run(image[:28, :28], "fog", 3, 0)
+
+    try:
+        asyncio.run(scenario())
+        pid = worker.pid
+    finally:
+        worker.close()
+    assert pid is not None and worker.pid is None
+    with pytest.raises(ProcessLookupError):  # reaped, not left behind
+        os.kill(pid, 0)
