@@ -149,6 +149,7 @@ def run(config: ReportConfig, argv: list[str] | None = None) -> Report | None:
         classifiers["enhancer + recognizer"] = enhanced
         header["enhancer"] = enhanced.info.components[0] if enhanced.info.components else enhanced.info.to_dict()
         header["tta"] = "DynTTA enhancer before the recognizer (second model); the first model has none"
+        assert isinstance(enhanced.module, torch.nn.Sequential)  # (enhancer, recognizer), see the loader
         strip = StripSpec(
             enhance=module_enhancer(enhanced.module[0], device),
             enhanced_by=f"the enhancer checkpoint `{config.enhancer}`, its output rounded to uint8 "
