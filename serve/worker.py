@@ -33,15 +33,19 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from serve.config import Settings, add_arguments, settings_from_args
 from serve.errors import BackendTimeout, BackendUnavailable
 from serve.jobs import REPORT_HTML, REPORT_JSON, input_path, remove_job_files, resolve_paths
 from serve.store import Job, JobStore, LeaseLost, StoredPredictions
 from serve.store.models import DONE, FAILED
+
+if TYPE_CHECKING:  # the worker imports the ML stack only when it runs a job
+    from dyntta.evaluate.classifiers import ClassifyFn
 
 log = logging.getLogger("serve.worker")
 
@@ -237,7 +241,7 @@ class Worker:
             batch_size=self.config.batch_size,
             model_keys={name: f"{info.name}:{info.version}" for name, info in infos.items()},
         )
-        classifiers = {name: self._classifier(model) for name, model in models.items()}
+        classifiers: dict[str, ClassifyFn] = {name: self._classifier(model) for name, model in models.items()}
         strip = None
         if job.params.with_enhancer:
             enhancer = self._loop.run(self.backend.model_info(self.config.enhancer))
@@ -250,15 +254,16 @@ class Worker:
             log.info("job %s: reused %d saved batch predictions", job.id, saved.reused)
         return run
 
-    def _classifier(self, model: str) -> Callable[[Any], np.ndarray]:
+    def _classifier(self, model: str) -> ClassifyFn:
         chunk = self.config.chunk
 
-        def classify(images: Any) -> np.ndarray:  # uint8 NCHW tensor -> logits
+        def classify(images: Any) -> npt.NDArray[np.float32]:  # uint8 NCHW tensor -> logits
             nhwc = np.ascontiguousarray(images.permute(0, 2, 3, 1).numpy())
             parts = [
                 self._loop.run(self.backend.infer(model, nhwc[i : i + chunk])).array for i in range(0, len(nhwc), chunk)
             ]
-            return np.concatenate(parts).astype(np.float32, copy=False)
+            logits: npt.NDArray[np.float32] = np.concatenate(parts).astype(np.float32, copy=False)
+            return logits
 
         return classify
 

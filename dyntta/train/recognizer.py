@@ -14,7 +14,7 @@ import torch
 from dyntta import distributed
 from dyntta.data import CENTER_CROP, Preprocess, load_dataset, split_validation, to_float
 from dyntta.data.preprocess import INTERPOLATIONS
-from dyntta.models import create_recognizer, load_recognizer, read_preprocess, save_recognizer
+from dyntta.models import Recognizer, create_recognizer, load_recognizer, read_preprocess, save_recognizer
 from dyntta.robust import STRATEGIES, create_strategy, parse_method_args
 from dyntta.train.augment import standard_augmentation
 from dyntta.train.loop import LoopConfig, check_training_set, evaluate_accuracy, fit, pick_device
@@ -235,6 +235,7 @@ def run(args: argparse.Namespace) -> dict:
         return {}  # rank 0 alone writes the checkpoint and evaluates it
     device = pick_device(config.device)
     final = strategy.inference_model(trained).cpu()
+    assert isinstance(final, Recognizer), "a strategy's inference model is a plain recognizer"
     recipe = {
         "command": "python -m dyntta.train recognizer " + " ".join(sys.argv[2:]),
         **asdict(config),
@@ -271,7 +272,7 @@ def run(args: argparse.Namespace) -> dict:
     return metrics
 
 
-def load_initial_weights(model: torch.nn.Module, directory: str) -> None:
+def load_initial_weights(model: Recognizer, directory: str) -> None:
     """Copy a saved recognizer's weights into ``model``; the architecture and classes must match."""
     source = load_recognizer(directory)
     if (source.config.arch, source.config.classes) != (model.config.arch, model.config.classes):

@@ -127,7 +127,7 @@ async def playground(
                 f"({rec_info.input_size} px) disagree on the input size"
             )
         decode_start = time.perf_counter()
-        clean = (await decode([upload], rec_info.input_size, settings, decoder))[0]
+        clean = (await decode([upload], rec_info.input_size, settings, decoder, rec_info.preprocess))[0]
         corrupt_start = time.perf_counter()
         corrupted = clean if choice is None else await panel.worker.run(clean, *choice, seed)
         corrupt_end = time.perf_counter()
