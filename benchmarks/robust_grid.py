@@ -22,6 +22,7 @@ results arrive.
     nice -n 10 uv run python -m benchmarks.robust_grid                       # the whole grid, one process
     git add benchmarks/results/robust-grid   # results so far: configs + evaluations (weights are ignored)
     nice -n 10 uv run python -m benchmarks.robust_grid --workers 2
+    nice -n 10 uv run python -m benchmarks.robust_grid --seeds 1            # one seed of every method first
     uv run python -m benchmarks.robust_grid --train-subset 256 --c-images 20 --pgd-images 20 \\
         --test-images 200 --epochs 1 --root var/robust-grid-smoke --methods erm dpl l2p \\
         --extra-args dpl:hvp_images=32 dpl:max_iterations=3 --workers 2                     # smoke test
@@ -78,12 +79,12 @@ def plan(options: argparse.Namespace, root: Path) -> list[Run]:
                 runs.append(Run(f"damp-s{sigma}-seed0", "damp", 0, [*METHOD_ARGS["damp"], f"sigma={sigma}"]))
             chosen = chosen_sigma(options, root)
             if chosen is not None:
-                for seed in range(1, SEEDS["damp"]):
+                for seed in range(1, min(SEEDS["damp"], options.seeds or SEEDS["damp"])):
                     runs.append(
                         Run(f"damp-s{chosen}-seed{seed}", "damp", seed, [*METHOD_ARGS["damp"], f"sigma={chosen}"])
                     )
             continue
-        for seed in range(SEEDS[method]):
+        for seed in range(min(SEEDS[method], options.seeds or SEEDS[method])):
             extra = [f"seed={seed}"] if method == "dpl" else []
             runs.append(Run(f"{method}-seed{seed}", method, seed, [*METHOD_ARGS[method], *extra]))
     return runs
@@ -373,6 +374,12 @@ def main() -> int:
         default=[],
         metavar="METHOD:KEY=VALUE",
         help="more method hyper-parameters, e.g. dpl:max_iterations=3 (smoke tests)",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        help="at most this many seeds per method (breadth first: --seeds 1, then the full grid); default: all",
     )
     parser.add_argument("--test-images", type=int, default=10000)
     parser.add_argument("--c-images", type=int, default=2000)
