@@ -3,9 +3,9 @@
 Pillow parses JPEG markers and PNG chunks in Python, one loop iteration per fill byte or chunk, so a 5 MB
 JPEG of padding costs ~2 s of CPU before a pixel is decoded; no header check can see that coming. Anything
 but tiny uploads is therefore decoded here: in a separate process (the event loop and the other requests
-keep their core), under ``ITIMER_PROF`` (the worker's own CPU time, user + system), whose signal interrupts
-the Python loops; a worker that overruns even that (stuck in C) is killed after a wall-clock grace and
-replaced. Either way the client gets a 413 naming the limit.
+keep their core), under a CPU-time limit (:mod:`serve.cpu_limit`) that interrupts the Python loops; a
+worker that overruns even that (stuck in C) is killed after a wall-clock grace and replaced. Either way
+the client gets a 413 naming the limit.
 
 Workers are forked from a forkserver that has imported the decoding code (numpy and Pillow, no torch)
 once, so a replacement costs milliseconds, not the time of importing them again.
@@ -17,13 +17,13 @@ import asyncio
 import logging
 import multiprocessing
 import os
-import signal
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from typing import Any, TypeVar
 
+from serve.cpu_limit import Outcome, serve_tasks
 from serve.errors import ApiError, BadImage, PayloadTooLarge
 
 log = logging.getLogger("serve.decode")
@@ -35,54 +35,31 @@ _PRELOAD = ["serve.imaging"]
 _WALL_GRACE = 5.0
 
 
-class CpuLimitExceeded(Exception):
-    pass
+def _call_task(task: tuple[Callable[..., Any], tuple[Any, ...]]) -> Any:
+    fn, args = task
+    return fn(*args)
 
 
-_armed = False
+def _on_error(exc: Exception) -> Outcome:
+    if isinstance(exc, ApiError):  # the decoder's own verdict (bad image, too large): re-raised by the pool
+        return "api", (type(exc), exc.message)
+    return "error", f"{exc.__class__.__name__}: {exc}"
 
 
-def _on_cpu_limit(signum: int, frame: object) -> None:
-    if _armed:
-        raise CpuLimitExceeded
-
-
-def _worker(conn: Connection, cpu_s: float) -> None:
-    """Worker process: run ``(fn, args)`` tasks one at a time, each under ``cpu_s`` seconds of CPU."""
-    global _armed
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent stops us
-    signal.signal(signal.SIGPROF, _on_cpu_limit)
-    while True:
-        try:
-            fn, args = conn.recv()
-        except (EOFError, OSError):
-            return
-        _armed = True
-        signal.setitimer(signal.ITIMER_PROF, cpu_s)
-        try:
-            result: tuple[str, Any] = ("ok", fn(*args))
-            _armed = False
-        except CpuLimitExceeded:
-            result = ("cpu", None)
-        except ApiError as exc:
-            result = ("api", (type(exc), exc.message))
-        except Exception as exc:  # a decoder bug must not take the worker down: report it
-            result = ("error", f"{exc.__class__.__name__}: {exc}")
-        finally:
-            _armed = False
-            signal.setitimer(signal.ITIMER_PROF, 0)
-        try:
-            conn.send(result)
-        except (OSError, ValueError):
-            return
+def _worker(conn: Connection) -> None:
+    serve_tasks(conn, _call_task, _on_error)
 
 
 class _Worker:
     def __init__(self, context: Any, cpu_s: float) -> None:
+        self.cpu_s = cpu_s
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_worker, args=(child, cpu_s), daemon=True, name="dyntta-decode")
+        self.process = context.Process(target=_worker, args=(child,), daemon=True, name="dyntta-decode")
         self.process.start()
         child.close()
+
+    def send(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self.conn.send((self.cpu_s, (fn, args)))
 
     def stop(self) -> None:
         self.conn.close()
@@ -103,7 +80,7 @@ def _pong() -> str:
 
 
 def _ping(worker: _Worker) -> None:
-    worker.conn.send((_pong, ()))
+    worker.send(_pong, ())
     if not worker.conn.poll(60) or worker.conn.recv() != ("ok", "pong"):
         raise RuntimeError("a decoding process did not start")
 
@@ -185,7 +162,7 @@ class DecodePool:
     def _call(self, worker: _Worker, fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[str, Any, _Worker]:
         """In a pool thread: one task on ``worker``; a dead or stuck worker is replaced (returned third)."""
         try:
-            worker.conn.send((fn, args))
+            worker.send(fn, args)
             if worker.conn.poll(max(_WALL_GRACE * self.cpu_s, 5.0)):
                 status, value = worker.conn.recv()
                 return status, value, worker

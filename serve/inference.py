@@ -72,6 +72,16 @@ class InferOutput:
     seconds: float
 
 
+@dataclass(frozen=True)
+class InferOutputs:
+    """Several named outputs of one request (:meth:`TritonBackend.infer_outputs`)."""
+
+    arrays: dict[str, np.ndarray[Any, Any]]
+    model: str
+    version: str
+    seconds: float
+
+
 def config_parameters(config: dict[str, Any]) -> dict[str, str]:
     """A model config's (as JSON) ``parameters`` as plain strings."""
     raw = config.get("parameters") or {}
@@ -223,7 +233,7 @@ class TritonBackend:
 
     async def infer_outputs(
         self, name: str, images: np.ndarray[Any, Any], outputs: Sequence[str], request_id: str = ""
-    ) -> dict[str, np.ndarray[Any, Any]]:
+    ) -> InferOutputs:
         """uint8 (N, S, S, 3) -> the named outputs (e.g. the enhancer's ``ENHANCED_IMAGE`` and
         ``OP_WEIGHTS``), N images in one request (N <= the model's batch limit)."""
         info = await self.model_info(name)
@@ -232,8 +242,11 @@ class TritonBackend:
             raise BackendError(f"model {name!r} has no output {', '.join(missing)} (it has {', '.join(info.outputs)})")
         if info.max_batch_size <= 0 or len(images) > info.max_batch_size:
             raise BackendError(f"internal: {len(images)} images in one request to model {name!r}")
+        start = time.perf_counter()
         result = await self._call(info, images, request_id=request_id, outputs=outputs)
-        return {o: result.as_numpy(o) for o in outputs}
+        arrays = {o: result.as_numpy(o) for o in outputs}
+        version = result.get_response().model_version or info.version
+        return InferOutputs(arrays, name, version, time.perf_counter() - start)
 
     async def infer(self, name: str, images: np.ndarray[Any, Any], request_id: str = "") -> InferOutput:
         """uint8 (N, S, S, 3) -> the model's first output for each image, split to the model's batch limit.

@@ -2,14 +2,15 @@
 
 - :class:`CorruptionWorker`: the corruption suite (``dyntta.corruptions``) needs torch, which the gateway
   process never imports. Corruptions therefore run in one separate process, started on first use (it
-  imports torch once, seconds), one image at a time, each under a CPU-time limit (``ITIMER_PROF``, as in
-  :mod:`serve.decode_pool`) and a wall-clock one (a worker stuck in C is killed and restarted on the next
+  imports torch once, seconds), one image at a time, each under a CPU-time limit (:mod:`serve.cpu_limit`,
+  as upload decoding) and a wall-clock one (a worker stuck in C is killed and restarted on the next
   request), with a bounded queue in front (503 + Retry-After beyond it). The pixels it gets are already
   the model's input (decoded and converted by the gateway's normal upload path), and it corrupts them
   exactly as robustness reports do (``dyntta.evaluate.predictions.corrupt_uint8``).
-- :func:`enhance`: the served enhancer's ``ENHANCED_IMAGE`` and, when the model has them, its
-  ``OP_WEIGHTS`` (one Triton call asking for both outputs) named by its ``op_names`` config parameter.
-  An enhancer exported before op weights existed still works: the answer says why there are none.
+- :func:`enhance`: the served enhancer's image and, when the model has them, its ``OP_WEIGHTS`` (one
+  Triton call asking for both outputs, through the backend's replica retry and error translation) named
+  by its ``op_names`` config parameter. An enhancer exported before op weights existed still works: the
+  answer says why there are none.
 """
 
 from __future__ import annotations
@@ -26,20 +27,10 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from tritonclient.grpc import InferInput, InferRequestedOutput
-from tritonclient.utils import InferenceServerException
 
-from dyntta.contract import (
-    CORRUPTION_GROUPS,
-    CORRUPTIONS,
-    ENHANCED_IMAGE,
-    IMAGE_DATATYPE,
-    OP_NAMES_PARAMETER,
-    OP_WEIGHTS,
-    SEVERITIES,
-    resolve_conditions,
-)
-from serve.errors import ApiError, BackendTimeout
+from dyntta.contract import CORRUPTION_GROUPS, CORRUPTIONS, OP_WEIGHTS, SEVERITIES, resolve_conditions
+from serve.cpu_limit import Outcome, serve_tasks
+from serve.errors import ApiError, BackendError
 from serve.inference import TritonBackend
 
 log = logging.getLogger("serve.playground")
@@ -93,18 +84,6 @@ def options() -> tuple[dict[str, list[str]], list[int]]:
 # --- the corruption process -----------------------------------------------------------------------------
 
 
-class _CpuLimit(Exception):
-    pass
-
-
-_armed = False  # only while a corruption runs: a late signal must not hit the worker's own loop
-
-
-def _on_cpu_limit(signum: int, frame: object) -> None:
-    if _armed:
-        raise _CpuLimit
-
-
 def _corrupt(pixels: Pixels, name: str, severity: int, seed: int) -> Pixels:
     """In the worker: uint8 (S, S, 3) -> the same image corrupted and quantised, as reports make it."""
     import torch
@@ -119,10 +98,15 @@ def _corrupt(pixels: Pixels, name: str, severity: int, seed: int) -> Pixels:
     return result
 
 
+def _on_error(exc: Exception) -> Outcome:
+    if isinstance(exc, ValueError):  # the suite's own checks (e.g. an input smaller than it supports)
+        return "invalid", str(exc)
+    return "error", f"{exc.__class__.__name__}: {exc}"
+
+
 def _serve(conn: Connection) -> None:
     """Worker process: import torch and the suite once, then corrupt one image per ``(cpu_s, task)``."""
-    global _armed
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the gateway stops us
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # while importing, too
     try:
         import torch
 
@@ -132,31 +116,7 @@ def _serve(conn: Connection) -> None:
         conn.send(("error", f"cannot load the corruption suite ({exc.__class__.__name__}: {exc})"))
         return
     conn.send(("ready", None))
-    signal.signal(signal.SIGPROF, _on_cpu_limit)
-    while True:
-        try:
-            cpu_s, task = conn.recv()
-        except (EOFError, OSError):
-            return
-        _armed = True
-        signal.setitimer(signal.ITIMER_PROF, cpu_s)  # this process's CPU time, user + system
-        try:
-            out = _corrupt(*task)
-            _armed = False
-            result: tuple[str, Any] = ("ok", out)
-        except _CpuLimit:
-            result = ("cpu", None)
-        except ValueError as exc:  # the suite's own checks (e.g. an input smaller than it supports)
-            result = ("invalid", str(exc))
-        except Exception as exc:
-            result = ("error", f"{exc.__class__.__name__}: {exc}")
-        finally:
-            _armed = False
-            signal.setitimer(signal.ITIMER_PROF, 0)
-        try:
-            conn.send(result)
-        except (OSError, ValueError):
-            return
+    serve_tasks(conn, lambda task: _corrupt(*task), _on_error)
 
 
 class CorruptionWorker:
@@ -273,18 +233,7 @@ class CorruptionWorker:
         self._kill()
 
 
-# --- the enhancer's outputs -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class EnhancerOutputs:
-    """What the served enhancer returns besides its image: the op-weights output and its op names."""
-
-    version: str
-    image_output: str
-    weights_output: str | None
-    op_names: tuple[str, ...]
-    note: str | None  # why there are no op weights, when there are none
+# --- the enhancer ---------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -294,103 +243,42 @@ class Enhanced:
     op_names: tuple[str, ...]
     version: str
     seconds: float
-    note: str | None
+    note: str | None  # why there are no op weights, when there are none
 
 
-async def _on_a_replica(backend: TritonBackend, call: Any) -> Any:
-    """``call(client)`` on the replica the pool picks (no retry: callers fall back to ``backend.infer``)."""
-    replica = backend.pool.pick()
-    if replica is None:
-        raise InferenceServerException("no Triton replica configured", status="StatusCode.UNAVAILABLE")
-    async with backend.pool.lease(replica) as client:
-        return await call(client)
-
-
-async def enhancer_outputs(backend: TritonBackend, name: str, version: str) -> EnhancerOutputs:
-    """Read the enhancer's outputs and ``op_names`` from Triton (metadata and config)."""
-
-    async def fetch(client: Any) -> tuple[Any, Any]:
-        timeout = min(backend.timeout_s, 5.0)
-        meta = await client.get_model_metadata(name, as_json=True, client_timeout=timeout)
-        config = await client.get_model_config(name, as_json=True, client_timeout=timeout)
-        return meta, config["config"]
-
-    meta, config = await _on_a_replica(backend, fetch)
-    outputs = [o["name"] for o in meta.get("outputs", [])]
-    image_output = ENHANCED_IMAGE if ENHANCED_IMAGE in outputs else outputs[0]
-    if OP_WEIGHTS not in outputs:
-        return EnhancerOutputs(
-            version,
-            image_output,
-            None,
-            (),
-            f"the served enhancer ({name} v{version}) has no {OP_WEIGHTS} output: it was exported before op weights "
-            "were served; re-export the model repository to see which operations it uses",
+async def enhance(backend: TritonBackend, name: str, pixels: Pixels, request_id: str = "") -> Enhanced:
+    """One image through the enhancer: its image and, when the model serves them, its ``OP_WEIGHTS`` (named by
+    its ``op_names`` parameter) in one call. An enhancer exported before op weights existed still works, and
+    so does the image when only the op-weights call fails (502): the note says why there are no weights."""
+    info = await backend.model_info(name)
+    if OP_WEIGHTS not in info.outputs:
+        note = (
+            f"the served enhancer ({name} v{info.version}) has no {OP_WEIGHTS} output: it was exported before op "
+            "weights were served; re-export the model repository to see which operations it uses"
         )
-    raw = config.get("parameters", {}).get(OP_NAMES_PARAMETER, {}).get("string_value", "")
-    op_names = tuple(n.strip() for n in raw.split(",") if n.strip())
-    return EnhancerOutputs(version, image_output, OP_WEIGHTS, op_names, None)
-
-
-async def enhance(
-    backend: TritonBackend, name: str, pixels: Pixels, outputs: EnhancerOutputs, request_id: str = ""
-) -> Enhanced:
-    """One image through the enhancer: its image and (when served) op weights in one Triton call.
-
-    Without ``OP_WEIGHTS``, or if that call fails for any reason but a deadline, the image comes from
-    ``backend.infer`` (with its replica retry and error translation) and the note says what happened."""
-    if outputs.weights_output is not None:
-        info = await backend.model_info(name)
-        batch = pixels[None] if info.max_batch_size > 0 else pixels
-        tensor = InferInput(info.input_name, list(batch.shape), IMAGE_DATATYPE)
-        tensor.set_data_from_numpy(np.ascontiguousarray(batch, dtype=np.uint8))
-        requested = [InferRequestedOutput(outputs.image_output), InferRequestedOutput(outputs.weights_output)]
-        start = time.perf_counter()
-
-        async def infer(client: Any) -> Any:
-            return await client.infer(
-                name, [tensor], outputs=requested, request_id=request_id, client_timeout=backend.timeout_s
-            )
-
+    else:
         try:
-            result = await _on_a_replica(backend, infer)
-        except InferenceServerException as exc:
-            if "DEADLINE_EXCEEDED" in str(exc.status() or ""):
-                raise BackendTimeout(f"model {name!r} did not answer within {backend.timeout_s:g} s") from None
-            note: str | None = f"op weights unavailable for this request ({exc.message() or exc})"
-            log.warning("enhancer call with %s failed, retrying without: %s", OP_WEIGHTS, exc)
+            result = await backend.infer_outputs(name, pixels[None], [info.output_name, OP_WEIGHTS], request_id)
+        except BackendError as exc:  # not a timeout or an unreachable server: those fail the request
+            note = f"op weights unavailable for this request ({exc.message})"
+            log.warning("enhancer call with %s failed, retrying without: %s", OP_WEIGHTS, exc.message)
         else:
-            image = result.as_numpy(outputs.image_output).reshape(pixels.shape)
-            weights = result.as_numpy(outputs.weights_output).reshape(-1).astype(np.float32)
-            op_names = outputs.op_names
+            weights = result.arrays[OP_WEIGHTS].reshape(-1).astype(np.float32)
+            op_names = info.op_names or ()
             if len(op_names) != len(weights):  # no or stale op_names: still show the weights, by position
                 op_names = tuple(f"op{i}" for i in range(len(weights)))
-            version = result.get_response().model_version or outputs.version
-            return Enhanced(image, weights, op_names, version, time.perf_counter() - start, None)
-    else:
-        note = outputs.note
+            image = result.arrays[info.output_name].reshape(pixels.shape)
+            return Enhanced(image, weights, op_names, result.version, result.seconds, None)
     plain = await backend.infer(name, pixels[None], request_id=request_id)
     return Enhanced(plain.array.reshape(pixels.shape), None, (), plain.version, plain.seconds, note)
 
 
 class Playground:
-    """Per-app state of the panel: the corruption worker and the enhancer's outputs (cached per version)."""
+    """Per-app state of the panel: the corruption worker."""
 
     def __init__(self, worker: CorruptionWorker | None = None) -> None:
         self.worker = worker or CorruptionWorker()
-        self._outputs: dict[tuple[str, str], EnhancerOutputs] = {}
         self._warming: asyncio.Task[None] | None = None
-
-    async def outputs(self, backend: TritonBackend, name: str) -> EnhancerOutputs:
-        version = (await backend.model_info(name)).version
-        key = (name, version)
-        if key not in self._outputs:
-            try:
-                self._outputs[key] = await enhancer_outputs(backend, name, version)
-            except (InferenceServerException, LookupError, TypeError) as exc:  # not cached: asked again next time
-                note = f"could not read the enhancer's outputs from Triton ({exc}); op weights not shown"
-                return EnhancerOutputs(version, ENHANCED_IMAGE, None, (), note)
-        return self._outputs[key]
 
     def warm(self) -> None:
         """Start the corruption worker in the background (the page asks for the options when it loads)."""

@@ -132,7 +132,7 @@ async def playground(
         corrupted = clean if choice is None else await panel.worker.run(clean, *choice, seed)
         corrupt_end = time.perf_counter()
         request_id = current_request_id()
-        enhanced = await enhance(backend, enhancer, corrupted, await panel.outputs(backend, enhancer), request_id)
+        enhanced = await enhance(backend, enhancer, corrupted, request_id)
         # the recognizer alone on the corrupted image and on the enhanced one: one call, two images
         logits: InferOutput = await backend.infer(recognizer, np.stack([corrupted, enhanced.image]), request_id)
     metrics.inference.labels(enhancer).observe(enhanced.seconds)

@@ -67,7 +67,7 @@ def test_policy_and_op_weights_reach_the_gateway(server: TritonServer, blending_
         try:
             infos = {name: await backend.model_info(name) for name in (ENSEMBLE, RECOGNIZER, ENHANCER)}
             images = random_images(4, 32, seed=9)
-            outputs = await backend.infer_outputs(ENHANCER, images, [ENHANCED_IMAGE, OP_WEIGHTS])
+            outputs = (await backend.infer_outputs(ENHANCER, images, [ENHANCED_IMAGE, OP_WEIGHTS])).arrays
             logits = (await backend.infer(ENSEMBLE, images)).array
             return infos, outputs, logits
         finally:

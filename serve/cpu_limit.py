@@ -1,0 +1,64 @@
+"""The loop every CPU-limited worker process of the gateway runs (upload decoding, the playground's corruptions).
+
+A task runs under ``ITIMER_PROF``: the worker's own CPU time, user + system, whose ``SIGPROF`` interrupts
+Python code (Pillow's marker loops, the corruption suite) between bytecodes. The timer is armed only while a
+task runs, so a late signal cannot hit the loop itself. Code stuck in C ignores the signal; the parent
+process therefore also waits with a wall-clock limit and kills a worker that overruns it (the caller's job,
+see :mod:`serve.decode_pool` and :mod:`serve.playground`).
+
+Answers are plain picklable tuples: ``("ok", value)``, ``("cpu", None)`` when the task ran over its CPU
+time, or whatever ``on_error`` makes of any other exception (a worker never dies of a task's error).
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+#: (status, value): "ok" and "cpu" here, the rest from the worker's ``on_error``
+Outcome = tuple[str, Any]
+OK, CPU = "ok", "cpu"
+
+
+class CpuLimitExceeded(Exception):
+    pass
+
+
+_armed = False
+
+
+def _on_cpu_limit(signum: int, frame: object) -> None:
+    if _armed:
+        raise CpuLimitExceeded
+
+
+def serve_tasks(conn: Connection, run: Callable[[Any], Any], on_error: Callable[[Exception], Outcome]) -> None:
+    """In a worker process: for each ``(cpu_s, task)`` received, send back the :data:`Outcome` of
+    ``run(task)`` under ``cpu_s`` CPU seconds. Returns when the parent closes the pipe."""
+    global _armed
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent stops us
+    signal.signal(signal.SIGPROF, _on_cpu_limit)
+    while True:
+        try:
+            cpu_s, task = conn.recv()
+        except (EOFError, OSError):
+            return
+        _armed = True
+        signal.setitimer(signal.ITIMER_PROF, cpu_s)
+        try:
+            value = run(task)
+            _armed = False
+            outcome: Outcome = (OK, value)
+        except CpuLimitExceeded:
+            outcome = (CPU, None)
+        except Exception as exc:  # a task's bug must not take the worker down: report it
+            outcome = on_error(exc)
+        finally:
+            _armed = False
+            signal.setitimer(signal.ITIMER_PROF, 0)
+        try:
+            conn.send(outcome)
+        except (OSError, ValueError):
+            return
