@@ -1,5 +1,6 @@
 """Data-parallel scaling (issue 12): training images/s with 1 and N processes x 1 thread, and sharded vs
-single-process evaluation wall time. Every figure comes from the real commands (torchrun for N > 1).
+single-process evaluation wall time (and whether the two reports are equal). Every figure comes from the
+real commands (torchrun for N > 1).
 
     uv run python -m benchmarks.ddp_scaling --train-subset 6000 --eval-limit 10000        # CPU, idle machine
     uv run python -m benchmarks.ddp_scaling --device cuda --nproc 1                        # one GPU
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from dyntta.models import read_checkpoint_meta
 
@@ -65,6 +67,21 @@ def evaluate(nproc: int, args: argparse.Namespace) -> float:
     return run(command)
 
 
+def reports_equal(nproc: int, args: argparse.Namespace) -> bool:
+    """The sharded report equals the single-process one, timings, dates and paths aside (issue 12)."""
+
+    def load(n: int) -> dict[str, Any]:
+        report: dict[str, Any] = json.loads((ROOT / f"report-{args.device}-{n}" / "report.json").read_text())
+        header = report["header"]
+        for key in ("created", "command"):
+            header.pop(key, None)
+        header["run"].pop("seconds", None)
+        header["config"].pop("out", None)
+        return report
+
+    return load(1) == load(nproc)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu (gloo) or cuda (nccl, one GPU per process)")
@@ -91,6 +108,7 @@ def main() -> None:
             "1": round(one, 1),
             str(args.nproc): round(many, 1),
             "speed-up": round(one / many, 2),
+            "reports_equal": reports_equal(args.nproc, args),
         }
     results["load_average_at_end"] = dict(zip(("1min", "5min", "15min"), os.getloadavg(), strict=True))
     (ROOT / f"results-{args.device}-{args.nproc}.json").write_text(json.dumps(results, indent=2) + "\n")
