@@ -217,19 +217,11 @@ def recognizer_parity(
     diff = float(np.abs(exported - reference).max())
     scale = float(np.abs(reference).max())
     agreement = float((exported.argmax(1) == reference.argmax(1)).mean())
-    report = {
-        "model": "recognizer",
-        "images": int(len(images)),
-        "data": data,
-        "max_abs_logit_diff": diff,
-        "max_abs_logit": scale,
-        "top1_agreement": agreement,
-        "tolerance": asdict(tolerance),
-    }
-    report["passed"] = diff <= tolerance.atol + tolerance.rtol * scale and agreement >= tolerance.min_top1_agreement
-    if raise_on_failure and not report["passed"]:
-        raise ParityError(f"ONNX recognizer {onnx_path} disagrees with PyTorch: {report}")
-    return report
+    metrics = {"max_abs_logit_diff": diff, "max_abs_logit": scale, "top1_agreement": agreement}
+    passed = diff <= tolerance.atol + tolerance.rtol * scale and agreement >= tolerance.min_top1_agreement
+    return _verdict(
+        "recognizer", onnx_path, images, tolerance, metrics, passed, data=data, raise_on_failure=raise_on_failure
+    )
 
 
 def enhancer_parity(
@@ -249,24 +241,54 @@ def enhancer_parity(
     if exported.dtype != np.uint8 or exported.shape != images.shape:
         raise ParityError(f"enhancer output is {exported.dtype} {exported.shape}, expected uint8 {images.shape}")
     diff = np.abs(exported.astype(np.int16) - reference.astype(np.int16))
-    report: dict[str, Any] = {
-        "model": "enhancer",
-        "images": int(len(images)),
-        "data": data,
-        "max_abs_pixel_diff": int(diff.max()),
-        "fraction_pixels_differing": float((diff > 0).mean()),
-        "tolerance": asdict(tolerance),
-    }
-    report["passed"] = report["max_abs_pixel_diff"] <= tolerance.max_pixel_diff
+    metrics = {"max_abs_pixel_diff": int(diff.max()), "fraction_pixels_differing": float((diff > 0).mean())}
+    passed = metrics["max_abs_pixel_diff"] <= tolerance.max_pixel_diff
+    extra: dict[str, Any] = {}
     if weights:
         want, got = results[1]
         if got.dtype != np.float32 or got.shape != want.shape:
             raise ParityError(f"{OP_WEIGHTS} is {got.dtype} {got.shape}, expected float32 {want.shape}")
-        report["max_abs_op_weight_diff"] = float(np.abs(got - want).max())
-        report["op_weights"] = int(want.shape[1])
-        report["passed"] = report["passed"] and report["max_abs_op_weight_diff"] <= tolerance.atol
-    if raise_on_failure and not report["passed"]:
-        raise ParityError(f"ONNX enhancer {onnx_path} disagrees with PyTorch: {report}")
+        extra = {"max_abs_op_weight_diff": float(np.abs(got - want).max()), "op_weights": int(want.shape[1])}
+        passed = passed and extra["max_abs_op_weight_diff"] <= tolerance.atol
+    return _verdict(
+        "enhancer",
+        onnx_path,
+        images,
+        tolerance,
+        metrics,
+        passed,
+        data=data,
+        extra=extra,
+        raise_on_failure=raise_on_failure,
+    )
+
+
+def _verdict(
+    model: str,
+    onnx_path: str | os.PathLike[str],
+    images: np.ndarray,
+    tolerance: Tolerance,
+    metrics: dict[str, Any],
+    passed: bool,
+    *,
+    data: str,
+    extra: dict[str, Any] | None = None,
+    raise_on_failure: bool,
+) -> dict[str, Any]:
+    """One model's parity report (keys in the order ``export.json`` has always had them: what was
+    compared, ``metrics``, the tolerance, the verdict, then ``extra``); a ``ParityError`` if it failed and
+    ``raise_on_failure``."""
+    report = {
+        "model": model,
+        "images": int(len(images)),
+        "data": data,
+        **metrics,
+        "tolerance": asdict(tolerance),
+        "passed": passed,
+        **(extra or {}),
+    }
+    if raise_on_failure and not passed:
+        raise ParityError(f"ONNX {model} {onnx_path} disagrees with PyTorch: {report}")
     return report
 
 
