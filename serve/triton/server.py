@@ -43,12 +43,12 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from serve.triton import ports
 from serve.triton.bundled import find_bundled_triton
 from serve.triton.errors import ModelLoadError, PortInUseError, RepositoryNotFoundError, ServerStartError, TritonError
+from serve.triton.lifecycle import Startable
 from serve.triton.probes import failed_models, http_status
 from serve.triton.urls import TritonURLs
 
@@ -88,7 +88,7 @@ def _parent_death_signal() -> Any:
     return lambda: prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
-class TritonServer:
+class TritonServer(Startable):
     """A bundled ``tritonserver`` serving ``model_repository`` on loopback.
 
     Args:
@@ -202,14 +202,6 @@ class TritonServer:
         self._cancel.set()
         with self._lock:
             self._stop_locked()
-
-    def __enter__(self) -> TritonURLs:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     # -- internals
 

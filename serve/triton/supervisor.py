@@ -11,16 +11,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from types import TracebackType
 
 from serve.triton.errors import TritonError
+from serve.triton.lifecycle import Startable
 from serve.triton.server import TritonServer
 from serve.triton.urls import TritonURLs
 
 LOGGER = logging.getLogger("serve.triton.supervisor")
 
 
-class TritonSupervisor:
+class TritonSupervisor(Startable):
     def __init__(
         self,
         server: TritonServer,
@@ -54,14 +54,6 @@ class TritonSupervisor:
         if self._thread is not None:
             self._thread.join(timeout=self.server.stop_timeout + 10)
             self._thread = None
-
-    def __enter__(self) -> TritonURLs:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     def _watch(self) -> None:
         backoff = self.min_backoff
