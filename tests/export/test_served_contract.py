@@ -26,6 +26,7 @@ from serve.imaging import Upload, decode_batch
 from serve.inference import TritonBackend
 from serve.triton import TritonServer
 from tests.export.conftest import CLASSES, BlendingEnhancer
+from tests.triton_helpers import running_triton
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
@@ -47,10 +48,7 @@ def repository(blending_enhancer: BlendingEnhancer, tmp_path_factory: pytest.Tem
 
 @pytest.fixture(scope="module")
 def server(repository: Path) -> Iterator[TritonServer]:
-    triton = TritonServer(repository, startup_timeout=180)
-    triton.start()
-    yield triton
-    triton.stop()
+    yield from running_triton(repository, startup_timeout=180)
 
 
 def _wide_png() -> bytes:

@@ -29,6 +29,7 @@ from serve.app import create_app
 from serve.config import Settings
 from serve.triton import TritonServer, free_port
 from tests.serve.helpers import fmnist_raw, png_bytes
+from tests.triton_helpers import running_triton
 
 CLASSES = list(FASHION_MNIST_CLASSES)
 SIZE = 32
@@ -89,10 +90,7 @@ def gateway_repository(probe: LinearProbe, tmp_path_factory: pytest.TempPathFact
 
 @pytest.fixture(scope="session")
 def triton(gateway_repository: Path) -> Iterator[TritonServer]:
-    server = TritonServer(gateway_repository, startup_timeout=180)
-    server.start()
-    yield server
-    server.stop()
+    yield from running_triton(gateway_repository, startup_timeout=180)
 
 
 @dataclass

@@ -38,6 +38,7 @@ from serve.triton import (
     repository_index,
     split_urls,
 )
+from tests.triton_helpers import running_triton
 
 CLASSES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
@@ -64,10 +65,7 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(repository: Path) -> Iterator[TritonServer]:
-    triton = TritonServer(repository, startup_timeout=120)
-    triton.start()
-    yield triton
-    triton.stop()
+    yield from running_triton(repository, startup_timeout=120)
 
 
 @pytest.fixture(scope="module")
