@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Annotated
 
 import numpy as np
@@ -13,16 +14,39 @@ from starlette.concurrency import run_in_threadpool
 
 from dyntta.contract import softmax
 from dyntta.data.preprocess import RESIZE, Preprocess
+from serve.admission import Admission
 from serve.config import Settings
 from serve.decode_pool import DecodePool
 from serve.deps import AdmissionDep, BackendDep, DecoderDep, MetricsDep, SettingsDep, require_api_key
 from serve.errors import MissingField, PayloadTooLarge
 from serve.imaging import Upload, cheap_to_decode, decode_batch, encode_png
+from serve.inference import TritonBackend
+from serve.middleware import Metrics
 from serve.observability import current_request_id
 from serve.routes import UPLOAD_ERRORS
 from serve.schemas import ClassifyResponse, ImageResult, ModelRef, Prediction, Timing
 
 router = APIRouter(prefix="/v1", tags=["inference"], dependencies=[Depends(require_api_key)])
+
+
+@dataclass(frozen=True)
+class Resources:
+    """The per-app resources every upload route works with (``serve.deps``), as one dependency."""
+
+    backend: TritonBackend
+    settings: Settings
+    metrics: Metrics
+    admission: Admission
+    decoder: DecodePool
+
+
+async def _resources(
+    backend: BackendDep, settings: SettingsDep, metrics: MetricsDep, admission: AdmissionDep, decoder: DecoderDep
+) -> Resources:
+    return Resources(backend, settings, metrics, admission, decoder)
+
+
+ResourcesDep = Annotated[Resources, Depends(_resources)]
 
 
 async def _read(files: list[UploadFile], settings: Settings) -> list[Upload]:
@@ -61,27 +85,24 @@ def _images(files: list[UploadFile] | None, file: list[UploadFile] | None) -> li
     summary="Classify one or more images, with or without the enhancer",
 )
 async def classify(
-    backend: BackendDep,
-    settings: SettingsDep,
-    metrics: MetricsDep,
-    admission: AdmissionDep,
-    decoder: DecoderDep,
+    deps: ResourcesDep,
     files: Annotated[list[UploadFile] | None, File(description="image files (JPEG, PNG, WebP, BMP), any size")] = None,
     file: Annotated[list[UploadFile] | None, File(description="the same, for clients that name it 'file'")] = None,
     enhance: Annotated[bool, Query(description="enhancer -> recognizer (the ensemble); false: recognizer")] = True,
     top_k: Annotated[int, Query(ge=1, le=1000, description="how many classes to return per image")] = 5,
 ) -> ClassifyResponse:
     start = time.perf_counter()
+    backend, settings = deps.backend, deps.settings
     model = settings.ensemble_model if enhance else settings.recognizer_model
-    async with admission.slot():  # a slot first: nothing is decoded or sent to Triton without one
+    async with deps.admission.slot():  # a slot first: nothing is decoded or sent to Triton without one
         uploads = await _read(_images(files, file), settings)
         info = await backend.model_info(model)
         decode_start = time.perf_counter()
-        pixels = await decode(uploads, info.input_size, settings, decoder, info.preprocess)
+        pixels = await decode(uploads, info.input_size, settings, deps.decoder, info.preprocess)
         decoded = time.perf_counter()
         output = await backend.infer(model, pixels, request_id=current_request_id())
-    metrics.inference.labels(model).observe(output.seconds)
-    metrics.images.labels("classify").inc(len(uploads))
+    deps.metrics.inference.labels(model).observe(output.seconds)
+    deps.metrics.images.labels("classify").inc(len(uploads))
     probabilities = softmax(output.array.reshape(len(uploads), -1))
     labels = info.labels or tuple(str(i) for i in range(probabilities.shape[1]))
     k = min(top_k, probabilities.shape[1])
@@ -123,19 +144,16 @@ async def classify(
 )
 async def enhance(
     file: Annotated[UploadFile, File(description="one image file (JPEG, PNG, WebP, BMP)")],
-    backend: BackendDep,
-    settings: SettingsDep,
-    metrics: MetricsDep,
-    admission: AdmissionDep,
-    decoder: DecoderDep,
+    deps: ResourcesDep,
 ) -> Response:
-    async with admission.slot():
+    backend, settings, model = deps.backend, deps.settings, deps.settings.enhancer_model
+    async with deps.admission.slot():
         (upload,) = await _read([file], settings)
-        info = await backend.model_info(settings.enhancer_model)
-        pixels = await decode([upload], info.input_size, settings, decoder, info.preprocess)
-        output = await backend.infer(settings.enhancer_model, pixels, request_id=current_request_id())
-    metrics.inference.labels(settings.enhancer_model).observe(output.seconds)
-    metrics.images.labels("enhance").inc()
+        info = await backend.model_info(model)
+        pixels = await decode([upload], info.input_size, settings, deps.decoder, info.preprocess)
+        output = await backend.infer(model, pixels, request_id=current_request_id())
+    deps.metrics.inference.labels(model).observe(output.seconds)
+    deps.metrics.images.labels("enhance").inc()
     png = await run_in_threadpool(encode_png, output.array[0])
     return Response(
         png,

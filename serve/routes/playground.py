@@ -16,14 +16,14 @@ from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, Upl
 from starlette.concurrency import run_in_threadpool
 
 from dyntta.contract import softmax
-from serve.deps import AdmissionDep, BackendDep, DecoderDep, MetricsDep, SettingsDep, require_api_key
+from serve.deps import require_api_key
 from serve.errors import BackendError
 from serve.imaging import Upload, encode_png
 from serve.inference import InferOutput, ModelInfo
 from serve.observability import current_request_id
 from serve.playground import Enhanced, Pixels, Playground, enhance, options, parse_choice
 from serve.routes import UPLOAD_ERRORS
-from serve.routes.inference import decode
+from serve.routes.inference import ResourcesDep, decode
 from serve.schemas import (
     EnhancerOps,
     ModelRef,
@@ -100,11 +100,7 @@ async def playground_options(playground: PlaygroundDep) -> PlaygroundOptions:
     summary="Corrupt an image (or take an already corrupted one), enhance it and classify it both ways",
 )
 async def playground(
-    backend: BackendDep,
-    settings: SettingsDep,
-    metrics: MetricsDep,
-    admission: AdmissionDep,
-    decoder: DecoderDep,
+    deps: ResourcesDep,
     panel: PlaygroundDep,
     file: Annotated[UploadFile, File(description="one image file (JPEG, PNG, WebP, BMP)")],
     corruption: Annotated[
@@ -116,8 +112,9 @@ async def playground(
 ) -> PlaygroundResponse:
     start = time.perf_counter()
     choice = parse_choice(corruption, severity)  # 422 before any work
+    backend, settings = deps.backend, deps.settings
     recognizer, enhancer = settings.recognizer_model, settings.enhancer_model
-    async with admission.slot():
+    async with deps.admission.slot():
         upload = Upload(file.filename or "upload", file.content_type or "", await file.read())
         await file.close()
         rec_info, enh_info = await backend.model_info(recognizer), await backend.model_info(enhancer)
@@ -127,7 +124,7 @@ async def playground(
                 f"({rec_info.input_size} px) disagree on the input size"
             )
         decode_start = time.perf_counter()
-        clean = (await decode([upload], rec_info.input_size, settings, decoder, rec_info.preprocess))[0]
+        clean = (await decode([upload], rec_info.input_size, settings, deps.decoder, rec_info.preprocess))[0]
         corrupt_start = time.perf_counter()
         corrupted = clean if choice is None else await panel.worker.run(clean, *choice, seed)
         corrupt_end = time.perf_counter()
@@ -135,9 +132,9 @@ async def playground(
         enhanced = await enhance(backend, enhancer, corrupted, request_id)
         # the recognizer alone on the corrupted image and on the enhanced one: one call, two images
         logits: InferOutput = await backend.infer(recognizer, np.stack([corrupted, enhanced.image]), request_id)
-    metrics.inference.labels(enhancer).observe(enhanced.seconds)
-    metrics.inference.labels(recognizer).observe(logits.seconds)
-    metrics.images.labels("playground").inc()
+    deps.metrics.inference.labels(enhancer).observe(enhanced.seconds)
+    deps.metrics.inference.labels(recognizer).observe(logits.seconds)
+    deps.metrics.images.labels("playground").inc()
     clean_uri, corrupted_uri, enhanced_uri = await run_in_threadpool(
         lambda: (None if choice is None else _data_uri(clean), _data_uri(corrupted), _data_uri(enhanced.image))
     )
