@@ -15,6 +15,13 @@ from export.__main__ import main
 from export.repository import parse_config
 from export.tensorrt import tensorrt_version
 
+RANDOM_8 = ("--parity-data", "random", "--parity-images", "8")  # a quick parity batch without a data set
+
+
+def run_export(recognizer: Path, out: Path, *extra: str) -> int:
+    """``python -m export --recognizer RECOGNIZER --out OUT EXTRA...``: its exit code."""
+    return main(["--recognizer", str(recognizer), "--out", str(out), *extra])
+
 
 @pytest.fixture(scope="module")
 def checkpoint(tiny_recognizer, tmp_path_factory) -> Path:
@@ -25,7 +32,7 @@ def checkpoint(tiny_recognizer, tmp_path_factory) -> Path:
 
 def test_cli_writes_a_repository_and_reports_parity(checkpoint: Path, tmp_path: Path, capsys):
     out = tmp_path / "model_repository"
-    code = main(["--recognizer", str(checkpoint), "--out", str(out), "--parity-images", "64"])
+    code = run_export(checkpoint, out, "--parity-images", "64")
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
     parity = summary["recognizer_parity"]
@@ -46,20 +53,7 @@ def test_cli_writes_a_repository_and_reports_parity(checkpoint: Path, tmp_path: 
 
 
 def test_cli_fails_loudly_past_tolerance(checkpoint: Path, tmp_path: Path, capsys):
-    code = main(
-        [
-            "--recognizer",
-            str(checkpoint),
-            "--out",
-            str(tmp_path / "r"),
-            "--parity-data",
-            "random",
-            "--parity-images",
-            "8",
-            "--atol",
-            "-1",
-        ]
-    )
+    code = run_export(checkpoint, tmp_path / "r", *RANDOM_8, "--atol", "-1")
     assert code == 1  # the export failed (a runtime failure), not the arguments
     assert "PARITY FAILED" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
@@ -67,28 +61,14 @@ def test_cli_fails_loudly_past_tolerance(checkpoint: Path, tmp_path: Path, capsy
 
 @pytest.mark.skipif(tensorrt_version() is not None, reason="TensorRT is installed here")
 def test_tensorrt_without_tensorrt_is_a_clear_error(checkpoint: Path, tmp_path: Path, capsys):
-    code = main(
-        [
-            "--recognizer",
-            str(checkpoint),
-            "--out",
-            str(tmp_path / "r"),
-            "--flavour",
-            "gpu",
-            "--tensorrt",
-            "--parity-data",
-            "random",
-            "--parity-images",
-            "8",
-        ]
-    )
+    code = run_export(checkpoint, tmp_path / "r", "--flavour", "gpu", "--tensorrt", *RANDOM_8)
     assert code == 1
     assert "--tensorrt needs the TensorRT Python package" in capsys.readouterr().err
 
 
 def test_tensorrt_needs_the_gpu_flavour(checkpoint: Path, tmp_path: Path, capsys):
     """A contradictory flag is a usage error: exit code 2 and one line saying why, no traceback."""
-    code = main(["--recognizer", str(checkpoint), "--out", str(tmp_path / "r"), "--tensorrt"])
+    code = run_export(checkpoint, tmp_path / "r", "--tensorrt")
     assert code == 2
     err = capsys.readouterr().err
     assert "python -m export: error: --tensorrt builds plans for the gpu flavour" in err and "Traceback" not in err
@@ -104,13 +84,13 @@ def test_tensorrt_needs_the_gpu_flavour(checkpoint: Path, tmp_path: Path, capsys
     ],
 )
 def test_bad_serving_options_are_usage_errors(checkpoint: Path, tmp_path: Path, capsys, extra, message):
-    assert main(["--recognizer", str(checkpoint), "--out", str(tmp_path / "r"), *extra]) == 2
+    assert run_export(checkpoint, tmp_path / "r", *extra) == 2
     assert message in capsys.readouterr().err
 
 
 def test_missing_checkpoint_is_a_clear_failure(tmp_path: Path, capsys, monkeypatch):
     monkeypatch.delenv("DYNTTA_TRACEBACK", raising=False)
-    code = main(["--recognizer", str(tmp_path / "nope"), "--out", str(tmp_path / "r")])
+    code = run_export(tmp_path / "nope", tmp_path / "r")
     assert code == 1  # dyntta.cli: a missing file is a runtime failure the user can act on
     err = capsys.readouterr().err
     assert "python -m export: error: " in err and "nope" in err and "Traceback" not in err
@@ -120,14 +100,12 @@ def test_enhancer_at_another_size_is_a_usage_error(checkpoint: Path, tmp_path: P
     from dyntta.enhancer import DynTTAEnhancer, EnhancerConfig, save_enhancer
 
     enhancer_dir = save_enhancer(DynTTAEnhancer(EnhancerConfig(input_size=64)).eval(), tmp_path / "enhancer")
-    code = main(["--recognizer", str(checkpoint), "--enhancer", str(enhancer_dir), "--out", str(tmp_path / "r")])
+    code = run_export(checkpoint, tmp_path / "r", "--enhancer", str(enhancer_dir))
     assert code == 2 and "the enhancer works at 64 px but the recognizer at 32 px" in capsys.readouterr().err
 
 
 def test_missing_parity_data_is_a_runtime_failure(checkpoint: Path, tmp_path: Path, capsys):
-    code = main(
-        ["--recognizer", str(checkpoint), "--out", str(tmp_path / "r"), "--data-dir", str(tmp_path / "no-data")]
-    )
+    code = run_export(checkpoint, tmp_path / "r", "--data-dir", str(tmp_path / "no-data"))
     assert code == 1
     err = capsys.readouterr().err
     assert "parity data" in err and "--parity-data random" in err
@@ -140,20 +118,7 @@ def test_cli_exports_the_dyntta_enhancer_checkpoint(checkpoint: Path, tmp_path: 
     torch.manual_seed(0)
     enhancer_dir = save_enhancer(DynTTAEnhancer(EnhancerConfig(input_size=32)).eval(), tmp_path / "enhancer")
     out = tmp_path / "model_repository"
-    code = main(
-        [
-            "--recognizer",
-            str(checkpoint),
-            "--enhancer",
-            str(enhancer_dir),
-            "--out",
-            str(out),
-            "--parity-data",
-            "random",
-            "--parity-images",
-            "16",
-        ]
-    )
+    code = run_export(checkpoint, out, "--enhancer", str(enhancer_dir), "--parity-data", "random", "--parity-images", "16")
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["enhancer_parity"]["passed"] and summary["enhancer_parity"]["batch_independence_max_diff"] <= 1
