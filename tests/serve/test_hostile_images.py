@@ -20,8 +20,8 @@ from serve.imaging import PixelBudget, Upload, decode_batch
 from tests.serve.conftest import GatewayFactory, LiveGateway
 from tests.serve.helpers import encode, fmnist_raw, header_bomb_png, png_bytes
 
-#: the target is 100 ms (docs/RESULTS.md has the measured times); the bound tolerates a loaded, shared
-#: 2-core machine, while the unfixed cases take seconds or wait for a body that never comes
+#: the target is 100 ms (docs/RESULTS.md has the measured times); the unfixed cases take seconds or wait for a
+#: body that never comes. On a loaded machine everything slows down: see :func:`fast_bound`.
 FAST = 0.25
 
 
@@ -68,31 +68,39 @@ def _close_clients():
     _CLIENTS.clear()
 
 
-def assert_still_serves(gateway: LiveGateway, sample_png: bytes) -> None:
-    response, _ = post(gateway, [("files", ("ok.png", sample_png, "image/png"))])
+def assert_still_serves(gateway: LiveGateway, sample_png: bytes) -> float:
+    """A normal one-image classification still answers 200; returns its time."""
+    response, seconds = post(gateway, [("files", ("ok.png", sample_png, "image/png"))])
     assert response.status_code == 200, response.text
+    return seconds
+
+
+def fast_bound(gateway: LiveGateway, sample_png: bytes) -> float:
+    """How fast a refusal from the headers must be: FAST, or on a loaded machine (where the same request
+    takes longer whatever it does) three times a normal one-image classification measured just before."""
+    return max(FAST, 3 * min(assert_still_serves(gateway, sample_png) for _ in range(3)))
 
 
 def test_rle_bmp_cpu_bomb_is_refused_from_the_header(hostile_gateway: LiveGateway, sample_png: bytes):
-    assert_still_serves(hostile_gateway, sample_png)  # warm: model facts fetched, connections open
+    fast = fast_bound(hostile_gateway, sample_png)  # also warms: model facts fetched, connections open
     bomb = rle8_bmp(36_000_000, 1)
     assert len(bomb) == 1084
     response, seconds = post(hostile_gateway, [("files", ("bomb.bmp", bomb, "image/bmp"))])
     assert response.status_code == 415, response.text
     assert "RLE8" in response.json()["error"]["message"]
-    assert seconds < FAST
+    assert seconds < fast
     # 64 of them in one request: refused as fast (the first header stops it)
     response, seconds = post(hostile_gateway, [("files", (f"{i}.bmp", bomb, "image/bmp")) for i in range(64)])
-    assert response.status_code == 415 and seconds < 2 * FAST
+    assert response.status_code == 415 and seconds < 2 * fast
     assert_still_serves(hostile_gateway, sample_png)
 
 
 def test_image_over_the_pixel_limit_is_413_before_decoding(hostile_gateway: LiveGateway, sample_png: bytes):
-    assert_still_serves(hostile_gateway, sample_png)
+    fast = fast_bound(hostile_gateway, sample_png)
     response, seconds = post(hostile_gateway, [("files", ("liar.png", header_bomb_png(7000, 7000), "image/png"))])
     assert response.status_code == 413, response.text
     assert "pixels per image" in response.json()["error"]["message"]
-    assert seconds < FAST
+    assert seconds < fast
     assert_still_serves(hostile_gateway, sample_png)
 
 
@@ -100,13 +108,13 @@ def test_request_pixel_budget_is_checked_over_all_headers_first(make_gateway: Ga
     """Each image is under the per-image limit, together they are over the request's budget: 413 before the
     first one is decoded (two real 4000x4000 PNGs would take ~0.4 s to decode; the answer takes < 100 ms)."""
     gateway = make_gateway(max_image_pixels=20_000_000, max_request_pixels=20_000_000)
-    assert_still_serves(gateway, sample_png)
+    fast = fast_bound(gateway, sample_png)
     big = encode(Image.new("L", (4000, 4000), 7), "PNG")  # 16 M pixels in ~16 KB
     files = [("files", (f"{i}.png", big, "image/png")) for i in range(2)]
     response, seconds = post(gateway, files)
     assert response.status_code == 413, response.text
     assert "decode budget of 20000000 pixels" in response.json()["error"]["message"]
-    assert seconds < FAST
+    assert seconds < fast
     response, _ = post(gateway, files[:1])  # one alone fits the budget
     assert response.status_code == 200, response.text
     assert_still_serves(gateway, sample_png)
