@@ -20,10 +20,13 @@ import torch.multiprocessing as mp
 
 from dyntta.models import load_recognizer, read_checkpoint_meta
 from dyntta.robust import STRATEGIES
+from tests.train.helpers import recognizer_argv
 
 sys.path.insert(0, str(Path(__file__).parent))
 from train_ddp_workers import run_task, worker  # noqa: E402
 from train_folders import make_image_folder  # noqa: E402
+
+BATCH_32 = ("--batch-size", "32")  # global: 16 per rank under two processes
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "DYNTTA_DIST_TIMEOUT_S": "30", "PYTHONUNBUFFERED": "1"}
 
@@ -88,33 +91,14 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_image_folder(tmp_path_factory.mktemp("folder"), per_class=100)
 
 
-def recognizer_args(folder: Path, out: Path, epochs: int, *extra: str) -> list[str]:
-    return [
-        "recognizer",
-        "--arch",
-        "test_resnet",
-        "--data",
-        "imagefolder",
-        "--data-dir",
-        str(folder),
-        "--image-size",
-        "16",
-        "--epochs",
-        str(epochs),
-        "--batch-size",
-        "32",
-        "--device",
-        "cpu",
-        "--out",
-        str(out),
-        *extra,
-    ]
-
-
 def test_two_process_run_writes_one_checkpoint_that_loads_and_resumes(folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "ckpt"
     result = subprocess.run(
-        torchrun(*recognizer_args(folder, out, 2)), capture_output=True, text=True, env=ENV, timeout=240
+        torchrun(*recognizer_argv(folder, out, *BATCH_32, epochs=2)),
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=240,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "train_state.pt"]
@@ -128,7 +112,7 @@ def test_two_process_run_writes_one_checkpoint_that_loads_and_resumes(folder: Pa
     assert state["epoch"] == 2 and state["world_size"] == 2
     # Resumable at another world size: one process continues to epoch 3.
     again = subprocess.run(
-        [sys.executable, "-m", "dyntta.train", *recognizer_args(folder, out, 3)],
+        [sys.executable, "-m", "dyntta.train", *recognizer_argv(folder, out, *BATCH_32, epochs=3)],
         capture_output=True,
         text=True,
         env=ENV,
@@ -163,7 +147,7 @@ def test_killed_rank_restarts_and_resumes_from_the_last_state(folder: Path, tmp_
     workers, they resume at epoch 1 and finish; every train_state.pt seen on the way loads."""
     out = tmp_path / "elastic"
     proc = subprocess.Popen(
-        torchrun(*recognizer_args(folder, out, 6, "--threads", "1"), restarts=1),
+        torchrun(*recognizer_argv(folder, out, *BATCH_32, "--threads", "1", epochs=6), restarts=1),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -13,30 +13,10 @@ from dyntta.enhancer import load_enhancer
 from dyntta.models import read_checkpoint_meta
 from dyntta.train.__main__ import main
 from dyntta.train.enhancer import validation_size
+from tests.train.helpers import recognizer_argv
 
 sys.path.insert(0, str(Path(__file__).parent))
 from train_folders import make_image_folder  # noqa: E402
-
-
-def recognizer_argv(data: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "recognizer",
-        "--arch",
-        "test_resnet",
-        "--data",
-        "imagefolder",
-        "--data-dir",
-        str(data),
-        "--image-size",
-        "16",
-        "--epochs",
-        "1",
-        "--device",
-        "cpu",
-        "--out",
-        str(out),
-        *extra,
-    ]
 
 
 def enhancer_argv(recognizer: Path, data: Path, out: Path, *extra: str) -> list[str]:
