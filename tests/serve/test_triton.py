@@ -20,7 +20,6 @@ import pytest
 import torch
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from torch import nn
 
 from dyntta.models import create_recognizer
 from export.build import export_repository, random_images
@@ -38,20 +37,10 @@ from serve.triton import (
     repository_index,
     split_urls,
 )
+from tests.export.conftest import ToyEnhancer  # a small per-image enhancer: the ensemble changes pixels
 from tests.triton_helpers import running_triton
 
 CLASSES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-
-
-class Brighten(nn.Module):
-    """A small per-image enhancer, so the ensemble's first step really changes the pixels."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 3, 3, padding=1)
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return (pixels + 0.2 * torch.tanh(self.conv(pixels))).clamp(0.0, 1.0)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +48,7 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     recognizer = create_recognizer("test_resnet", CLASSES).eval()
     out = tmp_path_factory.mktemp("triton") / "model_repository"
-    export_repository(recognizer, CLASSES, 32, out, enhancer=Brighten().eval(), parity_images=random_images(32, 32))
+    export_repository(recognizer, CLASSES, 32, out, enhancer=ToyEnhancer().eval(), parity_images=random_images(32, 32))
     return out
 
 
