@@ -107,13 +107,15 @@ def run_task(task: str, out: Path) -> dict[str, Any]:
     raise ValueError(task)
 
 
-def worker(rank: int, world_size: int, init_file: str, task: str, out: str) -> None:
+def worker(rank: int, world_size: int, init_file: str, tasks: str, out: str) -> None:
+    """One rank: every task of the comma-separated ``tasks`` in turn (one spawn, one torch import per rank)."""
     torch.set_num_threads(1)
     dist.init_process_group(
         "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size, timeout=timedelta(seconds=30)
     )
     try:
-        result = run_task(task, Path(out))
-        torch.save(result, Path(out) / f"{task}-rank{rank}.pt")
+        for task in tasks.split(","):
+            result = run_task(task, Path(out))
+            torch.save(result, Path(out) / f"{task}-rank{rank}.pt")
     finally:
         dist.destroy_process_group()
