@@ -18,6 +18,10 @@ Two objectives:
   the frozen recognizer, ``e`` the enhancer, ``c`` a random corruption and ``T`` the temperature
   (:data:`DEFAULT_TEMPERATURE`), the loss is ``T^2 * KL(softmax(r(x) / T) || softmax(r(e(c(x))) / T))``,
   averaged over the batch (Hinton et al.'s distillation loss, the clean recognizer as teacher).
+
+Either objective can add a do-no-harm term (``--clean-weight``): the same KL between the recognizer's
+predictions on the clean image and on the enhanced clean image, so that the enhancer leaves clean inputs
+alone (:class:`EnhancerObjective`).
 """
 
 from __future__ import annotations
@@ -89,31 +93,65 @@ class EnhancedRecognizer(nn.Module):
         return logits
 
 
-class SoftTargets(TrainingStrategy):
-    """Label-free fitting: on a corrupted copy of each (clean, augmented) training image, match the frozen
-    recognizer's softened prediction on the clean image. Loss:
-    ``T^2 * KL(softmax(r(x) / T) || softmax(r(e(shift(x))) / T))``, batch mean; the labels are ignored."""
+def _soft_kl(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``T^2 * KL(targets || softmax(logits / T))``, batch mean (``targets`` already softened)."""
+    t = temperature
+    return F.kl_div(F.log_softmax(logits / t, dim=1), targets, reduction="batchmean") * t * t
 
-    name = "soft-targets"
 
-    def __init__(self, shift: nn.Module, temperature: float = DEFAULT_TEMPERATURE) -> None:
+class EnhancerObjective(TrainingStrategy):
+    """What the enhancer minimises on each batch of clean (geometrically augmented) training images ``x``:
+
+    - on the shifted copy ``shift(x)`` (a corruption, or AugMix): the recognizer's cross-entropy against the
+      labels, or label-free ``T^2 * KL(softmax(r(x) / T) || softmax(r(e(shift(x))) / T))``, the frozen
+      recognizer's softened prediction on the clean image as target;
+    - with ``clean_weight`` > 0, a do-no-harm term on the clean image itself:
+      ``clean_weight * T^2 * KL(softmax(r(x) / T) || softmax(r(e(x)) / T))``: where there is nothing to
+      restore, the enhancer must leave the recognizer's prediction as it was (costs one more enhancer and
+      recognizer pass per step).
+    """
+
+    name = "enhancer-objective"
+
+    def __init__(
+        self, shift: nn.Module, labelled: bool, temperature: float = DEFAULT_TEMPERATURE, clean_weight: float = 0.0
+    ) -> None:
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"--temperature must be positive, got {temperature}")
+        if clean_weight < 0:
+            raise ValueError(f"--clean-weight must be >= 0, got {clean_weight}")
         self.shift = shift
+        self.labelled = labelled
         self.temperature = temperature
+        self.clean_weight = clean_weight
 
     def loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if not isinstance(model, EnhancedRecognizer):
-            raise TypeError("soft targets come from the frozen recognizer of an EnhancedRecognizer")
-        t = self.temperature
-        with torch.no_grad():
-            targets = F.softmax(model.recognizer(images) / t, dim=1)
+            raise TypeError("the enhancer objective needs the frozen recognizer of an EnhancedRecognizer")
+        needs_targets = not self.labelled or self.clean_weight > 0
+        targets = None
+        if needs_targets:
+            with torch.no_grad():
+                targets = F.softmax(model.recognizer(images) / self.temperature, dim=1)
         logits = model(self.shift(images))
-        return F.kl_div(F.log_softmax(logits / t, dim=1), targets, reduction="batchmean") * t * t
+        if self.labelled:
+            loss = F.cross_entropy(logits, labels)
+        else:
+            assert targets is not None
+            loss = _soft_kl(logits, targets, self.temperature)
+        if self.clean_weight > 0:
+            assert targets is not None
+            loss = loss + self.clean_weight * _soft_kl(model(images), targets, self.temperature)
+        return loss
 
     def describe(self) -> dict[str, object]:
-        return {"method": self.name, "temperature": self.temperature}
+        return {
+            "method": self.name,
+            "labels": "dataset" if self.labelled else "none",
+            "temperature": self.temperature,
+            "clean_weight": self.clean_weight,
+        }
 
 
 @dataclass
@@ -129,6 +167,7 @@ class EnhancerTrainConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-4
     blind: bool = False
+    clean_weight: float = 0.0
     augment: str = "auto"
     corruption_probability: float = 15 / 16
     train_subset: int | None = None
@@ -183,6 +222,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--blind",
         action="store_true",
         help="train on AugMix augmentations of clean images only (no benchmark corruption)",
+    )
+    parser.add_argument(
+        "--clean-weight",
+        type=float,
+        default=0.0,
+        help="do-no-harm weight: adds clean-weight * T^2 * KL(softmax(r(x)/T) || softmax(r(e(x))/T)) on the clean "
+        "training images, so the enhancer leaves the recognizer's clean predictions alone (0: off)",
     )
     parser.add_argument(
         "--augment",
@@ -317,12 +363,9 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     shift: nn.Module = RandomAugMix() if config.blind else RandomCorruption(config.corruption_probability)
     images = to_float(train.images[:AUTO_SAMPLE])
     choice = choose_augmentation(config.augment, recognizer.module, images, size, config.seed)
-    geometric = geometric_augmentation(choice.name, size)
-    if label_free:  # the strategy corrupts: the targets come from the clean (augmented) images
-        strategy: TrainingStrategy = SoftTargets(shift, config.temperature)
-        augment = geometric
-    else:
-        strategy, augment = TrainingStrategy(), nn.Sequential(geometric, shift)
+    # the data pipeline augments geometrically; the objective corrupts, so it also sees the clean images
+    augment = geometric_augmentation(choice.name, size)
+    strategy = EnhancerObjective(shift, not label_free, config.temperature, config.clean_weight)
     loop = LoopConfig(
         epochs=config.epochs,
         batch_size=config.batch_size,
@@ -372,6 +415,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         if label_free
         else "cross-entropy of the frozen recognizer on enhanced images"
     )
+    if config.clean_weight > 0:
+        loss += f"; plus {config.clean_weight:g} * T^2 * KL(softmax(r(x)/T) || softmax(r(e(x))/T)) on clean images"
     recipe = {
         "command": "python -m dyntta.train enhancer " + " ".join(sys.argv[2:]),
         **asdict(config),
