@@ -1,11 +1,14 @@
 """Training-time corruption sampling for the enhancer.
 
 Non-blind (DynTTA/URIE recipe): each image is corrupted with probability 15/16 by one of the 15 benchmark
-corruptions at a uniformly drawn severity 1-5, otherwise left clean. Blind: AugMix-style chains of
+corruptions (or the ``names`` given: e.g. all but one family, for leave-one-family-out fitting) at a
+uniformly drawn severity 1-5, otherwise left clean. Blind: AugMix-style chains of
 torchvision augmentations on clean images only (no benchmark corruption is seen).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -16,17 +19,22 @@ from dyntta.data import LabelledImages, to_float
 
 
 def sample_conditions(
-    n: int, probability: float, generator: torch.Generator | None = None
+    n: int, probability: float, generator: torch.Generator | None = None, names: Sequence[str] = BENCHMARK_NAMES
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per image: a corruption index into BENCHMARK_NAMES (-1 = clean) and a severity."""
+    """Per image: a corruption index into ``names`` (-1 = clean) and a severity."""
     corrupted = torch.rand(n, generator=generator) < probability
-    which = torch.randint(len(BENCHMARK_NAMES), (n,), generator=generator)
+    which = torch.randint(len(names), (n,), generator=generator)
     severity = torch.randint(min(SEVERITIES), max(SEVERITIES) + 1, (n,), generator=generator)
     return torch.where(corrupted, which, torch.full_like(which, -1)), severity
 
 
 def apply_conditions(
-    images: torch.Tensor, which: torch.Tensor, severity: torch.Tensor, seed: int, indices: torch.Tensor
+    images: torch.Tensor,
+    which: torch.Tensor,
+    severity: torch.Tensor,
+    seed: int,
+    indices: torch.Tensor,
+    names: Sequence[str] = BENCHMARK_NAMES,
 ) -> torch.Tensor:
     """Corrupt each image with its own (corruption, severity); one batched call per distinct pair."""
     out = images.clone()
@@ -34,22 +42,25 @@ def apply_conditions(
         if c < 0:
             continue
         mask = (which == c) & (severity == s)
-        out[mask] = corrupt(images[mask], BENCHMARK_NAMES[c], int(s), seed=seed, indices=indices[mask])
+        out[mask] = corrupt(images[mask], names[c], int(s), seed=seed, indices=indices[mask])
     return out
 
 
 class RandomCorruption(nn.Module):
     """Corrupt a float batch in place of a data augmentation (draws from torch's global RNG)."""
 
-    def __init__(self, probability: float = 15 / 16) -> None:
+    def __init__(self, probability: float = 15 / 16, names: Sequence[str] = BENCHMARK_NAMES) -> None:
         super().__init__()
+        if not names:
+            raise ValueError("no corruptions to train on")
         self.probability = probability
+        self.names = tuple(names)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        which, severity = sample_conditions(len(images), self.probability)
+        which, severity = sample_conditions(len(images), self.probability, names=self.names)
         seed = int(torch.randint(2**31 - 1, (1,)))
         indices = torch.arange(len(images))
-        return apply_conditions(images.cpu(), which, severity, seed, indices).to(images.device)
+        return apply_conditions(images.cpu(), which, severity, seed, indices, self.names).to(images.device)
 
 
 class RandomAugMix(nn.Module):
@@ -65,14 +76,16 @@ class RandomAugMix(nn.Module):
         return to_float(mixed).to(images.device)
 
 
-def corrupted_copy(data: LabelledImages, probability: float, seed: int) -> LabelledImages:
+def corrupted_copy(
+    data: LabelledImages, probability: float, seed: int, names: Sequence[str] = BENCHMARK_NAMES
+) -> LabelledImages:
     """A fixed corrupted version of ``data`` (uint8), e.g. a validation set that stays the same each epoch."""
     generator = torch.Generator().manual_seed(seed)
-    which, severity = sample_conditions(len(data), probability, generator)
+    which, severity = sample_conditions(len(data), probability, generator, names)
     out = torch.empty_like(data.images)
     for start in range(0, len(data), 1000):
         part = slice(start, start + 1000)
         index = torch.arange(len(data))[part]
-        images = apply_conditions(to_float(data.images[part]), which[part], severity[part], seed, index)
+        images = apply_conditions(to_float(data.images[part]), which[part], severity[part], seed, index, names)
         out[part] = (images * 255).round().to(torch.uint8)
     return LabelledImages(data.name, f"{data.split}-corrupted", out, data.labels, data.classes)

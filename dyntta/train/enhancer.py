@@ -31,6 +31,7 @@ import functools
 import json
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -40,7 +41,7 @@ from PIL import Image
 from torch import nn
 
 from dyntta import distributed
-from dyntta.contract import DatasetNotFoundError, find_images
+from dyntta.contract import DatasetNotFoundError, find_images, resolve_conditions
 from dyntta.data import RESIZE, LabelledImages, Preprocess, load_dataset, split_validation, to_float, to_model_input
 from dyntta.enhancer import DynTTAEnhancer, EnhancerConfig, load_enhancer, save_enhancer
 from dyntta.models import read_checkpoint_meta
@@ -167,6 +168,8 @@ class EnhancerTrainConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-4
     blind: bool = False
+    train_corruptions: tuple[str, ...] = ("core",)
+    exclude_corruptions: tuple[str, ...] = ()
     clean_weight: float = 0.0
     augment: str = "auto"
     corruption_probability: float = 15 / 16
@@ -222,6 +225,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--blind",
         action="store_true",
         help="train on AugMix augmentations of clean images only (no benchmark corruption)",
+    )
+    parser.add_argument(
+        "--train-corruptions",
+        nargs="+",
+        default=["core"],
+        metavar="NAME|GROUP",
+        help="corruptions the enhancer is fitted on: names or groups (noise, blur, weather, digital, extra, core = "
+        "the 15 benchmark ones, all)",
+    )
+    parser.add_argument(
+        "--exclude-corruptions",
+        nargs="+",
+        default=[],
+        metavar="NAME|GROUP",
+        help="left out of --train-corruptions, e.g. 'noise' to evaluate on a family the enhancer never saw",
     )
     parser.add_argument(
         "--clean-weight",
@@ -328,6 +346,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             f"need 0 <= --val-fraction < 1 and --val-size >= 0, got {config.val_fraction}, {config.val_size}"
         )
     label_free = config.labels == "none"
+    names = training_corruptions(config.train_corruptions, config.exclude_corruptions)  # a typo fails here, at once
     spec = spec_from_args(args)
 
     @functools.cache
@@ -356,11 +375,11 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         val = predicted_labels(recognizer.module, val)
     else:
         check_training_set(train)
-    val_corrupted = corrupted_copy(val, config.corruption_probability, seed=config.seed + 1)
+    val_corrupted = corrupted_copy(val, config.corruption_probability, seed=config.seed + 1, names=names)
 
     enhancer = load_enhancer(config.init) if config.init else DynTTAEnhancer(EnhancerConfig(input_size=size))
     model = EnhancedRecognizer(enhancer, recognizer.module)
-    shift: nn.Module = RandomAugMix() if config.blind else RandomCorruption(config.corruption_probability)
+    shift: nn.Module = RandomAugMix() if config.blind else RandomCorruption(config.corruption_probability, names)
     images = to_float(train.images[:AUTO_SAMPLE])
     choice = choose_augmentation(config.augment, recognizer.module, images, size, config.seed)
     # the data pipeline augments geometrically; the objective corrupts, so it also sees the clean images
@@ -428,7 +447,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "augmentation": choice.describe(),
         "shift": "AugMix (torchvision, severity 5)"
         if config.blind
-        else "one of the 15 benchmark corruptions, severity U{1..5}, with the given probability",
+        else f"one of {len(names)} corruptions ({', '.join(names)}), severity U{{1..5}}, with the given probability",
         "optimizer": "AdamW, cosine schedule",
         "device": str(device),
         "world_size": world.size,
@@ -442,6 +461,17 @@ def run(args: argparse.Namespace) -> dict[str, object]:
 def _checkpoint_meta(directory: str) -> dict[str, object]:
     meta = read_checkpoint_meta(directory)
     return {k: meta.get(k) for k in ("format", "created", "num_parameters")}
+
+
+def training_corruptions(include: Sequence[str], exclude: Sequence[str] = ()) -> tuple[str, ...]:
+    """The corruptions an enhancer is fitted on: ``include`` less ``exclude`` (names or groups, as
+    :func:`dyntta.contract.resolve_conditions` reads them), in the suite's order."""
+    names, _ = resolve_conditions(include)
+    left_out = set(resolve_conditions(exclude)[0]) if exclude else set()
+    kept = tuple(n for n in names if n not in left_out)
+    if not kept:
+        raise ValueError(f"--exclude-corruptions {' '.join(exclude)} leaves no corruption to train on")
+    return kept
 
 
 def validation_size(n: int, fraction: float, cap: int) -> int:

@@ -76,13 +76,14 @@ def test_enhancer_without_validation(small: tuple[Path, Path], tmp_path: Path) -
     assert read_checkpoint_meta(out)["metrics"]["val_clean_accuracy_enhanced"] is None
 
 
-def test_enhancer_with_the_do_no_harm_term_records_it(small: tuple[Path, Path], tmp_path: Path) -> None:
+def test_enhancer_with_the_do_no_harm_term_and_a_family_left_out(small: tuple[Path, Path], tmp_path: Path) -> None:
     data, recognizer = small
     out = tmp_path / "enhancer"
-    argv = enhancer_argv(recognizer, data, out, "--val-size", "0", "--train-subset", "64", "--clean-weight", "0.5")
-    assert main(argv) == 0
+    extra = ["--val-size", "0", "--train-subset", "64", "--clean-weight", "0.5", "--exclude-corruptions", "noise"]
+    assert main(enhancer_argv(recognizer, data, out, *extra)) == 0
     recipe = read_checkpoint_meta(out)["recipe"]
     assert recipe["clean_weight"] == 0.5 and "0.5 * T^2 * KL" in recipe["loss"]
+    assert recipe["shift"].startswith("one of 12 corruptions") and "gaussian_noise" not in recipe["shift"]
     assert recipe["augmentation"].startswith(("crop-flip", "flip", "none"))
 
 
