@@ -19,15 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from dyntta.evaluate.schema import read_report
+from benchmarks.enhancer_runs import RECOGNIZER, Budget, evaluate_enhancer, fit_enhancer, points
 
-RECOGNIZER = "checkpoints/fashion-mnist/recognizer"
 FITS = {"labelled": ["--labels", "dataset"], "label-free": ["--labels", "none"]}
 
 
@@ -35,54 +32,26 @@ FITS = {"labelled": ["--labels", "dataset"], "label-free": ["--labels", "none"]}
 class Row:
     fit: str
     fit_seconds: float
-    clean: float
-    benchmark_15x5: float
+    clean: float | None
+    benchmark_15x5: float | None
     extra_4x5: float | None
-    recognizer_clean: float
-    recognizer_15x5: float
+    recognizer_clean: float | None
+    recognizer_15x5: float | None
 
 
-def _run(command: list[str]) -> float:
-    started = time.perf_counter()
-    subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": str(1)})
-    return time.perf_counter() - started
-
-
-def fit(name: str, args: argparse.Namespace, root: Path) -> float:
-    out = root / f"enhancer-{name}"
-    timing = out / "fit_seconds.txt"
-    if timing.is_file():
-        return float(timing.read_text())
-    command = [sys.executable, "-m", "dyntta.train", "enhancer", "--recognizer", args.recognizer]
-    command += ["--data", "fashion-mnist", "--epochs", str(args.epochs), "--train-subset", str(args.train_subset)]
-    command += ["--seed", str(args.seed), "--threads", "1", "--out", str(out), *FITS[name]]
-    seconds = _run(command)
-    timing.write_text(f"{seconds:.1f}\n")
-    return seconds
-
-
-def evaluate(name: str, args: argparse.Namespace, root: Path) -> Path:
-    out = root / f"report-{name}"
-    if not (out / "report.json").is_file():
-        command = [sys.executable, "-m", "dyntta.evaluate", "--model", args.recognizer]
-        command += ["--enhancer", str(root / f"enhancer-{name}"), "--limit", str(args.limit)]
-        command += ["--threads", "1", "--no-figures", "--out", str(out)]
-        _run(command)
-    return out / "report.json"
-
-
-def row(name: str, seconds: float, report_path: Path) -> Row:
-    report = read_report(report_path)
-    alone, with_enhancer = report.models["recognizer"], report.models["enhancer + recognizer"]  # evaluate's names
-    assert with_enhancer.core is not None and alone.core is not None
+def measure(name: str, args: argparse.Namespace, root: Path) -> Row:
+    budget = Budget(args.train_subset, args.epochs, args.seed)
+    enhancer = root / f"enhancer-{name}"
+    seconds = fit_enhancer(enhancer, budget, *FITS[name], recognizer=args.recognizer)
+    alone, enhanced = evaluate_enhancer(root / f"report-{name}", enhancer, args.limit, recognizer=args.recognizer)
     return Row(
         fit=name,
         fit_seconds=round(seconds, 1),
-        clean=round(100 * with_enhancer.clean.accuracy, 2),
-        benchmark_15x5=round(100 * with_enhancer.core.mean, 2),
-        extra_4x5=round(100 * with_enhancer.extras.mean, 2) if with_enhancer.extras else None,
-        recognizer_clean=round(100 * alone.clean.accuracy, 2),
-        recognizer_15x5=round(100 * alone.core.mean, 2),
+        clean=points(enhanced.clean.accuracy),
+        benchmark_15x5=points(enhanced.core.mean if enhanced.core else None),
+        extra_4x5=points(enhanced.extras.mean if enhanced.extras else None),
+        recognizer_clean=points(alone.clean.accuracy),
+        recognizer_15x5=points(alone.core.mean if alone.core else None),
     )
 
 
@@ -99,11 +68,8 @@ def main() -> None:
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True)
     load_at_start = os.getloadavg()
-    rows = []
-    for name in FITS:
-        seconds = fit(name, args, root)
-        rows.append(row(name, seconds, evaluate(name, args, root)))
-    labelled, label_free = rows
+    labelled, label_free = rows = [measure(name, args, root) for name in FITS]
+    assert labelled.benchmark_15x5 is not None and label_free.benchmark_15x5 is not None
     gap = round(label_free.benchmark_15x5 - labelled.benchmark_15x5, 2)
     result = {
         "command": "python -m benchmarks.label_free " + " ".join(sys.argv[1:]),
