@@ -4,6 +4,7 @@ directory holds ``fit_seconds.txt``, a report whose ``report.json`` exists."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -28,6 +29,23 @@ class Budget:
 
     def flags(self) -> list[str]:
         return ["--train-subset", str(self.train_subset), "--epochs", str(self.epochs), "--seed", str(self.seed)]
+
+
+def parser_with_budget(doc: str | None, root: str) -> argparse.ArgumentParser:
+    """A benchmark's parser with the flags every enhancer comparison shares; ``budget_of(args)`` reads them."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recognizer", default=RECOGNIZER, help="the frozen recognizer")
+    parser.add_argument("--train-subset", type=int, default=12000, help="training images of every fit")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs of every fit")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every fit")
+    parser.add_argument("--limit", type=int, default=1000, help="test images of the evaluations")
+    parser.add_argument("--root", default=root, help="where fits and reports go")
+    parser.add_argument("--results", default=None, help="also write the table here (JSON)")
+    return parser
+
+
+def budget_of(args: argparse.Namespace) -> Budget:
+    return Budget(args.train_subset, args.epochs, args.seed)
 
 
 def run(command: list[str]) -> float:

@@ -23,7 +23,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from benchmarks.enhancer_runs import RECOGNIZER, Budget, evaluate_enhancer, fit_enhancer, points
+from benchmarks.enhancer_runs import budget_of, evaluate_enhancer, fit_enhancer, parser_with_budget, points
 
 FITS = {"labelled": ["--labels", "dataset"], "label-free": ["--labels", "none"]}
 
@@ -40,7 +40,7 @@ class Row:
 
 
 def measure(name: str, args: argparse.Namespace, root: Path) -> Row:
-    budget = Budget(args.train_subset, args.epochs, args.seed)
+    budget = budget_of(args)
     enhancer = root / f"enhancer-{name}"
     seconds = fit_enhancer(enhancer, budget, *FITS[name], recognizer=args.recognizer)
     alone, enhanced = evaluate_enhancer(root / f"report-{name}", enhancer, args.limit, recognizer=args.recognizer)
@@ -56,14 +56,7 @@ def measure(name: str, args: argparse.Namespace, root: Path) -> Row:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recognizer", default=RECOGNIZER, help="the frozen recognizer")
-    parser.add_argument("--train-subset", type=int, default=12000, help="training images of both fits")
-    parser.add_argument("--epochs", type=int, default=2, help="epochs of both fits")
-    parser.add_argument("--seed", type=int, default=0, help="seed of both fits")
-    parser.add_argument("--limit", type=int, default=1000, help="test images of the evaluations")
-    parser.add_argument("--root", default="var/label-free", help="where fits and reports go")
-    parser.add_argument("--results", default=None, help="also write the table here (JSON)")
+    parser = parser_with_budget(__doc__, "var/label-free")
     args = parser.parse_args()
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True)
@@ -73,7 +66,7 @@ def main() -> None:
     gap = round(label_free.benchmark_15x5 - labelled.benchmark_15x5, 2)
     result = {
         "command": "python -m benchmarks.label_free " + " ".join(sys.argv[1:]),
-        "budget": {"train_subset": args.train_subset, "epochs": args.epochs, "seed": args.seed},
+        "budget": asdict(budget_of(args)),
         "test_images": args.limit,
         "load_average_at_start": load_at_start,
         "load_average_at_end": os.getloadavg(),
