@@ -118,7 +118,9 @@ def test_cli_exports_the_dyntta_enhancer_checkpoint(checkpoint: Path, tmp_path: 
     torch.manual_seed(0)
     enhancer_dir = save_enhancer(DynTTAEnhancer(EnhancerConfig(input_size=32)).eval(), tmp_path / "enhancer")
     out = tmp_path / "model_repository"
-    code = run_export(checkpoint, out, "--enhancer", str(enhancer_dir), "--parity-data", "random", "--parity-images", "16")
+    code = run_export(
+        checkpoint, out, "--enhancer", str(enhancer_dir), "--parity-data", "random", "--parity-images", "16"
+    )
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["enhancer_parity"]["passed"] and summary["enhancer_parity"]["batch_independence_max_diff"] <= 1
