@@ -89,9 +89,10 @@ def test_rle_bmp_cpu_bomb_is_refused_from_the_header(hostile_gateway: LiveGatewa
     assert response.status_code == 415, response.text
     assert "RLE8" in response.json()["error"]["message"]
     assert seconds < fast
-    # 64 of them in one request: refused as fast (the first header stops it)
+    # 64 of them in one request: the first header stops it. The 64-part form is parsed before any header is
+    # read (0.1 s idle, 0.54 s seen under CI load), so the bound is wider; unfixed, every bomb costs seconds.
     response, seconds = post(hostile_gateway, [("files", (f"{i}.bmp", bomb, "image/bmp")) for i in range(64)])
-    assert response.status_code == 415 and seconds < 2 * fast
+    assert response.status_code == 415 and seconds < 8 * fast
     assert_still_serves(hostile_gateway, sample_png)
 
 
