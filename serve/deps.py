@@ -6,6 +6,7 @@ All are ``async def``: FastAPI runs sync dependencies in the thread pool, one th
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request, Security
@@ -65,3 +66,23 @@ JobsDep = Annotated[JobManager, Depends(_resource("jobs", JobManager))]
 MetricsDep = Annotated[Metrics, Depends(_resource("metrics", Metrics))]
 AdmissionDep = Annotated[Admission, Depends(_resource("admission", Admission))]
 DecoderDep = Annotated[DecodePool, Depends(_resource("decoder", DecodePool))]
+
+
+@dataclass(frozen=True)
+class Resources:
+    """The per-app resources every upload route works with, as one dependency."""
+
+    backend: TritonBackend
+    settings: Settings
+    metrics: Metrics
+    admission: Admission
+    decoder: DecodePool
+
+
+async def _resources(
+    backend: BackendDep, settings: SettingsDep, metrics: MetricsDep, admission: AdmissionDep, decoder: DecoderDep
+) -> Resources:
+    return Resources(backend, settings, metrics, admission, decoder)
+
+
+ResourcesDep = Annotated[Resources, Depends(_resources)]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Annotated
 
 import numpy as np
@@ -14,39 +13,16 @@ from starlette.concurrency import run_in_threadpool
 
 from dyntta.contract import softmax
 from dyntta.data.preprocess import RESIZE, Preprocess
-from serve.admission import Admission
 from serve.config import Settings
 from serve.decode_pool import DecodePool
-from serve.deps import AdmissionDep, BackendDep, DecoderDep, MetricsDep, SettingsDep, require_api_key
+from serve.deps import ResourcesDep, require_api_key
 from serve.errors import MissingField, PayloadTooLarge
 from serve.imaging import Upload, cheap_to_decode, decode_batch, encode_png
-from serve.inference import TritonBackend
-from serve.middleware import Metrics
 from serve.observability import current_request_id
 from serve.routes import UPLOAD_ERRORS
 from serve.schemas import ClassifyResponse, ImageResult, ModelRef, Prediction, Timing
 
 router = APIRouter(prefix="/v1", tags=["inference"], dependencies=[Depends(require_api_key)])
-
-
-@dataclass(frozen=True)
-class Resources:
-    """The per-app resources every upload route works with (``serve.deps``), as one dependency."""
-
-    backend: TritonBackend
-    settings: Settings
-    metrics: Metrics
-    admission: Admission
-    decoder: DecodePool
-
-
-async def _resources(
-    backend: BackendDep, settings: SettingsDep, metrics: MetricsDep, admission: AdmissionDep, decoder: DecoderDep
-) -> Resources:
-    return Resources(backend, settings, metrics, admission, decoder)
-
-
-ResourcesDep = Annotated[Resources, Depends(_resources)]
 
 
 async def _read(files: list[UploadFile], settings: Settings) -> list[Upload]:

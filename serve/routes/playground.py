@@ -16,14 +16,14 @@ from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, Upl
 from starlette.concurrency import run_in_threadpool
 
 from dyntta.contract import softmax
-from serve.deps import require_api_key
+from serve.deps import ResourcesDep, require_api_key
 from serve.errors import BackendError
 from serve.imaging import Upload, encode_png
 from serve.inference import InferOutput, ModelInfo
 from serve.observability import current_request_id
 from serve.playground import Enhanced, Pixels, Playground, enhance, options, parse_choice
 from serve.routes import UPLOAD_ERRORS
-from serve.routes.inference import ResourcesDep, decode
+from serve.routes.inference import decode
 from serve.schemas import (
     EnhancerOps,
     ModelRef,
