@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dyntta.evaluate.sharded import without_run_specifics
 from dyntta.models import read_checkpoint_meta
 
 ROOT = Path("var/ddp-scaling")
@@ -71,13 +72,7 @@ def reports_equal(nproc: int, args: argparse.Namespace) -> bool:
     """The sharded report equals the single-process one, timings, dates and paths aside (issue 12)."""
 
     def load(n: int) -> dict[str, Any]:
-        report: dict[str, Any] = json.loads((ROOT / f"report-{args.device}-{n}" / "report.json").read_text())
-        header = report["header"]
-        for key in ("created", "command"):
-            header.pop(key, None)
-        header["run"].pop("seconds", None)
-        header["config"].pop("out", None)
-        return report
+        return without_run_specifics(json.loads((ROOT / f"report-{args.device}-{n}" / "report.json").read_text()))
 
     return load(1) == load(nproc)
 

@@ -14,6 +14,7 @@ every rank's units (the on-disk prediction store when ``cache_dir`` is set, as i
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import sys
 import time
@@ -82,6 +83,19 @@ class MergedCache:
 
     def flush(self) -> None:
         pass
+
+
+def without_run_specifics(report: Mapping[str, Any]) -> dict[str, Any]:
+    """A report's JSON without what differs between two runs of the same evaluation (when it was made, how
+    long it took, the command line and the output directory): what a sharded and a single-process report
+    must agree on, field by field."""
+    comparable = copy.deepcopy(dict(report))
+    header = comparable["header"]
+    header.pop("created", None)
+    header.pop("command", None)
+    header["run"].pop("seconds", None)
+    header["config"].pop("out", None)
+    return comparable
 
 
 def unit_owners(

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from dyntta.evaluate.__main__ import main as evaluate
-from dyntta.evaluate.sharded import unit_owners
+from dyntta.evaluate.sharded import unit_owners, without_run_specifics
 from dyntta.train.__main__ import main as train
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "train"))
@@ -35,15 +35,6 @@ def model_and_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path
     argv = ["recognizer", "--arch", "test_resnet", "--data", "imagefolder", "--data-dir", str(data)]
     assert train([*argv, "--image-size", "32", "--epochs", "1", "--batch-size", "32", "--out", str(out)]) == 0
     return out, data
-
-
-def _without_run_specifics(report: dict) -> dict:
-    header = report["header"]
-    header.pop("created")
-    header["run"].pop("seconds")
-    header.pop("command")
-    header["config"].pop("out")
-    return report
 
 
 def test_sharded_report_equals_single_process_report(model_and_data: tuple[Path, Path], tmp_path: Path) -> None:
@@ -69,7 +60,7 @@ def test_sharded_report_equals_single_process_report(model_and_data: tuple[Path,
     assert not (tmp_path / "sharded" / "report.json").with_name("rank1").exists()
     a = json.loads((tmp_path / "single" / "report.json").read_text())
     b = json.loads((tmp_path / "sharded" / "report.json").read_text())
-    a, b = _without_run_specifics(a), _without_run_specifics(b)
+    a, b = without_run_specifics(a), without_run_specifics(b)
     assert a.keys() == b.keys()
     for key in a:
         assert a[key] == b[key], key
