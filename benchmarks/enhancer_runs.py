@@ -78,5 +78,6 @@ def evaluate_enhancer(
     return report.models[ALONE], report.models[ENHANCED]
 
 
-def points(accuracy: float | None) -> float | None:
-    return None if accuracy is None else round(100 * accuracy, 2)
+def points(accuracy: float) -> float:
+    """An accuracy in [0, 1] as percentage points, two decimals."""
+    return round(100 * accuracy, 2)

@@ -27,7 +27,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from benchmarks.enhancer_runs import budget_of, evaluate_enhancer, fit_enhancer, parser_with_budget
+from benchmarks.enhancer_runs import budget_of, evaluate_enhancer, fit_enhancer, parser_with_budget, points
 from dyntta.corruptions import GROUPS
 from dyntta.evaluate.schema import ModelResults
 
@@ -43,10 +43,6 @@ class FamilyRow:
     held_out: float | None  # the enhancer fitted without this family
     held_out_gain: float | None
     seen_gain: float
-
-
-def _points(accuracy: float) -> float:
-    return round(100 * accuracy, 2)
 
 
 def family_mean(results: ModelResults, family: str) -> float:
@@ -84,11 +80,11 @@ def main() -> None:
         rows.append(
             FamilyRow(
                 family=family,
-                recognizer=_points(recognizer),
-                seen=_points(seen),
-                held_out=None if held_out is None else _points(held_out),
-                held_out_gain=None if held_out is None else _points(held_out - recognizer),
-                seen_gain=_points(seen - recognizer),
+                recognizer=points(recognizer),
+                seen=points(seen),
+                held_out=None if held_out is None else points(held_out),
+                held_out_gain=None if held_out is None else points(held_out - recognizer),
+                seen_gain=points(seen - recognizer),
             )
         )
     held = [r.held_out_gain for r in rows if r.held_out_gain is not None]
