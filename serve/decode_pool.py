@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from typing import Any, TypeVar
 
-from serve.cpu_limit import Outcome, serve_tasks
+from serve.cpu_limit import CPU, OK, Outcome, serve_tasks
 from serve.errors import ApiError, BadImage, PayloadTooLarge
 
 log = logging.getLogger("serve.decode")
@@ -81,7 +81,7 @@ def _pong() -> str:
 
 def _ping(worker: _Worker) -> None:
     worker.send(_pong, ())
-    if not worker.conn.poll(60) or worker.conn.recv() != ("ok", "pong"):
+    if not worker.conn.poll(60) or worker.conn.recv() != (OK, "pong"):
         raise RuntimeError("a decoding process did not start")
 
 
@@ -146,13 +146,13 @@ class DecodePool:
 
         future.add_done_callback(release)
         status, value, _ = await asyncio.wrap_future(future)
-        if status == "ok":
+        if status == OK:
             result: T = value
             return result
         if status == "api":
             kind, message = value
             raise kind(message)
-        if status == "cpu":
+        if status == CPU:
             raise PayloadTooLarge(
                 f"decoding needed more than {self.cpu_s:g} s of CPU; the image is too expensive to decode "
                 "(send a smaller or plainer file)"
@@ -167,7 +167,7 @@ class DecodePool:
                 status, value = worker.conn.recv()
                 return status, value, worker
             log.warning("decode worker %s overran its CPU limit in C code; killing it", worker.process.pid)
-            status, value = "cpu", None
+            status, value = CPU, None
         except (EOFError, OSError) as exc:
             log.warning("decode worker %s died (%s); replacing it", worker.process.pid, exc)
             status, value = "error", f"the decoder crashed: {exc.__class__.__name__}"

@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from dyntta.contract import CORRUPTION_GROUPS, CORRUPTIONS, OP_WEIGHTS, SEVERITIES, resolve_conditions
-from serve.cpu_limit import Outcome, serve_tasks
+from serve.cpu_limit import CPU, OK, Outcome, serve_tasks
 from serve.errors import ApiError, BackendError
 from serve.inference import TritonBackend
 
@@ -151,11 +151,11 @@ class CorruptionWorker:
 
     async def run(self, pixels: Pixels, name: str, severity: int, seed: int) -> Pixels:
         status, value = await self._submit((pixels, name, severity, seed))
-        if status == "ok":
+        if status == OK:
             return np.asarray(value, dtype=np.uint8)
         if status == "invalid":
             raise InvalidChoice(f"{name} cannot be applied to this image: {value}")
-        if status == "cpu":
+        if status == CPU:
             raise CorruptionUnavailable(f"{name} needed more than {self.cpu_s:g} s of CPU for one image")
         raise CorruptionUnavailable(f"the corruption worker failed: {value}")
 
@@ -185,7 +185,7 @@ class CorruptionWorker:
                 reason = "it exited while starting" if isinstance(exc, EOFError) else str(exc) or repr(exc)
                 return "error", f"it could not start ({reason})"
         if args is None:
-            return "ok", None
+            return OK, None
         assert self._conn is not None
         try:
             self._conn.send((self.cpu_s, args))
@@ -194,7 +194,7 @@ class CorruptionWorker:
                 status, value = self._conn.recv()
                 return status, value
             log.warning("corruption worker %s overran %g s; killing it", self._process.pid, wall_s)
-            status, value = "cpu", None
+            status, value = CPU, None
         except (EOFError, OSError) as exc:
             log.warning("corruption worker died (%s); it restarts on the next request", exc)
             status, value = "error", f"the worker process died ({exc.__class__.__name__})"
