@@ -42,7 +42,7 @@ def create_app(settings: Settings | None = None, triton_grpc: str | Sequence[str
         raise ValueError("no Triton gRPC address: pass triton_grpc or set settings.triton_url")
     metrics = Metrics(triton_deadline_s=settings.triton_timeout_s)
     admission = Admission(settings.max_inflight, settings.max_waiting, settings.queue_wait_s)
-    decoder = DecodePool(settings.decode_workers, settings.decode_cpu_s)
+    decoder = DecodePool(settings.decode_workers, settings.decode_cpu_s, on_task=metrics.decode_cpu.observe)
     metrics.inference_waiting.set_function(lambda: admission.waiting)
     metrics.inference_in_flight.set_function(lambda: admission.in_flight)
     metrics.decode_waiting.set_function(lambda: decoder.waiting)

@@ -6,20 +6,29 @@ task runs, so a late signal cannot hit the loop itself. Code stuck in C ignores 
 process therefore also waits with a wall-clock limit and kills a worker that overruns it (the caller's job,
 see :mod:`serve.decode_pool` and :mod:`serve.playground`).
 
-Answers are plain picklable tuples: ``("ok", value)``, ``("cpu", None)`` when the task ran over its CPU
-time, or whatever ``on_error`` makes of any other exception (a worker never dies of a task's error).
+Each task is answered with an :class:`Outcome`: ``"ok"`` and its value, ``"cpu"`` when the task ran over its
+CPU time, or whatever ``on_error`` makes of any other exception (a worker never dies of a task's error),
+together with the CPU seconds the task used (the gateway's decode metric, and how tests tell a refusal from
+the headers from a decode).
 """
 
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, NamedTuple
 
-#: (status, value): "ok" and "cpu" here, the rest from the worker's ``on_error``
-Outcome = tuple[str, Any]
 OK, CPU = "ok", "cpu"
+
+
+class Outcome(NamedTuple):
+    """A task's answer: ``status`` is :data:`OK`, :data:`CPU` or the worker's ``on_error`` status."""
+
+    status: str
+    value: Any
+    cpu_s: float = 0.0  # CPU time of the task in the worker (user + system)
 
 
 class CpuLimitExceeded(Exception):
@@ -34,9 +43,10 @@ def _on_cpu_limit(signum: int, frame: object) -> None:
         raise CpuLimitExceeded
 
 
-def serve_tasks(conn: Connection, run: Callable[[Any], Any], on_error: Callable[[Exception], Outcome]) -> None:
-    """In a worker process: for each ``(cpu_s, task)`` received, send back the :data:`Outcome` of
-    ``run(task)`` under ``cpu_s`` CPU seconds. Returns when the parent closes the pipe."""
+def serve_tasks(conn: Connection, run: Callable[[Any], Any], on_error: Callable[[Exception], tuple[str, Any]]) -> None:
+    """In a worker process: for each ``(cpu_s, task)`` received, send back the :class:`Outcome` of
+    ``run(task)`` under ``cpu_s`` CPU seconds. ``on_error(exc)`` -> ``(status, value)``. Returns when the
+    parent closes the pipe."""
     global _armed
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent stops us
     signal.signal(signal.SIGPROF, _on_cpu_limit)
@@ -45,20 +55,21 @@ def serve_tasks(conn: Connection, run: Callable[[Any], Any], on_error: Callable[
             cpu_s, task = conn.recv()
         except (EOFError, OSError):
             return
+        start = time.process_time()
         _armed = True
         signal.setitimer(signal.ITIMER_PROF, cpu_s)
         try:
             value = run(task)
             _armed = False
-            outcome: Outcome = (OK, value)
+            status = OK
         except CpuLimitExceeded:
-            outcome = (CPU, None)
+            status, value = CPU, None
         except Exception as exc:  # a task's bug must not take the worker down: report it
-            outcome = on_error(exc)
+            status, value = on_error(exc)
         finally:
             _armed = False
             signal.setitimer(signal.ITIMER_PROF, 0)
         try:
-            conn.send(outcome)
+            conn.send(Outcome(status, value, time.process_time() - start))
         except (OSError, ValueError):
             return

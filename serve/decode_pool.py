@@ -40,7 +40,7 @@ def _call_task(task: tuple[Callable[..., Any], tuple[Any, ...]]) -> Any:
     return fn(*args)
 
 
-def _on_error(exc: Exception) -> Outcome:
+def _on_error(exc: Exception) -> tuple[str, Any]:
     if isinstance(exc, ApiError):  # the decoder's own verdict (bad image, too large): re-raised by the pool
         return "api", (type(exc), exc.message)
     return "error", f"{exc.__class__.__name__}: {exc}"
@@ -81,7 +81,7 @@ def _pong() -> str:
 
 def _ping(worker: _Worker) -> None:
     worker.send(_pong, ())
-    if not worker.conn.poll(60) or worker.conn.recv() != (OK, "pong"):
+    if not worker.conn.poll(60) or worker.conn.recv()[:2] != (OK, "pong"):
         raise RuntimeError("a decoding process did not start")
 
 
@@ -90,11 +90,13 @@ class DecodePool:
     one and returns its result, re-raising :class:`serve.errors.ApiError` s raised there.
 
     Any module-level function works, so the zip reader can use the same pool for a whole archive.
+    ``on_task(cpu_s)`` is called with each task's CPU time in its worker (the gateway's decode metric).
     """
 
-    def __init__(self, workers: int = 2, cpu_s: float = 1.0) -> None:
+    def __init__(self, workers: int = 2, cpu_s: float = 1.0, on_task: Callable[[float], None] | None = None) -> None:
         self.size = max(1, workers)
         self.cpu_s = cpu_s
+        self.on_task = on_task
         self._context = multiprocessing.get_context("forkserver")
         self._workers: list[_Worker] = []
         self._idle: asyncio.Queue[_Worker] | None = None
@@ -141,11 +143,13 @@ class DecodePool:
 
         def release(done: Any) -> None:
             # the worker goes back only when its task is over, even if the request was cancelled meanwhile
-            replacement = done.result()[2] if not done.cancelled() and done.exception() is None else worker
+            replacement = done.result()[1] if not done.cancelled() and done.exception() is None else worker
             loop.call_soon_threadsafe(idle.put_nowait, replacement)
 
         future.add_done_callback(release)
-        status, value, _ = await asyncio.wrap_future(future)
+        (status, value, cpu_s), _ = await asyncio.wrap_future(future)
+        if self.on_task is not None:
+            self.on_task(cpu_s)
         if status == OK:
             result: T = value
             return result
@@ -159,23 +163,23 @@ class DecodePool:
             )
         raise BadImage(f"the image could not be decoded ({value})")
 
-    def _call(self, worker: _Worker, fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[str, Any, _Worker]:
-        """In a pool thread: one task on ``worker``; a dead or stuck worker is replaced (returned third)."""
+    def _call(self, worker: _Worker, fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[Outcome, _Worker]:
+        """In a pool thread: one task on ``worker``; a dead or stuck worker is replaced (returned second)."""
         try:
             worker.send(fn, args)
             if worker.conn.poll(max(_WALL_GRACE * self.cpu_s, 5.0)):
-                status, value = worker.conn.recv()
-                return status, value, worker
+                outcome: Outcome = worker.conn.recv()
+                return outcome, worker
             log.warning("decode worker %s overran its CPU limit in C code; killing it", worker.process.pid)
-            status, value = CPU, None
+            outcome = Outcome(CPU, None, self.cpu_s)  # at least its limit: the worker's own count dies with it
         except (EOFError, OSError) as exc:
             log.warning("decode worker %s died (%s); replacing it", worker.process.pid, exc)
-            status, value = "error", f"the decoder crashed: {exc.__class__.__name__}"
+            outcome = Outcome("error", f"the decoder crashed: {exc.__class__.__name__}")
         worker.kill()
         with self._lock:
             replacement = _Worker(self._context, self.cpu_s)
             self._workers = [replacement if w is worker else w for w in self._workers]
-        return status, value, replacement
+        return outcome, replacement
 
 
 def cpu_seconds() -> float:

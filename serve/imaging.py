@@ -33,6 +33,10 @@ from PIL import Image, UnidentifiedImageError
 from dyntta.data.preprocess import RESIZE, Preprocess, to_model_input
 from serve.errors import BadImage, PayloadTooLarge, UnsupportedMediaType
 
+# Register Pillow's format plugins now, not on the first open (~0.1 s of CPU): the decoding processes are
+# forked from a server that imported this module, so none of them pays it on its first upload.
+Image.init()
+
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP")
 #: content types a browser or client may declare for an image upload; the bytes are sniffed anyway
 _GENERIC_TYPES = {"", "application/octet-stream", "binary/octet-stream"}

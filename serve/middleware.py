@@ -123,6 +123,13 @@ class Metrics:
         self.decode_waiting = Gauge(
             "dyntta_gateway_decode_waiting", "requests waiting for a decoding process", registry=self.registry
         )
+        # how close decodes run to the CPU limit; a refusal from the headers shows as ~0
+        self.decode_cpu = Histogram(
+            "dyntta_gateway_decode_cpu_seconds",
+            "CPU time of each task in a decoding process",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=self.registry,
+        )
         self.images = Counter(
             "dyntta_gateway_images", "images classified or enhanced", ["endpoint"], registry=self.registry
         )

@@ -98,7 +98,7 @@ def _corrupt(pixels: Pixels, name: str, severity: int, seed: int) -> Pixels:
     return result
 
 
-def _on_error(exc: Exception) -> Outcome:
+def _on_error(exc: Exception) -> tuple[str, Any]:
     if isinstance(exc, ValueError):  # the suite's own checks (e.g. an input smaller than it supports)
         return "invalid", str(exc)
     return "error", f"{exc.__class__.__name__}: {exc}"
@@ -191,8 +191,8 @@ class CorruptionWorker:
             self._conn.send((self.cpu_s, args))
             wall_s = max(5.0 * self.cpu_s, 5.0)  # past this the worker is stuck in C code: kill it
             if self._conn.poll(wall_s):
-                status, value = self._conn.recv()
-                return status, value
+                outcome: Outcome = self._conn.recv()
+                return outcome.status, outcome.value
             log.warning("corruption worker %s overran %g s; killing it", self._process.pid, wall_s)
             status, value = CPU, None
         except (EOFError, OSError) as exc:
