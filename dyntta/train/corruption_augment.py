@@ -2,7 +2,8 @@
 
 Non-blind (DynTTA/URIE recipe): each image is corrupted with probability 15/16 by one of the 15 benchmark
 corruptions (or the ``names`` given: e.g. all but one family, for leave-one-family-out fitting) at a
-uniformly drawn severity 1-5, otherwise left clean. Blind: AugMix-style chains of
+uniformly drawn severity 1-5, otherwise left clean. ``names`` may also hold novel shifts of
+:mod:`dyntta.shifts` (``--train-shifts``): the draw is uniform over the whole list. Blind: AugMix-style chains of
 torchvision augmentations on clean images only (no benchmark corruption is seen).
 """
 
@@ -16,6 +17,7 @@ from torchvision.transforms import v2
 
 from dyntta.corruptions import BENCHMARK_NAMES, SEVERITIES, corrupt
 from dyntta.data import LabelledImages, to_float
+from dyntta.shifts import NOVEL_SHIFTS, shift
 
 
 def sample_conditions(
@@ -28,6 +30,14 @@ def sample_conditions(
     return torch.where(corrupted, which, torch.full_like(which, -1)), severity
 
 
+def distort(images: torch.Tensor, name: str, severity: int, seed: int, indices: torch.Tensor) -> torch.Tensor:
+    """Corruption or novel shift ``name`` (the two name sets are disjoint), each keyed per (seed, image index)
+    by its own module, so a novel shift is as deterministic as a corruption."""
+    if name in NOVEL_SHIFTS:
+        return shift(images, name, severity, seed=seed, indices=indices)
+    return corrupt(images, name, severity, seed=seed, indices=indices)
+
+
 def apply_conditions(
     images: torch.Tensor,
     which: torch.Tensor,
@@ -36,13 +46,13 @@ def apply_conditions(
     indices: torch.Tensor,
     names: Sequence[str] = BENCHMARK_NAMES,
 ) -> torch.Tensor:
-    """Corrupt each image with its own (corruption, severity); one batched call per distinct pair."""
+    """Corrupt each image with its own (corruption or novel shift, severity); one batched call per pair."""
     out = images.clone()
     for c, s in torch.unique(torch.stack([which, severity], 1), dim=0).tolist():
         if c < 0:
             continue
         mask = (which == c) & (severity == s)
-        out[mask] = corrupt(images[mask], names[c], int(s), seed=seed, indices=indices[mask])
+        out[mask] = distort(images[mask], names[c], int(s), seed, indices[mask])
     return out
 
 

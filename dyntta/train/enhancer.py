@@ -53,6 +53,7 @@ from dyntta.models.external import (
     spec_from_args,
 )
 from dyntta.robust import TrainingStrategy
+from dyntta.shifts import NOVEL_FAMILIES, NOVEL_SHIFTS
 from dyntta.train.augment import AUGMENTATIONS, AUTO_SAMPLE, choose_augmentation, geometric_augmentation
 from dyntta.train.corruption_augment import RandomAugMix, RandomCorruption, corrupted_copy
 from dyntta.train.loop import (
@@ -170,6 +171,7 @@ class EnhancerTrainConfig:
     blind: bool = False
     train_corruptions: tuple[str, ...] = ("core",)
     exclude_corruptions: tuple[str, ...] = ()
+    train_shifts: tuple[str, ...] = ()
     clean_weight: float = 0.0
     augment: str = "auto"
     corruption_probability: float = 15 / 16
@@ -240,6 +242,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="NAME|GROUP",
         help="left out of --train-corruptions, e.g. 'noise' to evaluate on a family the enhancer never saw",
+    )
+    parser.add_argument(
+        "--train-shifts",
+        nargs="+",
+        default=[],
+        metavar="NAME|FAMILY",
+        help="novel shifts (dyntta.shifts) added to the training shifts: names or families (geometric, "
+        "occlusion, appearance); each image draws uniformly over these and the corruptions (default: none)",
     )
     parser.add_argument(
         "--clean-weight",
@@ -347,6 +357,9 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         )
     label_free = config.labels == "none"
     names = training_corruptions(config.train_corruptions, config.exclude_corruptions)  # a typo fails here, at once
+    novel = training_shifts(config.train_shifts)
+    if novel and config.blind:
+        raise ValueError("--train-shifts needs the corruption recipe; --blind trains on AugMix only")
     spec = spec_from_args(args)
 
     @functools.cache
@@ -379,7 +392,10 @@ def run(args: argparse.Namespace) -> dict[str, object]:
 
     enhancer = load_enhancer(config.init) if config.init else DynTTAEnhancer(EnhancerConfig(input_size=size))
     model = EnhancedRecognizer(enhancer, recognizer.module)
-    shift: nn.Module = RandomAugMix() if config.blind else RandomCorruption(config.corruption_probability, names)
+    # validation stays on the corruptions alone, so its figures compare with fits without --train-shifts
+    shift: nn.Module = (
+        RandomAugMix() if config.blind else RandomCorruption(config.corruption_probability, (*names, *novel))
+    )
     images = to_float(train.images[:AUTO_SAMPLE])
     choice = choose_augmentation(config.augment, recognizer.module, images, size, config.seed)
     # the data pipeline augments geometrically; the objective corrupts, so it also sees the clean images
@@ -445,9 +461,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "classes": classes,
         "loss": loss,
         "augmentation": choice.describe(),
-        "shift": "AugMix (torchvision, severity 5)"
-        if config.blind
-        else f"one of {len(names)} corruptions ({', '.join(names)}), severity U{{1..5}}, with the given probability",
+        "shift": "AugMix (torchvision, severity 5)" if config.blind else describe_shift(names, novel),
         "optimizer": "AdamW, cosine schedule",
         "device": str(device),
         "world_size": world.size,
@@ -472,6 +486,27 @@ def training_corruptions(include: Sequence[str], exclude: Sequence[str] = ()) ->
     if not kept:
         raise ValueError(f"--exclude-corruptions {' '.join(exclude)} leaves no corruption to train on")
     return kept
+
+
+def training_shifts(chosen: Sequence[str]) -> tuple[str, ...]:
+    """The novel shifts an enhancer is also fitted on: names or families of :mod:`dyntta.shifts`, in its
+    order; an unknown one is a ValueError listing the valid ones."""
+    unknown = [n for n in chosen if n not in NOVEL_SHIFTS and n not in NOVEL_FAMILIES]
+    if unknown:
+        raise ValueError(
+            f"unknown --train-shifts {' '.join(unknown)}; expected families ({', '.join(NOVEL_FAMILIES)}) or "
+            f"names ({', '.join(NOVEL_SHIFTS)})"
+        )
+    wanted = {name for n in chosen for name in NOVEL_FAMILIES.get(n, (n,))}
+    return tuple(n for n in NOVEL_SHIFTS if n in wanted)
+
+
+def describe_shift(corruptions: Sequence[str], novel: Sequence[str]) -> str:
+    """The recipe's ``shift``: the default recipe's wording, plus the novel shifts when there are any."""
+    drawn = f"{len(corruptions)} corruptions ({', '.join(corruptions)})"
+    if novel:
+        drawn += f" and {len(novel)} novel shifts ({', '.join(novel)})"
+    return f"one of {drawn}, severity U{{1..5}}, with the given probability"
 
 
 def validation_size(n: int, fraction: float, cap: int) -> int:
