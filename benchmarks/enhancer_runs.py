@@ -1,15 +1,18 @@
 """Enhancer fits and their reports through the real commands, for the enhancer benchmarks
-(``benchmarks/label_free.py``, ``benchmarks/shift_families.py``). Finished work is reused: a fit whose
-directory holds ``fit_seconds.txt``, a report whose ``report.json`` exists."""
+(``benchmarks/label_free.py``, ``benchmarks/shift_families.py``, ``benchmarks/novel_families.py``): their
+shared flags and setup (:class:`Comparison`). Finished work is reused: a fit whose directory holds
+``fit_seconds.txt``, a report whose ``report.json`` exists; so a different budget or recipe needs its own
+``--root``."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from dyntta.evaluate.schema import ModelResults, Report, read_report
@@ -41,11 +44,67 @@ def parser_with_budget(doc: str | None, root: str) -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=int, default=1000, help="test images of the evaluations")
     parser.add_argument("--root", default=root, help="where fits and reports go")
     parser.add_argument("--results", default=None, help="also write the table here (JSON)")
+    parser.add_argument(
+        "--extra-fit-args",
+        nargs=argparse.REMAINDER,
+        default=[],
+        help="flags for every fit, to compare recipes (e.g. --clean-weight 0 or --blind); give it last",
+    )
     return parser
 
 
 def budget_of(args: argparse.Namespace) -> Budget:
     return Budget(args.train_subset, args.epochs, args.seed)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One run of an enhancer benchmark, from :func:`parser_with_budget`'s flags: where its fits and reports
+    go, what every fit gets, and what its results file records about the run."""
+
+    command: str
+    root: Path
+    budget: Budget
+    recognizer: str
+    test_images: int
+    extra_fit_args: tuple[str, ...]
+    results: Path | None  # --results
+    load_average_at_start: tuple[float, float, float]
+
+    @classmethod
+    def start(cls, module: str, args: argparse.Namespace) -> Comparison:
+        """Creates ``--root`` and notes the load average before any work."""
+        root = Path(args.root)
+        root.mkdir(parents=True, exist_ok=True)
+        command = " ".join(["python", "-m", module, *sys.argv[1:]])
+        budget = budget_of(args)
+        extra, results = tuple(args.extra_fit_args), Path(args.results) if args.results else None
+        return cls(command, root, budget, args.recognizer, args.limit, extra, results, os.getloadavg())
+
+    def fit(self, out: Path, *flags: str) -> float:
+        """:func:`fit_enhancer` with this comparison's budget, recognizer and ``--extra-fit-args``."""
+        return fit_enhancer(out, self.budget, *flags, *self.extra_fit_args, recognizer=self.recognizer)
+
+    def evaluate(self, out: Path, enhancer: Path, *flags: str) -> tuple[ModelResults, ModelResults]:
+        """:func:`evaluate_enhancer` on this comparison's test images and recognizer."""
+        return evaluate_enhancer(out, enhancer, self.test_images, *flags, recognizer=self.recognizer)
+
+    def header(self) -> dict[str, object]:
+        """The head of the results file: how the figures were obtained, and the load average around them."""
+        return {
+            "command": self.command,
+            "budget": asdict(self.budget),
+            "extra_fit_args": list(self.extra_fit_args),
+            "test_images": self.test_images,
+            "load_average_at_start": self.load_average_at_start,
+            "load_average_at_end": os.getloadavg(),
+        }
+
+    def write(self, result: dict[str, object]) -> None:
+        """Writes ``result`` as JSON to ``--results``, if given."""
+        if self.results:
+            self.results.parent.mkdir(parents=True, exist_ok=True)
+            self.results.write_text(json.dumps(result, indent=2) + "\n")
 
 
 def run(command: list[str]) -> float:

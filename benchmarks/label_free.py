@@ -16,14 +16,10 @@ Finished fits and reports are reused (delete ``--root`` to start over); the tabl
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import sys
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
-from benchmarks.enhancer_runs import budget_of, evaluate_enhancer, fit_enhancer, parser_with_budget, points
+from benchmarks.enhancer_runs import Comparison, parser_with_budget, points
 
 FITS = {"labelled": ["--labels", "dataset"], "label-free": ["--labels", "none"]}
 
@@ -39,11 +35,10 @@ class Row:
     recognizer_15x5: float
 
 
-def measure(name: str, args: argparse.Namespace, root: Path) -> Row:
-    budget = budget_of(args)
-    enhancer = root / f"enhancer-{name}"
-    seconds = fit_enhancer(enhancer, budget, *FITS[name], recognizer=args.recognizer)
-    alone, enhanced = evaluate_enhancer(root / f"report-{name}", enhancer, args.limit, recognizer=args.recognizer)
+def measure(name: str, run: Comparison) -> Row:
+    enhancer = run.root / f"enhancer-{name}"
+    seconds = run.fit(enhancer, *FITS[name])
+    alone, enhanced = run.evaluate(run.root / f"report-{name}", enhancer)
     assert alone.core is not None and enhanced.core is not None  # all 19 corruptions were evaluated
     return Row(
         fit=name,
@@ -58,24 +53,16 @@ def measure(name: str, args: argparse.Namespace, root: Path) -> Row:
 
 def main() -> None:
     parser = parser_with_budget(__doc__, "var/label-free")
-    args = parser.parse_args()
-    root = Path(args.root)
-    root.mkdir(parents=True, exist_ok=True)
-    load_at_start = os.getloadavg()
-    labelled, label_free = rows = [measure(name, args, root) for name in FITS]
+    run = Comparison.start("benchmarks.label_free", parser.parse_args())
+    labelled, label_free = rows = [measure(name, run) for name in FITS]
     gap = round(label_free.benchmark_15x5 - labelled.benchmark_15x5, 2)
     result = {
-        "command": "python -m benchmarks.label_free " + " ".join(sys.argv[1:]),
-        "budget": asdict(budget_of(args)),
-        "test_images": args.limit,
-        "load_average_at_start": load_at_start,
-        "load_average_at_end": os.getloadavg(),
+        **run.header(),
         "rows": [asdict(r) for r in rows],
         "label_free_minus_labelled_15x5": gap,
         "target_within_1_point": gap >= -1.0,
     }
-    if args.results:
-        Path(args.results).write_text(json.dumps(result, indent=2) + "\n")
+    run.write(result)
     print(json.dumps(result, indent=2))
 
 

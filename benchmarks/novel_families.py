@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,7 +33,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from benchmarks.enhancer_runs import budget_of, evaluate_enhancer, fit_enhancer, parser_with_budget, points
+from benchmarks.enhancer_runs import Comparison, parser_with_budget, points
 from benchmarks.novel_shifts import SETTING, Data, accuracies, build_methods, run_shift, scope, summary
 from benchmarks.peers.cache import UnitResult, load_all
 from dyntta.data import load_dataset
@@ -172,19 +170,16 @@ def markdown(rows: list[FamilyRow], models: dict[str, Scores]) -> str:
     return "\n".join(lines)
 
 
-def evaluate_models(enhancers: dict[str, Path], args: argparse.Namespace) -> dict[str, Scores]:
+def evaluate_models(enhancers: dict[str, Path], args: argparse.Namespace, run: Comparison) -> dict[str, Scores]:
     """The recognizer alone and each enhancer on the same first ``--limit`` test images: clean and 15 x 5
     (``python -m dyntta.evaluate``), and the novel families it is evaluated on."""
-    root = Path(args.root)
-    recognizer = load_recognizer(args.recognizer).eval().requires_grad_(False)
-    test = load_dataset("fashion-mnist", "test").subset(torch.arange(args.limit))  # dyntta.evaluate's --limit
+    recognizer = load_recognizer(run.recognizer).eval().requires_grad_(False)
+    test = load_dataset("fashion-mnist", "test").subset(torch.arange(run.test_images))  # dyntta.evaluate's --limit
     data, shifts = Data(test.images, test.labels), argparse.Namespace(seed=args.shift_seed, batch=args.batch)
-    cache = root / f"novel-n{args.limit}-seed{args.shift_seed}"
+    cache = run.root / f"novel-n{run.test_images}-seed{args.shift_seed}"
     models: dict[str, Scores] = {}
     for model, path in enhancers.items():
-        alone, enhanced = evaluate_enhancer(
-            root / f"report-{model}", path, args.limit, "--corruptions", "core", recognizer=args.recognizer
-        )
+        alone, enhanced = run.evaluate(run.root / f"report-{model}", path, "--corruptions", "core")
         if not models:  # every report holds the same recognizer-alone figures: take them once
             novel = novel_means(recognizer, None, FAMILIES, data, shifts, cache / RECOGNIZER)
             models[RECOGNIZER] = scores(alone, novel)
@@ -204,43 +199,29 @@ def main() -> None:
     )
     parser.add_argument("--batch", type=int, default=200, help="novel-shift evaluation batch (speed only)")
     parser.add_argument("--shift-seed", type=int, default=0, help="keys the novel shifts' random draws")
-    parser.add_argument("--extra-fit-args", nargs=argparse.REMAINDER, default=[], help="flags for every fit")
     args = parser.parse_args()
-    root = Path(args.root)
-    root.mkdir(parents=True, exist_ok=True)
-    budget = budget_of(args)
-    load_at_start = os.getloadavg()
+    run = Comparison.start("benchmarks.novel_families", args)
     torch.set_num_threads(1)  # like the fits and reports (benchmarks/enhancer_runs.py)
 
-    enhancers = {fit: root / f"enhancer-{fit}" for fit in FITS}
-    seconds = {
-        fit: fit_enhancer(path, budget, *train_shifts(fit), *args.extra_fit_args, recognizer=args.recognizer)
-        for fit, path in enhancers.items()
-    }
+    enhancers = {fit: run.root / f"enhancer-{fit}" for fit in FITS}
+    seconds = {fit: run.fit(path, *train_shifts(fit)) for fit, path in enhancers.items()}
     if args.committed:
         enhancers = {COMMITTED: Path(args.committed), **enhancers}
-    models = evaluate_models(enhancers, args)
+    models = evaluate_models(enhancers, args, run)
     rows = [family_row(family, models) for family in FAMILIES]
     table = markdown(rows, models)
     result = {
-        "command": "python -m benchmarks.novel_families " + " ".join(sys.argv[1:]),
-        "budget": asdict(budget),
-        "extra_fit_args": args.extra_fit_args,
-        "test_images": args.limit,
+        **run.header(),
         "shift_seed": args.shift_seed,
         "train_shifts": {fit: train_shifts(fit)[1:] for fit in FITS},
         "fit_seconds": seconds,
-        "load_average_at_start": load_at_start,
-        "load_average_at_end": os.getloadavg(),
         "rows": [asdict(r) for r in rows],
         "held_out_mean_gain": round(sum(r.held_out_gain for r in rows) / len(rows), 2),
         "held_out_mean_vs_default": round(sum(r.held_out_vs_default for r in rows) / len(rows), 2),
         "models": {name: asdict(s) for name, s in models.items()},
         "table": table,
     }
-    if args.results:
-        Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.results).write_text(json.dumps(result, indent=2) + "\n")
+    run.write(result)
     print(f"\n{table}\n\n{json.dumps({k: result[k] for k in ('held_out_mean_gain', 'held_out_mean_vs_default')})}")
 
 

@@ -19,15 +19,11 @@ Finished fits and reports are reused (see benchmarks/enhancer_runs.py).
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import statistics
-import sys
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
-from benchmarks.enhancer_runs import budget_of, evaluate_enhancer, fit_enhancer, parser_with_budget, points
+from benchmarks.enhancer_runs import Comparison, parser_with_budget, points
 from dyntta.corruptions import GROUPS
 from dyntta.evaluate.schema import ModelResults
 
@@ -53,23 +49,15 @@ def family_mean(results: ModelResults, family: str) -> float:
 
 def main() -> None:
     parser = parser_with_budget(__doc__, "var/shift-families")
-    parser.add_argument("--extra-fit-args", nargs=argparse.REMAINDER, default=[], help="flags for every fit")
-    args = parser.parse_args()
-    root = Path(args.root)
-    root.mkdir(parents=True, exist_ok=True)
-    budget = budget_of(args)
-    load_at_start = os.getloadavg()
+    run = Comparison.start("benchmarks.shift_families", parser.parse_args())
 
     fits: dict[str, tuple[ModelResults, ModelResults]] = {}
     seconds: dict[str, float] = {}
     for left_out in (ALL, *FAMILIES):
-        enhancer = root / f"enhancer-without-{left_out}"
-        flags = [] if left_out == ALL else ["--exclude-corruptions", left_out]
-        seconds[left_out] = fit_enhancer(enhancer, budget, *flags, *args.extra_fit_args, recognizer=args.recognizer)
+        enhancer = run.root / f"enhancer-without-{left_out}"
+        seconds[left_out] = run.fit(enhancer, *([] if left_out == ALL else ["--exclude-corruptions", left_out]))
         only = [] if left_out == ALL else ["--corruptions", left_out]  # a held-out fit: its own family only
-        fits[left_out] = evaluate_enhancer(
-            root / f"report-without-{left_out}", enhancer, args.limit, *only, recognizer=args.recognizer
-        )
+        fits[left_out] = run.evaluate(run.root / f"report-without-{left_out}", enhancer, *only)
 
     alone = fits[ALL][0]
     rows = []
@@ -91,13 +79,8 @@ def main() -> None:
     worst = min(min(r.seen_gain, r.held_out_gain if r.held_out_gain is not None else r.seen_gain) for r in rows)
     extra = next(r for r in rows if r.family == "extra")
     result = {
-        "command": "python -m benchmarks.shift_families " + " ".join(sys.argv[1:]),
-        "budget": asdict(budget),
-        "extra_fit_args": args.extra_fit_args,
-        "test_images": args.limit,
+        **run.header(),
         "fit_seconds": seconds,
-        "load_average_at_start": load_at_start,
-        "load_average_at_end": os.getloadavg(),
         "rows": [asdict(r) for r in rows],
         "held_out_mean_gain": round(statistics.fmean(held), 2),
         "targets": {
@@ -106,8 +89,7 @@ def main() -> None:
             "extras_gain_>=_+2": extra.seen_gain >= 2.0,
         },
     }
-    if args.results:
-        Path(args.results).write_text(json.dumps(result, indent=2) + "\n")
+    run.write(result)
     print(json.dumps(result, indent=2))
 
 
