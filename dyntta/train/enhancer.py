@@ -19,9 +19,9 @@ Two objectives:
   (:data:`DEFAULT_TEMPERATURE`), the loss is ``T^2 * KL(softmax(r(x) / T) || softmax(r(e(c(x))) / T))``,
   averaged over the batch (Hinton et al.'s distillation loss, the clean recognizer as teacher).
 
-Either objective can add a do-no-harm term (``--clean-weight``): the same KL between the recognizer's
-predictions on the clean image and on the enhanced clean image, so that the enhancer leaves clean inputs
-alone (:class:`EnhancerObjective`).
+Either objective adds a do-no-harm term (``--clean-weight``, :data:`DEFAULT_CLEAN_WEIGHT` unless told): the
+same KL between the recognizer's predictions on the clean image and on the enhanced clean image, so that the
+enhancer leaves clean inputs alone (:class:`EnhancerObjective`).
 """
 
 from __future__ import annotations
@@ -68,6 +68,9 @@ from dyntta.train.loop import (
 LABELS = ("dataset", "none")
 #: Label-free fitting's softmax temperature (``--temperature``).
 DEFAULT_TEMPERATURE = 1.0
+#: The do-no-harm weight (``--clean-weight``) of the committed default enhancer: on Fashion-MNIST it took the
+#: clean gap on all 10,000 test images from -0.39 to -0.21 points and raised the 15 x 5 mean (docs/RESULTS.md).
+DEFAULT_CLEAN_WEIGHT = 1.0
 #: Labels of images whose class nobody gave (label-free training images).
 UNKNOWN = -1
 
@@ -172,7 +175,7 @@ class EnhancerTrainConfig:
     train_corruptions: tuple[str, ...] = ("core",)
     exclude_corruptions: tuple[str, ...] = ()
     train_shifts: tuple[str, ...] = ()
-    clean_weight: float = 0.0
+    clean_weight: float = DEFAULT_CLEAN_WEIGHT
     augment: str = "auto"
     corruption_probability: float = 15 / 16
     train_subset: int | None = None
@@ -254,9 +257,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--clean-weight",
         type=float,
-        default=0.0,
+        default=DEFAULT_CLEAN_WEIGHT,
         help="do-no-harm weight: adds clean-weight * T^2 * KL(softmax(r(x)/T) || softmax(r(e(x))/T)) on the clean "
-        "training images, so the enhancer leaves the recognizer's clean predictions alone (0: off)",
+        "training images, so the enhancer leaves the recognizer's clean predictions alone (default "
+        f"{DEFAULT_CLEAN_WEIGHT:g}, the committed enhancer's recipe; 0: off, one pass per step cheaper)",
     )
     parser.add_argument(
         "--augment",
