@@ -10,7 +10,9 @@ with weight decay on the clean weights. Evaluation uses the clean weights.
 The M micro-batches run in parallel inside one forward/backward of the whole batch, so a step costs what
 an SGD step costs: convolutions become grouped convolutions over M stacked perturbed kernels, linear
 layers batched matrix products, and BatchNorm normalises with the statistics of the whole batch (the
-official configs use synchronised BatchNorm) before applying each micro-batch's perturbed scale.
+official configs use synchronised BatchNorm) before applying each micro-batch's perturbed scale. With
+M = 1 (one noise draw per step) the modules run their plain kernels on the one perturbed tensor (normalisation
+with its fused affine part), so the step costs an SGD step plus the draw.
 
 Every normalisation scale is perturbed: BatchNorm, LayerNorm and GroupNorm (ViTs and ConvNeXts have no
 BatchNorm). A module is patched only if its class's forward is known (torch's, timm's Conv2dSame with its
@@ -36,6 +38,8 @@ from dyntta.robust.strategy import TrainingStrategy
 
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
 Forward = Callable[[torch.Tensor], torch.Tensor]
+#: normalisation statistics with an optional affine part: (x, scale, shift) -> y
+Normalise = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor | None], torch.Tensor]
 
 
 def _largest_divisor_at_most(n: int, m: int) -> int:
@@ -74,6 +78,10 @@ def _conv_forward(module: nn.Conv2d, perturbed: _Perturbed, m: int, same_padding
     def forward(x: torch.Tensor) -> torch.Tensor:
         if same_padding:  # timm Conv2dSame: TensorFlow 'SAME' padding, computed from the input size
             x = pad_same(x, list(module.kernel_size), list(module.stride), list(module.dilation))
+        if m == 1:
+            return F.conv2d(
+                x, perturbed.value[0], module.bias, module.stride, module.padding, module.dilation, module.groups
+            )
         weight = perturbed.value.reshape(m * module.out_channels, *module.weight.shape[1:])
         bias = module.bias.repeat(m) if module.bias is not None else None
         y = F.conv2d(
@@ -86,6 +94,8 @@ def _conv_forward(module: nn.Conv2d, perturbed: _Perturbed, m: int, same_padding
 
 def _linear_forward(module: nn.Linear, perturbed: _Perturbed, m: int) -> Forward:
     def forward(x: torch.Tensor) -> torch.Tensor:
+        if m == 1:
+            return F.linear(x, perturbed.value[0], module.bias)
         xs = x.reshape(m, -1, x.shape[-1])  # micro-batches are contiguous along the leading dimension
         y = torch.bmm(xs, perturbed.value.transpose(1, 2))
         if module.bias is not None:
@@ -95,9 +105,9 @@ def _linear_forward(module: nn.Linear, perturbed: _Perturbed, m: int) -> Forward
     return forward
 
 
-def _batch_statistics(module: nn.modules.batchnorm._BatchNorm) -> Forward:
-    def normalise(x: torch.Tensor) -> torch.Tensor:
-        # Same statistics and running-average logic as nn.BatchNorm, without the affine part.
+def _batch_statistics(module: nn.modules.batchnorm._BatchNorm) -> Normalise:
+    def normalise(x: torch.Tensor, scale: torch.Tensor | None, shift: torch.Tensor | None) -> torch.Tensor:
+        # Same statistics and running-average logic as nn.BatchNorm, the affine part given.
         momentum = 0.0 if module.momentum is None else module.momentum
         if module.training and module.track_running_stats and module.num_batches_tracked is not None:
             module.num_batches_tracked.add_(1)
@@ -109,8 +119,8 @@ def _batch_statistics(module: nn.modules.batchnorm._BatchNorm) -> Forward:
             x,
             module.running_mean if track else None,
             module.running_var if track else None,
-            None,
-            None,
+            scale,
+            shift,
             use_batch,
             momentum,
             module.eps,
@@ -123,15 +133,21 @@ def _norm_forward(
     module: nn.Module,
     perturbed: _Perturbed,
     m: int,
-    normalise: Forward,
+    normalise: Normalise,
     channels_last: bool,
     after: Forward | None = None,
 ) -> Forward:
     """Normalise without the affine part, then each micro-batch's perturbed scale and the clean shift.
-    ``channels_last``: the scale's dimensions are the input's trailing ones (LayerNorm); else dimension 1."""
+    ``channels_last``: the scale's dimensions are the input's trailing ones (LayerNorm); else dimension 1.
+    With one micro-batch the normaliser applies the scale and shift itself (one fused pass, not three)."""
+    shift = getattr(module, "bias", None)  # the clean shift (None: no affine shift)
+    shift = shift if isinstance(shift, torch.Tensor) else None
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        y = normalise(x).reshape(m, -1, *x.shape[1:])
+        if m == 1:
+            y = normalise(x, perturbed.value[0], shift)
+            return after(y) if after is not None else y
+        y = normalise(x, None, None).reshape(m, -1, *x.shape[1:])
         scale_dims = perturbed.value.dim() - 1
         if channels_last:
             shape = (m, 1) + (1,) * (x.dim() - 1 - scale_dims) + tuple(perturbed.value.shape[1:])
@@ -140,9 +156,8 @@ def _norm_forward(
             shape = (m, 1, x.shape[1]) + (1,) * (x.dim() - 2)
             bias_shape = (x.shape[1],) + (1,) * (x.dim() - 2)
         y = y * perturbed.value.reshape(shape)
-        bias = getattr(module, "bias", None)  # the clean shift (None: no affine shift)
-        if isinstance(bias, torch.Tensor):
-            y = y + bias.reshape(bias_shape)
+        if shift is not None:
+            y = y + shift.reshape(bias_shape)
         y = y.reshape(x.shape)
         return after(y) if after is not None else y
 
@@ -174,7 +189,7 @@ def _patched_forward(name: str, module: nn.Module, perturbed: _Perturbed, m: int
             module,
             perturbed,
             m,
-            lambda x: F.layer_norm(x, module.normalized_shape, None, None, module.eps),
+            lambda x, scale, shift: F.layer_norm(x, module.normalized_shape, scale, shift, module.eps),
             channels_last=True,
         )
     if isinstance(module, LayerNorm2d) and kind is LayerNorm2d:  # timm: LayerNorm over the channels of NCHW
@@ -182,9 +197,9 @@ def _patched_forward(name: str, module: nn.Module, perturbed: _Perturbed, m: int
             module,
             perturbed,
             m,
-            lambda x: F.layer_norm(x.permute(0, 2, 3, 1), module.normalized_shape, None, None, module.eps).permute(
-                0, 3, 1, 2
-            ),
+            lambda x, scale, shift: F.layer_norm(
+                x.permute(0, 2, 3, 1), module.normalized_shape, scale, shift, module.eps
+            ).permute(0, 3, 1, 2),
             channels_last=False,
         )
     if isinstance(module, nn.GroupNorm) and kind is nn.GroupNorm:
@@ -192,7 +207,7 @@ def _patched_forward(name: str, module: nn.Module, perturbed: _Perturbed, m: int
             module,
             perturbed,
             m,
-            lambda x: F.group_norm(x, module.num_groups, None, None, module.eps),
+            lambda x, scale, shift: F.group_norm(x, module.num_groups, scale, shift, module.eps),
             channels_last=False,
         )
     raise ValueError(

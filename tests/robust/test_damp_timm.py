@@ -71,3 +71,31 @@ def test_an_unknown_subclass_is_refused_by_name() -> None:
     with pytest.raises(ValueError, match=r"'1'.*ScaledConv"), multiplicative_noise(model, sigma=0.1, m=1):
         pass
     assert type(model[0]).forward is nn.Conv2d.forward and "forward" not in vars(model[0])  # restored
+
+
+@pytest.mark.parametrize("name", ["test_resnet", "test_vit", "test_convnext", "test_efficientnet"])
+def test_one_micro_batch_runs_plain_kernels_with_the_same_result(name: str) -> None:
+    """M = 1 takes the plain-kernel path (fused normalisation affine); it must compute what the grouped path
+    computes when every micro-batch draws the same factors: same logits, same summed gradients."""
+    model = timm_model(name).train()
+    with torch.no_grad():  # timm starts normalisation shifts at 0: move every parameter so each one counts
+        for param in model.parameters():
+            param.add_(0.1 * torch.randn_like(param))
+    x, y = torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,))
+
+    def logits_and_grads(
+        m: int, values: list[torch.Tensor] | None
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        with multiplicative_noise(model, sigma=0.3, m=m) as perturbed:
+            with torch.no_grad():
+                for k, p in enumerate(perturbed):
+                    p.value.copy_(values[k].expand_as(p.value) if values else p.value[:1].expand_as(p.value))
+            logits = model(x)
+            grads = torch.autograd.grad(nn.functional.cross_entropy(logits, y), [p.value for p in perturbed])
+            return logits.detach(), [g.sum(0) for g in grads], [p.value[0].detach().clone() for p in perturbed]
+
+    grouped, grouped_grads, values = logits_and_grads(2, None)  # both micro-batches: the same factors
+    plain, plain_grads, _ = logits_and_grads(1, values)
+    assert torch.allclose(plain, grouped, atol=1e-5), (plain - grouped).abs().max()
+    for g1, g2 in zip(plain_grads, grouped_grads, strict=True):
+        assert torch.allclose(g1, g2, rtol=1e-4, atol=1e-5), (g1 - g2).abs().max()
