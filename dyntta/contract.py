@@ -7,7 +7,8 @@ that the gateway and the command-line tools can use it without loading the ML st
 
 - Tensors and models: :data:`IMAGE` (uint8 ``[N, S, S, 3]``, the input of every served model),
   :data:`LOGITS`, :data:`ENHANCED_IMAGE`; the models :data:`ENHANCER`, :data:`RECOGNIZER` and the
-  ensemble :data:`ENSEMBLE` (enhancer -> recognizer).
+  ensemble :data:`ENSEMBLE` (enhancer -> recognizer); the config parameters clients read, among them
+  :class:`Training` (how a served model was trained).
 - The corruption taxonomy of the robustness benchmark (Hendrycks & Dietterich, ICLR 2019): the 15
   benchmark corruptions in their four groups and the standard order, the 4 validation extras, the
   severities, and :func:`resolve_conditions` to parse user choices.
@@ -21,6 +22,8 @@ that the gateway and the command-line tools can use it without loading the ML st
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import os
 from collections.abc import Iterable
@@ -51,6 +54,48 @@ OP_NAMES_PARAMETER = "op_names"
 PREPROCESS_PARAMETER = "preprocess"
 """Triton config parameter of the recognizer: the JSON of its preprocessing policy (resize / crop /
 letterbox), the same the recognizer was trained and evaluated with (``dyntta.data`` reads it)."""
+
+TRAINING_PARAMETER = "training"
+"""Triton config parameter of the recognizer and the enhancer: the JSON of :class:`Training`, how the served
+model was trained (from its checkpoint's recipe). Absent for a model without a recipe (a user's ONNX file)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Training:
+    """How a served model was trained, as its checkpoint recorded it: the method (``erm``, ``dpl``, ...; none
+    for the enhancer, whose objective is its ``loss``), the loss, and the command that trained it."""
+
+    method: str | None = None
+    loss: str | None = None
+    command: str | None = None
+
+    @classmethod
+    def from_recipe(cls, recipe: dict[str, Any] | None) -> Training | None:
+        """From a checkpoint's ``recipe`` (``config.json``); ``None`` when there is none."""
+        if not recipe:
+            return None
+        text = {key: recipe.get(key) for key in ("method", "loss", "command")}
+        return cls(**{key: value if isinstance(value, str) else None for key, value in text.items()})
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | None) -> Training | None:
+        """The parameter's value back; ``None`` for an absent parameter. Raises ValueError if malformed."""
+        if not text:
+            return None
+        try:
+            fields = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not JSON: {exc}") from None
+        known = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(fields, dict) or not set(fields) <= known:
+            raise ValueError(f"expected an object with keys among {sorted(known)}, got {text[:200]!r}")
+        if any(value is not None and not isinstance(value, str) for value in fields.values()):
+            raise ValueError(f"every value must be a string or null, got {text[:200]!r}")
+        return cls(**fields)
+
 
 ENHANCER = "enhancer"
 RECOGNIZER = "recognizer"

@@ -23,7 +23,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from dyntta.contract import ENHANCER, OP_WEIGHTS, RECOGNIZER
+from dyntta.contract import ENHANCER, OP_WEIGHTS, RECOGNIZER, Training
 from dyntta.data.preprocess import RESIZE, Preprocess
 from dyntta.version import __version__
 from export import onnx as onnx_export
@@ -69,6 +69,10 @@ class Source:
             "metrics": metrics,
             "recipe_command": (meta.get("recipe") or {}).get("command"),
         }
+
+    def training(self) -> Training | None:
+        """How the module was trained (its checkpoint's recipe), for the served config; None without one."""
+        return Training.from_recipe(self.meta.get("recipe"))
 
 
 def random_images(count: int, size: int, seed: int = 0) -> np.ndarray:
@@ -342,9 +346,16 @@ def export_repository(
             )
         _check_batch_independence({RECOGNIZER: rec, ENHANCER: enh}, options.parity_tolerance())
 
-        rec_model = repository.recognizer_model(rec.onnx, input_size, classes, preprocess=preprocess)
+        rec_model = repository.recognizer_model(
+            rec.onnx, input_size, classes, preprocess=preprocess, training=options.recognizer_source.training()
+        )
         enh_model = repository.enhancer_model(
-            enh.onnx, input_size, identity=enhancer is None, op_names=enh.op_names, preprocess=preprocess
+            enh.onnx,
+            input_size,
+            identity=enhancer is None,
+            op_names=enh.op_names,
+            preprocess=preprocess,
+            training=options.enhancer_source.training(),
         )
         plans = _build_plans((rec_model, enh_model), work, options, log)
         reports = _export_reports(rec, enh, enhancer is None, pipeline, options, preprocess)

@@ -47,6 +47,8 @@ from dyntta.contract import (
     OP_WEIGHTS,
     PREPROCESS_PARAMETER,
     RECOGNIZER,
+    TRAINING_PARAMETER,
+    Training,
 )
 from dyntta.data.preprocess import RESIZE, Preprocess
 
@@ -97,6 +99,7 @@ class ServedModel:
     report: dict[str, Any] = field(default_factory=dict)
     op_names: list[str] | None = None  # an enhancer with a second output OP_WEIGHTS [K]: its K names
     preprocess: Preprocess = RESIZE
+    training: Training | None = None  # how it was trained (its checkpoint's recipe), for clients to read
 
     @property
     def image_dims(self) -> list[int]:
@@ -127,8 +130,11 @@ def _param(config: mc.ModelConfig, key: str, value: Any) -> None:
 
 
 def _contract(config: mc.ModelConfig, model: ServedModel) -> None:
-    """What clients read from the config: the preprocessing policy; OP_WEIGHTS and its op names."""
+    """What clients read from the config: the preprocessing policy; how the model was trained; OP_WEIGHTS
+    and its op names."""
     _param(config, PREPROCESS_PARAMETER, model.preprocess.to_json())
+    if model.training is not None:
+        _param(config, TRAINING_PARAMETER, model.training.to_json())
     if model.op_names:
         if any("," in name for name in model.op_names):
             raise ValueError(f"operation names must not contain commas: {model.op_names}")

@@ -32,6 +32,8 @@ from dyntta.contract import (
     LOGITS,
     OP_NAMES_PARAMETER,
     PREPROCESS_PARAMETER,
+    TRAINING_PARAMETER,
+    Training,
     parse_classification,
 )
 from dyntta.data.preprocess import RESIZE, Preprocess
@@ -58,6 +60,8 @@ class ModelInfo:
     outputs: tuple[str, ...] = ()
     #: the enhancer's operation names (``op_names`` parameter), the columns of its ``OP_WEIGHTS`` output
     op_names: tuple[str, ...] | None = None
+    #: how the model was trained (the config's ``training`` parameter; None when it has none)
+    training: Training | None = None
 
     @property
     def num_classes(self) -> int | None:
@@ -204,6 +208,11 @@ class TritonBackend:
         except ValueError as exc:
             raise BackendError(f"model {name!r} has an invalid {PREPROCESS_PARAMETER} parameter: {exc}") from None
         names = parameters.get(OP_NAMES_PARAMETER)
+        try:
+            training = Training.from_json(parameters.get(TRAINING_PARAMETER))
+        except ValueError as exc:  # provenance only: serve the model, say nothing about its training
+            log.warning("model %r has an invalid %s parameter, ignored: %s", name, TRAINING_PARAMETER, exc)
+            training = None
         info = ModelInfo(
             name=name,
             version=str(max((meta.get("versions") or ["1"]), key=lambda v: int(v) if v.isdigit() else 0)),
@@ -215,6 +224,7 @@ class TritonBackend:
             preprocess=preprocess,
             outputs=tuple(o["name"] for o in meta["outputs"]),
             op_names=tuple(names.split(",")) if names else None,
+            training=training,
         )
         if out["datatype"] in ("FP32", "FP16") and len(out["shape"]) >= 1:
             labels = await self._probe_labels(info, int(out["shape"][-1]))

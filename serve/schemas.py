@@ -49,12 +49,21 @@ class ClassifyResponse(BaseModel):
     timing: Timing
 
 
+class TrainingDescription(BaseModel):
+    method: str | None = Field(None, description="the recognizer's training method: erm, dpl, damp, advbn, ...")
+    loss: str | None = Field(None, description="the objective, where the checkpoint states it (the enhancer)")
+    command: str | None = Field(None, description="the command that trained the model")
+
+
 class ModelDescription(BaseModel):
     name: str
     version: str
     input_size: int
     max_batch_size: int
     labels: list[str] | None = None
+    training: TrainingDescription | None = Field(
+        None, description="how the model was trained, from its checkpoint (none for the ensemble or a bare ONNX)"
+    )
 
 
 class ModelsResponse(BaseModel):

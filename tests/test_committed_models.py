@@ -59,6 +59,17 @@ def test_configs_carry_the_preprocessing_policy_and_the_op_names() -> None:
     assert list(enhancer.output[1].dims) == [len(names)] and enhancer.output[1].data_type == mc.TYPE_FP32
 
 
+@pytest.mark.parametrize("model", [contract.RECOGNIZER, contract.ENHANCER])
+def test_configs_say_how_each_model_was_trained(model: str) -> None:
+    """The committed checkpoint's recipe (method, command) is what the served config tells clients."""
+    recipe = json.loads((CHECKPOINTS / model / "config.json").read_text())["recipe"]
+    served = contract.Training.from_json(config(model).parameters[contract.TRAINING_PARAMETER].string_value)
+    assert served == contract.Training.from_recipe(recipe)
+    assert served is not None and served.command == recipe["command"]
+    if model == contract.RECOGNIZER:
+        assert served.method == recipe["method"] == "erm"  # the committed default recognizer (issue 14 grid)
+
+
 @pytest.mark.parametrize("model", HOSTED)
 def test_host_file_is_the_exporters(model: str) -> None:
     served = (REPOSITORY / model / "1" / "model.py").read_bytes()

@@ -88,3 +88,14 @@ def test_fashion_mnist_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     with pytest.raises(contract.DatasetNotFoundError, match="train-images-idx3-ubyte.*apt-get install"):
         contract.fashion_mnist_files("train")
     assert contract.fashion_mnist_files("test", contract.FASHION_MNIST_DIR)[0].parent == contract.FASHION_MNIST_DIR
+
+
+def test_training_round_trips_and_refuses_malformed_values() -> None:
+    recipe = {"method": "dpl", "command": "python -m dyntta.train recognizer --method dpl", "epochs": 3}
+    training = contract.Training.from_recipe(recipe)
+    assert training == contract.Training(method="dpl", command=recipe["command"])  # only the described keys
+    assert training is not None and contract.Training.from_json(training.to_json()) == training
+    assert contract.Training.from_recipe({}) is None and contract.Training.from_json(None) is None
+    for bad in ("{", "[1]", '{"method": 3}', '{"optimizer": "sgd"}'):
+        with pytest.raises(ValueError):
+            contract.Training.from_json(bad)

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from serve.deps import BackendDep, MetricsDep, SettingsDep
-from serve.schemas import ErrorResponse, HealthResponse, ModelDescription, ModelsResponse, ReadyResponse
+from serve.schemas import (
+    ErrorResponse,
+    HealthResponse,
+    ModelDescription,
+    ModelsResponse,
+    ReadyResponse,
+    TrainingDescription,
+)
 
 router = APIRouter(tags=["operations"])
 
@@ -52,7 +61,7 @@ async def metrics(metrics: MetricsDep) -> Response:
     response_model=ModelsResponse,
     tags=["inference"],
     responses={503: {"model": ErrorResponse}},
-    summary="The served models: input size, labels, versions",
+    summary="The served models: input size, labels, versions, how each was trained",
 )
 async def models(backend: BackendDep, settings: SettingsDep) -> ModelsResponse:
     described = []
@@ -65,6 +74,7 @@ async def models(backend: BackendDep, settings: SettingsDep) -> ModelsResponse:
                 input_size=info.input_size,
                 max_batch_size=info.max_batch_size,
                 labels=list(info.labels) if info.labels else None,
+                training=TrainingDescription(**dataclasses.asdict(info.training)) if info.training else None,
             )
         )
     return ModelsResponse(triton_url=backend.url, models=described)

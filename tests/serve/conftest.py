@@ -24,7 +24,7 @@ from torch import nn
 
 from dyntta.data import arrays_to_model_input
 from dyntta.data.datasets import FASHION_MNIST_CLASSES
-from export.build import export_repository, random_images
+from export.build import ExportOptions, Source, export_repository, random_images
 from serve.app import create_app
 from serve.config import Settings
 from serve.triton import TritonServer, free_port
@@ -73,6 +73,10 @@ def probe() -> LinearProbe:
     return fit_probe(arrays_to_model_input(raw, SIZE), labels)
 
 
+#: what the probe's checkpoint would record (served as its config's ``training`` parameter)
+PROBE_RECIPE = {"method": "ridge-probe", "command": "fit_probe in tests/serve/conftest.py"}
+
+
 @pytest.fixture(scope="session")
 def gateway_repository(probe: LinearProbe, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("gateway") / "model_repository"
@@ -81,6 +85,7 @@ def gateway_repository(probe: LinearProbe, tmp_path_factory: pytest.TempPathFact
         CLASSES,
         SIZE,
         out,
+        ExportOptions(recognizer_source=Source("probe", {"recipe": PROBE_RECIPE})),
         enhancer=ContrastStretch().eval(),
         parity_images=random_images(32, SIZE),
         log=lambda message: None,

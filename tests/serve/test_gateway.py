@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.serve.conftest import CLASSES, SIZE, GatewayFactory, LiveGateway
+from tests.serve.conftest import CLASSES, PROBE_RECIPE, SIZE, GatewayFactory, LiveGateway
 from tests.serve.helpers import encode, fmnist_raw, header_bomb_png, png_bytes
 
 
@@ -29,6 +29,9 @@ def test_health_ready_and_models(gateway: LiveGateway):
         # input size and labels come from Triton, not from the gateway's code
         assert models["recognizer"]["input_size"] == SIZE and models["recognizer"]["labels"] == CLASSES
         assert models["dyntta"]["labels"] == CLASSES and models["enhancer"]["labels"] is None
+        # how each was trained: the checkpoint's recipe, through the export's config parameter and Triton
+        assert models["recognizer"]["training"] == {**PROBE_RECIPE, "loss": None}
+        assert models["enhancer"]["training"] is None and models["dyntta"]["training"] is None  # no recipe
 
 
 def test_classify_one_and_many_with_and_without_enhancer(gateway: LiveGateway):
