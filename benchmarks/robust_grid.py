@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -322,6 +323,10 @@ def pending_jobs(options: argparse.Namespace, root: Path, running: set[str]) -> 
     return jobs
 
 
+def _stop(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def run_grid(options: argparse.Namespace) -> int:
     root = Path(options.root)
     (root / "logs").mkdir(parents=True, exist_ok=True)
@@ -329,30 +334,40 @@ def run_grid(options: argparse.Namespace) -> int:
     failed: set[str] = set()
     started = time.perf_counter()
     write_table(root, options)
-    while True:
-        todo = [(k, a) for k, a in pending_jobs(options, root, set(running)) if k not in failed]
-        while todo and len(running) < options.workers:
-            key, argv = todo.pop(0)
-            log = open(root / "logs" / (key.replace(":", "_") + ".log"), "a")  # noqa: SIM115 - closed with the job
-            print(f"[{time.perf_counter() - started:7.0f} s] start {key}", flush=True)
-            running[key] = (
-                subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy()),
-                time.perf_counter(),
-            )
-        if not running:
-            break
-        time.sleep(2)
-        for key, (process, since) in list(running.items()):
-            if process.poll() is None:
-                continue
-            del running[key]
-            took = time.perf_counter() - since
-            if process.returncode:
-                failed.add(key)
-                print(f"FAILED {key} (exit {process.returncode}; see {root / 'logs'})", flush=True)
-            else:
-                print(f"[{time.perf_counter() - started:7.0f} s] done  {key} in {took:.0f} s", flush=True)
-                write_table(root, options)
+    # `kill` (SIGTERM) of the grid stops its jobs too instead of orphaning them: an orphaned fine-tune
+    # would go on writing the run directory a restarted grid trains into. Ctrl-C reaches them anyway.
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        while True:
+            todo = [(k, a) for k, a in pending_jobs(options, root, set(running)) if k not in failed]
+            while todo and len(running) < options.workers:
+                key, argv = todo.pop(0)
+                log = open(root / "logs" / (key.replace(":", "_") + ".log"), "a")  # noqa: SIM115 - closed with the job
+                print(f"[{time.perf_counter() - started:7.0f} s] start {key}", flush=True)
+                running[key] = (
+                    subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy()),
+                    time.perf_counter(),
+                )
+            if not running:
+                break
+            time.sleep(2)
+            for key, (process, since) in list(running.items()):
+                if process.poll() is None:
+                    continue
+                del running[key]
+                took = time.perf_counter() - since
+                if process.returncode:
+                    failed.add(key)
+                    print(f"FAILED {key} (exit {process.returncode}; see {root / 'logs'})", flush=True)
+                else:
+                    print(f"[{time.perf_counter() - started:7.0f} s] done  {key} in {took:.0f} s", flush=True)
+                    write_table(root, options)
+    finally:
+        for process, _ in running.values():
+            process.terminate()
+            process.send_signal(signal.SIGCONT)  # a job paused with SIGSTOP (beside a test run) must see it
+        for process, _ in running.values():
+            process.wait()
     write_table(root, options)
     print(table(root, options))
     return 1 if failed else 0
