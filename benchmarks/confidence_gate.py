@@ -7,7 +7,8 @@ the two softmaxes. Every image is decided on its own (batch-independent, as the 
 
 Data: the first ``--images`` Fashion-MNIST test images, clean, under the 9 novel shifts of
 :mod:`dyntta.shifts` and the 19 corruptions of :mod:`dyntta.corruptions` at severities 1-5 (seed 0), rounded
-to 8 bits as the server receives them. Printed per condition as it goes; the summary per family at the end.
+to 8 bits as the server receives them (dyntta.evaluate's ``quantise``, as in the robustness reports).
+Printed per condition as it goes; the summary per family at the end.
 
     nice uv run python -m benchmarks.confidence_gate --results benchmarks/results/confidence_gate.json
 """
@@ -30,6 +31,7 @@ from dyntta.contract import BENCHMARK_CORRUPTIONS, EXTRA_CORRUPTIONS
 from dyntta.corruptions import corrupt
 from dyntta.data import load_dataset, to_float
 from dyntta.enhancer import load_enhancer
+from dyntta.evaluate.predictions import quantise
 from dyntta.models import load_recognizer
 from dyntta.shifts import FAMILY_OF, NOVEL_SHIFTS, shift
 
@@ -72,16 +74,13 @@ def main() -> None:
     test = test.subset(torch.arange(args.images))
     x, y = to_float(test.images), test.labels
 
-    def eight_bit(images: torch.Tensor) -> torch.Tensor:
-        return torch.floor(images.clamp(0, 1) * 255 + 0.5) / 255
-
     conditions: dict[str, Callable[[int], torch.Tensor]] = {
         **{name: functools.partial(shift, x, name) for name in NOVEL_SHIFTS},
         **{name: functools.partial(corrupt, x, name) for name in (*BENCHMARK_CORRUPTIONS, *EXTRA_CORRUPTIONS)},
     }
     per_condition = {"clean": accuracies(recognizer, enhancer, x, y)}
     for name, make in conditions.items():
-        runs = [accuracies(recognizer, enhancer, eight_bit(make(s)), y) for s in range(1, 6)]
+        runs = [accuracies(recognizer, enhancer, to_float(quantise(make(s))), y) for s in range(1, 6)]
         per_condition[name] = {rule: statistics.fmean(r[rule] for r in runs) for rule in RULES}
         print(name, {k: round(v, 2) for k, v in per_condition[name].items()}, file=sys.stderr, flush=True)
 

@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from dyntta import contract
-from dyntta.data import load_dataset
+from dyntta.data import load_dataset, to_float
 from dyntta.data.datasets import read_idx
 from dyntta.enhancer import load_enhancer
 from dyntta.models import load_recognizer
@@ -68,17 +68,18 @@ def served_predictions(directory: Path, grpc_url: str, model: str, scratch: Path
 
 
 @torch.no_grad()
-def offline_predictions(recognizer_dir: str, enhancer_dir: str | None, limit: int) -> np.ndarray:
+def offline_predictions(recognizer_dir: str, enhancer_dir: str, limit: int) -> dict[str, np.ndarray]:
+    """Top-1 class index per image of the recognizer alone and behind the enhancer, in PyTorch on
+    ``load_dataset``'s images (the training data path), keyed by the served model's name."""
     recognizer = load_recognizer(recognizer_dir).eval()
-    enhancer = load_enhancer(enhancer_dir).eval() if enhancer_dir else None
+    enhancer = load_enhancer(enhancer_dir).eval()
     images = load_dataset("fashion-mnist", "test", image_size=recognizer.config.input_size).images[:limit]
-    predictions = []
+    alone, enhanced = [], []
     for batch in images.split(500):
-        x = batch.float() / 255
-        if enhancer is not None:
-            x = enhancer(x).clamp(0, 1)
-        predictions.append(recognizer(x).argmax(1))
-    return torch.cat(predictions).numpy()
+        x = to_float(batch)
+        alone.append(recognizer(x).argmax(1))
+        enhanced.append(recognizer(enhancer(x).clamp(0, 1)).argmax(1))
+    return {contract.RECOGNIZER: torch.cat(alone).numpy(), contract.ENSEMBLE: torch.cat(enhanced).numpy()}
 
 
 def main() -> None:
@@ -100,10 +101,7 @@ def main() -> None:
             model: served_predictions(work / f"fashion-mnist-test-{args.limit}", urls.grpc_url, model, work)
             for model in (contract.ENSEMBLE, contract.RECOGNIZER)
         }
-    offline = {
-        contract.ENSEMBLE: offline_predictions(args.recognizer, args.enhancer, args.limit),
-        contract.RECOGNIZER: offline_predictions(args.recognizer, None, args.limit),
-    }
+    offline = offline_predictions(args.recognizer, args.enhancer, args.limit)
     rows = [
         Accuracy(
             model=model,
