@@ -35,7 +35,7 @@ class Budget:
 
 
 def parser_with_budget(doc: str | None, root: str) -> argparse.ArgumentParser:
-    """A benchmark's parser with the flags every enhancer comparison shares; ``budget_of(args)`` reads them."""
+    """A benchmark's parser with the flags every enhancer comparison shares; :meth:`Comparison.start` reads them."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recognizer", default=RECOGNIZER, help="the frozen recognizer")
     parser.add_argument("--train-subset", type=int, default=12000, help="training images of every fit")
@@ -51,10 +51,6 @@ def parser_with_budget(doc: str | None, root: str) -> argparse.ArgumentParser:
         help="flags for every fit, to compare recipes (e.g. --clean-weight 0 or --blind); give it last",
     )
     return parser
-
-
-def budget_of(args: argparse.Namespace) -> Budget:
-    return Budget(args.train_subset, args.epochs, args.seed)
 
 
 @dataclass(frozen=True)
@@ -77,7 +73,7 @@ class Comparison:
         root = Path(args.root)
         root.mkdir(parents=True, exist_ok=True)
         command = " ".join(["python", "-m", module, *sys.argv[1:]])
-        budget = budget_of(args)
+        budget = Budget(args.train_subset, args.epochs, args.seed)
         extra, results = tuple(args.extra_fit_args), Path(args.results) if args.results else None
         return cls(command, root, budget, args.recognizer, args.limit, extra, results, os.getloadavg())
 
