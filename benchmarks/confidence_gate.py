@@ -18,15 +18,13 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import statistics
 import sys
-import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
+from benchmarks.provenance import Provenance
 from dyntta.contract import BENCHMARK_CORRUPTIONS, EXTRA_CORRUPTIONS
 from dyntta.corruptions import corrupt
 from dyntta.data import load_dataset, to_float
@@ -67,7 +65,7 @@ def main() -> None:
     parser.add_argument("--results", default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    load_at_start, started = os.getloadavg(), time.perf_counter()
+    provenance = Provenance.start("benchmarks.confidence_gate")
     recognizer = load_recognizer(args.recognizer).eval()
     enhancer = load_enhancer(args.enhancer).eval()
     test = load_dataset("fashion-mnist", "test", image_size=recognizer.config.input_size)
@@ -95,18 +93,9 @@ def main() -> None:
         family: {rule: round(statistics.fmean(per_condition[n][rule] for n in names), 2) for rule in RULES}
         for family, names in families.items()
     }
-    result = {
-        "command": "python -m benchmarks.confidence_gate " + " ".join(sys.argv[1:]),
-        "images": args.images,
-        "seconds": round(time.perf_counter() - started, 1),
-        "load_average_at_start": load_at_start,
-        "load_average_at_end": os.getloadavg(),
-        "summary": summary,
-        "per_condition": per_condition,
-    }
-    if args.results:
-        Path(args.results).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(summary, indent=2))
+    result = {"images": args.images, "summary": summary, "per_condition": per_condition}
+    provenance.write(args.results, result, echo=False)
+    print(json.dumps(summary, indent=2))  # the summary only: per condition went to stderr as it ran
 
 
 if __name__ == "__main__":

@@ -11,16 +11,14 @@ of them alike; the median step time of each over ERM's. Architectures: the defau
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from benchmarks.provenance import Provenance
 from dyntta.data import load_dataset
 from dyntta.data.transforms import to_float
 from dyntta.models import create_recognizer
@@ -63,7 +61,7 @@ def main() -> None:
     parser.add_argument("--results", default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    load_at_start = os.getloadavg()
+    provenance = Provenance.start("benchmarks.damp_cost")
     rows = []
     for arch in args.archs:
         seconds = step_times(arch, args.batch, args.steps, args.warmup, args.sigma)
@@ -77,18 +75,13 @@ def main() -> None:
             }
         )
     result = {
-        "command": "python -m benchmarks.damp_cost " + " ".join(sys.argv[1:]),
         "batch": args.batch,
         "steps": args.steps,
         "threads": 1,
-        "load_average_at_start": load_at_start,
-        "load_average_at_end": os.getloadavg(),
         "rows": rows,
         "target_m1_<=_1.15": all(r["damp_m1_x_erm"] <= 1.15 for r in rows),
     }
-    if args.results:
-        Path(args.results).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    provenance.write(args.results, result)
 
 
 if __name__ == "__main__":

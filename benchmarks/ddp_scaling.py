@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.provenance import Provenance
 from dyntta.evaluate.sharded import without_run_specifics
 from dyntta.models import read_checkpoint_meta
 
@@ -89,9 +90,9 @@ def main() -> None:
     parser.add_argument("--skip", nargs="*", default=[], choices=["recognizer", "enhancer", "evaluate"])
     args = parser.parse_args()
     ROOT.mkdir(parents=True, exist_ok=True)
-    results: dict[str, dict[str, float]] = {}
     # The end-of-run load average includes the benchmark itself; the start one says whether the machine was idle.
-    results["load_average_at_start"] = dict(zip(("1min", "5min", "15min"), os.getloadavg(), strict=True))
+    provenance = Provenance.start("benchmarks.ddp_scaling")
+    results: dict[str, dict[str, float]] = {}
     for kind in ("recognizer", "enhancer"):
         if kind in args.skip:
             continue
@@ -105,9 +106,7 @@ def main() -> None:
             "speed-up": round(one / many, 2),
             "reports_equal": reports_equal(args.nproc, args),
         }
-    results["load_average_at_end"] = dict(zip(("1min", "5min", "15min"), os.getloadavg(), strict=True))
-    (ROOT / f"results-{args.device}-{args.nproc}.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
+    provenance.write(ROOT / f"results-{args.device}-{args.nproc}.json", results)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ uv run python benchmarks/enhancer_cost.py
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
@@ -14,6 +13,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks.provenance import Provenance
 from dyntta.enhancer import load_enhancer
 from dyntta.models import load_recognizer
 
@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=50)
     args = parser.parse_args()
+    provenance = Provenance.start("benchmarks.enhancer_cost")
     torch.set_num_threads(args.threads)
     recognizer = load_recognizer(args.recognizer).eval()
     enhancer = load_enhancer(args.enhancer).eval()
@@ -61,7 +62,8 @@ def main() -> None:
         result[f"batch{batch}_recognizer_ms"] = rec_ms
         result[f"batch{batch}_enhancer_ms"] = enh_ms
         result[f"batch{batch}_latency_ratio"] = enh_ms / rec_ms
-    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}, indent=1))
+    # printed only (no results file), with the header: the latencies depend on the machine's load
+    provenance.write(None, {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()})
 
 
 if __name__ == "__main__":

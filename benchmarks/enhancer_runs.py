@@ -7,7 +7,6 @@ shared flags and setup (:class:`Comparison`). Finished work is reused: a fit who
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from benchmarks.provenance import Provenance, write_json
 from dyntta.evaluate.schema import ModelResults, Report, read_report
 
 RECOGNIZER = "checkpoints/fashion-mnist/recognizer"
@@ -58,24 +58,23 @@ class Comparison:
     """One run of an enhancer benchmark, from :func:`parser_with_budget`'s flags: where its fits and reports
     go, what every fit gets, and what its results file records about the run."""
 
-    command: str
+    provenance: Provenance
     root: Path
     budget: Budget
     recognizer: str
     test_images: int
     extra_fit_args: tuple[str, ...]
     results: Path | None  # --results
-    load_average_at_start: tuple[float, float, float]
 
     @classmethod
     def start(cls, module: str, args: argparse.Namespace) -> Comparison:
-        """Creates ``--root`` and notes the load average before any work."""
+        """Creates ``--root`` and notes the command, commit and load average before any work."""
+        provenance = Provenance.start(module)
         root = Path(args.root)
         root.mkdir(parents=True, exist_ok=True)
-        command = " ".join(["python", "-m", module, *sys.argv[1:]])
         budget = Budget(args.train_subset, args.epochs, args.seed)
         extra, results = tuple(args.extra_fit_args), Path(args.results) if args.results else None
-        return cls(command, root, budget, args.recognizer, args.limit, extra, results, os.getloadavg())
+        return cls(provenance, root, budget, args.recognizer, args.limit, extra, results)
 
     def fit(self, out: Path, *flags: str) -> float:
         """:func:`fit_enhancer` with this comparison's budget, recognizer and ``--extra-fit-args``."""
@@ -86,21 +85,18 @@ class Comparison:
         return evaluate_enhancer(out, enhancer, self.test_images, *flags, recognizer=self.recognizer)
 
     def header(self) -> dict[str, object]:
-        """The head of the results file: how the figures were obtained, and the load average around them."""
+        """The head of the results file: how the figures were obtained (:meth:`Provenance.header`, then what
+        every fit and evaluation got)."""
         return {
-            "command": self.command,
+            **self.provenance.header(),
             "budget": asdict(self.budget),
             "extra_fit_args": list(self.extra_fit_args),
             "test_images": self.test_images,
-            "load_average_at_start": self.load_average_at_start,
-            "load_average_at_end": os.getloadavg(),
         }
 
     def write(self, result: dict[str, object]) -> None:
-        """Writes ``result`` as JSON to ``--results``, if given."""
-        if self.results:
-            self.results.parent.mkdir(parents=True, exist_ok=True)
-            self.results.write_text(json.dumps(result, indent=2) + "\n")
+        """Writes ``result`` (:meth:`header` and the figures) as JSON to ``--results``, if given."""
+        write_json(self.results, result)
 
 
 def run(command: list[str]) -> float:

@@ -41,6 +41,8 @@ from pathlib import Path
 import numpy as np
 from fastapi import FastAPI, File, UploadFile
 
+from benchmarks.provenance import Provenance
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONCURRENCIES = (1, 8)
 
@@ -183,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
+    provenance = Provenance.start("benchmarks.gateway", argv)
 
     from PIL import Image
 
@@ -268,7 +271,6 @@ def main(argv: list[str] | None = None) -> int:
                     process.wait(timeout=30)
     summary = summarise(results)
     meta = {
-        "command": "python -m benchmarks.gateway " + " ".join(argv if argv is not None else sys.argv[1:]),
         "recognizer": args.recognizer,
         "arch": recognizer.config.arch,
         "enhancer": args.enhancer or "identity",
@@ -277,11 +279,9 @@ def main(argv: list[str] | None = None) -> int:
         "repeats": args.repeats,
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(terse=True),
-        "loadavg_at_end": os.getloadavg(),
     }
-    print(report_markdown(results, summary, meta))
-    if args.json:
-        Path(args.json).write_text(json.dumps({"meta": meta, "results": results, "summary": summary}, indent=2))
+    print(report_markdown(results, summary, {**provenance.header(), **meta}))
+    provenance.write(args.json, {"meta": meta, "results": results, "summary": summary}, echo=False)
     return 0
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from benchmarks.provenance import Provenance  # noqa: E402
 from dyntta.contract import resolve_conditions  # noqa: E402
 from serve.store import JobParams, JobStore  # noqa: E402
 from serve.triton import TritonServer  # noqa: E402
@@ -99,6 +99,7 @@ def main() -> int:
     parser.add_argument("--image-size", type=int, default=32, help="the served recognizer's input size")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    provenance = Provenance.start("benchmarks.jobs")
     corruptions, severities = resolve_conditions(args.corruptions.split(","), args.severities.split(","))
 
     def measure(grpc: str) -> list[Result]:
@@ -114,9 +115,8 @@ def main() -> int:
     else:
         with TritonServer(args.model_repository, startup_timeout=300) as urls:
             results = measure(urls.grpc_address)
-    if args.json:
-        args.json.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
-    print(f"load average: {os.getloadavg()}")
+    written = provenance.write(args.json, {"results": [asdict(r) for r in results]}, echo=False)
+    print(f"load average: {written['load_average_at_end']}")
     return 0
 
 

@@ -22,7 +22,6 @@ alone, printed and written with all figures to ``--out``.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -31,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from benchmarks.provenance import Provenance
 from dyntta.cli import ArgumentParser, UsageError, run
 from dyntta.shifts import FAMILY_OF, NOVEL_FAMILIES, NOVEL_SHIFTS, SEVERITIES
 
@@ -193,7 +193,7 @@ def markdown(rows: dict[str, dict[str, float]], methods: list[str], label: str, 
     return "\n".join(lines)
 
 
-def handle(args: argparse.Namespace) -> int:
+def handle(args: argparse.Namespace, provenance: Provenance) -> int:
     import torch
     from tqdm import tqdm
 
@@ -233,12 +233,13 @@ def handle(args: argparse.Namespace) -> int:
     }
     header = f"{args.images} Fashion-MNIST test images, severities {severities}, seed {args.seed}, batches of "
     print(f"\n{header}{args.batch}, {args.threads} thread(s)\n\n{tables['family']}\n\n{tables['shift']}")
-    write_json(args, acc, per_shift, per_family, tables)
+    write_json(args, provenance, acc, per_shift, per_family, tables)
     return 0
 
 
 def write_json(
     args: argparse.Namespace,
+    provenance: Provenance,
     acc: dict[str, dict[str, float]],
     per_shift: dict[str, dict[str, float]],
     per_family: dict[str, dict[str, float]],
@@ -259,12 +260,12 @@ def write_json(
         "delta_vs_recognizer": {"per_shift": delta(per_shift), "per_family": delta(per_family)},
         "tables": tables,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    provenance.write(args.out, report, echo=False)  # the tables are printed by handle
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run(build_parser(), handle, argv)
+    provenance = Provenance.start("benchmarks.novel_shifts", argv)
+    return run(build_parser(), lambda args: handle(args, provenance), argv)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from benchmarks.provenance import Provenance
 from serve.triton import TritonServer, free_port
 from serve.triton.pool import ReplicaPool
 
@@ -184,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
     png = sample_png()
-    load_before = os.getloadavg()
+    provenance = Provenance.start("benchmarks.replicas", argv)
     http, grpc, metrics = free_port(), free_port(), free_port()
     a, b = (
         TritonServer(args.model_repository, host=host, http_port=http, grpc_port=grpc, metrics_port=metrics)
@@ -257,12 +258,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         finally:
             a.stop()
             b.stop()
-    results["load_average_before"] = [round(x, 2) for x in load_before]
-    results["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-    results["command"] = "python -m benchmarks.replicas " + " ".join(argv if argv is not None else sys.argv[1:])
-    print(json.dumps(results, indent=2))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+    provenance.write(args.json, results)
 
 
 if __name__ == "__main__":

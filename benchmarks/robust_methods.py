@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from benchmarks.provenance import Provenance
 from dyntta.data import load_dataset, to_float
 from dyntta.models import create_recognizer, load_recognizer, read_checkpoint_meta
 from dyntta.robust import create_strategy, parse_method_args
@@ -274,14 +275,14 @@ def main() -> int:
     parser.add_argument("--l2p-samples", type=int, default=10, help="also report a k-draw average (1: only one draw)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    provenance = Provenance.start("benchmarks.robust_methods")
     ROOT.mkdir(parents=True, exist_ok=True)
     if args.command == "train":
         train(args.runs)
-    elif args.command == "cost":
-        (ROOT / "cost.json").write_text(json.dumps(step_cost(), indent=2) + "\n")
+    elif args.command == "cost":  # flat, method -> cost x ERM beside the header keys: table() gets by method
+        provenance.write(ROOT / "cost.json", step_cost(), echo=False)
     elif args.command == "evaluate":
-        report = evaluate(args)
-        (ROOT / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+        provenance.write(ROOT / "results.json", evaluate(args), echo=False)  # the table is printed below
     if args.command in ("evaluate", "table"):
         report = json.loads((ROOT / "results.json").read_text())
         cost_path = ROOT / "cost.json"

@@ -16,10 +16,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
-import os
-import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from benchmarks.provenance import Provenance
 from dyntta import contract
 from dyntta.data import load_dataset, to_float
 from dyntta.data.datasets import read_idx
@@ -92,8 +89,7 @@ def main() -> None:
     parser.add_argument("--results", default=None, help="also write the figures here (JSON)")
     args = parser.parse_args()
     work = Path(args.work)
-    load_at_start = os.getloadavg()
-    started = time.perf_counter()
+    provenance = Provenance.start("benchmarks.served_accuracy")
 
     labels = write_pngs(work / f"fashion-mnist-test-{args.limit}", args.limit)
     with TritonServer(Path(args.repository)) as urls:
@@ -113,19 +109,13 @@ def main() -> None:
     ]
     gap = round(rows[0].served - rows[1].served, 2)
     result = {
-        "command": "python -m benchmarks.served_accuracy " + " ".join(sys.argv[1:]),
         "repository": args.repository,
         "test_images": args.limit,
-        "seconds": round(time.perf_counter() - started, 1),
-        "load_average_at_start": load_at_start,
-        "load_average_at_end": os.getloadavg(),
         "rows": [asdict(r) for r in rows],
         "served_ensemble_minus_recognizer": gap,
         "target_within_0.3": gap >= -0.3,
     }
-    if args.results:
-        Path(args.results).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    provenance.write(args.results, result)
 
 
 if __name__ == "__main__":

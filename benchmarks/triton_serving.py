@@ -40,6 +40,7 @@ import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from benchmarks.provenance import Provenance  # noqa: E402
 from serve.triton import TritonServer, TritonURLs, connect  # noqa: E402
 
 IMAGE, LOGITS, ENHANCED = "IMAGE", "LOGITS", "ENHANCED_IMAGE"
@@ -234,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     size = int(json.loads((repository / "recognizer" / "export.json").read_text())["onnx"]["inputs"][0]["shape"][1])
     rng = np.random.default_rng(0)
     cells: list[Cell] = []
-    load_before = os.getloadavg()
+    provenance = Provenance.start("benchmarks.triton_serving", argv)
 
     server = None
     if args.url:
@@ -279,27 +280,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     table = markdown(cells)
     print(table)
-    if args.json:
-        Path(args.json).write_text(
-            json.dumps(
-                {
-                    "command": "python benchmarks/triton_serving.py "
-                    + " ".join(sys.argv[1:] if argv is None else argv),
-                    "host": {
-                        "cpus": os.cpu_count(),
-                        "machine": platform.machine(),
-                        "onnxruntime": ort.__version__,
-                        "load_average_before": load_before,
-                        "load_average_after": os.getloadavg(),
-                    },
-                    "triton": args.url or "bundled (serve.triton)",
-                    "cells": [asdict(c) for c in cells],
-                    "table": table,
-                },
-                indent=2,
-            )
-            + "\n"
-        )
+    host = {"cpus": os.cpu_count(), "machine": platform.machine(), "onnxruntime": ort.__version__}
+    triton = args.url or "bundled (serve.triton)"
+    body = {"host": host, "triton": triton, "cells": [asdict(c) for c in cells], "table": table}
+    provenance.write(args.json, body, echo=False)  # the table is printed above
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ command to resume (``--budget-s`` bounds one call).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -38,6 +37,7 @@ from benchmarks.peers import Adapter, BatchNormAdapt, Memo, Stateless, Tent, fli
 from benchmarks.peers.cache import UnitResult, load_all
 from benchmarks.peers.stream import FAMILIES, Stream, build_stream
 from benchmarks.peers.table import Row, markdown, summarise
+from benchmarks.provenance import Provenance
 from dyntta.data import to_float
 from dyntta.enhancer import load_enhancer
 from dyntta.models import load_recognizer
@@ -107,6 +107,7 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     started = time.monotonic()
+    provenance = Provenance.start("benchmarks.tta_peers")
     recognizer = load_recognizer(args.recognizer).eval().requires_grad_(False)
     enhancer = load_enhancer(args.enhancer).eval().requires_grad_(False)
     methods = build_methods(recognizer, enhancer)
@@ -153,12 +154,9 @@ def main() -> int:
                 rows.append(row)
     print(f"\n{key}, {args.threads} thread(s); {'complete' if done else 'INCOMPLETE: rerun to resume'}\n")
     print(markdown(rows))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-        args.json.write_text(
-            json.dumps({"config": config, "complete": done, "rows": [asdict(r) for r in rows]}, indent=1)
-        )
+    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    result = {"config": config, "complete": done, "rows": [asdict(r) for r in rows]}
+    provenance.write(args.json, result, echo=False)  # the table is printed above
     return 0 if done else 3
 
 
