@@ -13,7 +13,17 @@ from torch import nn
 from dyntta.data import LabelledImages, to_float
 from dyntta.models import Recognizer
 from dyntta.robust import TrainingStrategy
-from dyntta.robust.dpl import DPL, influence, mean_gradient, mean_loss, solve_inverse_hvp
+from dyntta.robust.dpl import (
+    DPL,
+    classifier_head,
+    head_features,
+    head_hessian_operator,
+    hessian_operator,
+    influence,
+    mean_gradient,
+    mean_loss,
+    solve_inverse_hvp,
+)
 from dyntta.train.loop import LoopConfig, fit
 from tests.robust.conftest import tiny
 
@@ -60,23 +70,26 @@ def fitted_logistic() -> tuple[nn.Module, LabelledImages, torch.Tensor, torch.Te
     return model, data, x, y
 
 
+@pytest.mark.parametrize("influence_params", ["head", "all"])
 @pytest.mark.parametrize("solver", ["minres", "lissa"])
-def test_inverse_hvp_matches_the_exact_inverse_at_the_default_settings(solver: str) -> None:
+def test_inverse_hvp_matches_the_exact_inverse_at_the_default_settings(solver: str, influence_params: str) -> None:
     """At DPL's defaults (damping, tolerance, iteration cap), the solve reaches (H + lambda I)^-1 v on a
     convex model and records an undamped residual below 0.1. LiSSA gets a larger iteration cap and a
     tighter tolerance (it needs about scale / lambda steps and its slow directions leave the largest error,
-    which is why MINRES is the default)."""
+    which is why MINRES is the default). Softmax regression is all head, so both parameter choices (the
+    cached-feature path and the whole-network one) must reach the same exact inverse."""
     model, data, x, y = fitted_logistic()
     guide_v = mean_gradient(
         model,
         data.subset(torch.arange(50)),
         lambda lo, la, reduction="mean": nn.functional.cross_entropy(lo, la, reduction=reduction),
     )
-    defaults = DPL()
+    defaults = DPL(influence_params=influence_params)
     strategy = DPL(
+        influence_params=influence_params,
         solver=solver,
         hvp_images=len(data),
-        **({"max_iterations": 3000, "tolerance": 0.01} if solver == "lissa" else {}),
+        **({"max_iterations": 3000, "tolerance": defaults.tolerance / 5} if solver == "lissa" else {}),
     )
     strategy.criterion = lambda lo, la, reduction="mean": nn.functional.cross_entropy(lo, la, reduction=reduction)
     s, record = strategy.inverse_hvp(model, data, guide_v)
@@ -119,6 +132,80 @@ def test_batched_influence_equals_per_sample_autograd(trained: Recognizer, fmnis
         (vi,) = torch.autograd.grad(ui, xi)
         assert math.isclose(u[i].item(), ui.item(), rel_tol=1e-4, abs_tol=1e-7)
         assert torch.allclose(v[i], vi[0], rtol=1e-3, atol=1e-7)
+
+
+def test_the_head_hessian_on_cached_features_is_the_networks_hessian_in_the_head(
+    trained: Recognizer, fmnist_train: LabelledImages
+) -> None:
+    """The fast path (the classifier's input cached once, products on the head alone) gives the same H v as
+    differentiating the whole network with respect to the head's parameters."""
+    model = copy.deepcopy(trained).eval()
+    criterion = DPL(label_smoothing=0.1).criterion
+    head = classifier_head(model)
+    assert head == "backbone.fc"
+    data = fmnist_train.subset(torch.arange(96))
+    torch.manual_seed(0)
+    v = [torch.randn_like(p) for n, p in model.named_parameters() if n.startswith(head + ".")]
+    features = head_features(model, head, data, batch_size=40)  # chunks that do not divide the data
+    assert features.shape == (96, model.get_submodule(head).in_features)
+    fast = head_hessian_operator(model, head, features, data.labels, criterion, chunk=50)(v)
+    slow = hessian_operator(model, data, criterion, batch_size=32, only=head)(v)
+    for a, b in zip(fast, slow, strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_head_influence_equals_per_sample_autograd_in_the_head(
+    trained: Recognizer, fmnist_train: LabelledImages
+) -> None:
+    """u_i = s . grad_head L(z_i), and v_i its gradient through the whole network to the pixels."""
+    model = copy.deepcopy(trained).eval()
+    criterion = DPL(label_smoothing=0.1).criterion
+    head = classifier_head(model)
+    params = [p for n, p in model.named_parameters() if n.startswith(head + ".")]
+    torch.manual_seed(1)
+    s = [torch.randn_like(p) * 0.1 for p in params]
+    x, y = to_float(fmnist_train.images[:3]), fmnist_train.labels[:3]
+    u, v = influence(model, x, y, s, criterion, only=head)
+    for i in range(3):
+        xi = x[i : i + 1].clone().requires_grad_(True)
+        grads = torch.autograd.grad(criterion(model(xi), y[i : i + 1]), params, create_graph=True)
+        ui = sum((g * si).sum() for g, si in zip(grads, s, strict=True))
+        (vi,) = torch.autograd.grad(ui, xi)
+        assert math.isclose(u[i].item(), ui.item(), rel_tol=1e-4, abs_tol=1e-7)
+        assert torch.allclose(v[i], vi[0], rtol=1e-3, atol=1e-7)
+        assert vi.abs().sum() > 0  # the head's influence still reaches the pixels
+
+
+def test_the_head_solve_converges_on_a_network(trained: Recognizer, fmnist_train: LabelledImages) -> None:
+    """On a real (tiny) network, the head's inverse-HVP meets issue 17's residual target, and the record
+    says how well the other half's curvature agrees."""
+    model = copy.deepcopy(trained).eval()
+    strategy = DPL(label_smoothing=0.1, hvp_images=250)
+    head = strategy.influenced(model)
+    guide_v = mean_gradient(model, fmnist_train.subset(torch.arange(100)), strategy.criterion, only=head)
+    s, record = strategy.inverse_hvp(model, fmnist_train.subset(torch.arange(100, 600)), guide_v)
+    assert [t.shape for t in s] == [t.shape for t in guide_v]
+    assert record.converged and record.stopped == "tolerance", record
+    assert record.residual < 0.1 and record.hvp_images == 250
+    assert record.independent_residual is not None and math.isfinite(record.independent_residual)
+
+
+def test_head_influence_refuses_what_is_not_a_linear_classifier() -> None:
+    class ConvHead(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = nn.Conv2d(4, 2, 1)
+
+        def get_classifier(self) -> nn.Module:
+            return self.head
+
+    with pytest.raises(ValueError, match="influence_params=all"):
+        classifier_head(ConvHead())
+    squashed = nn.Sequential(nn.Flatten(), nn.Linear(6, 2), nn.Tanh())  # something runs after the classifier
+    pixels = torch.zeros((4, 1, 1, 6), dtype=torch.uint8)
+    data = LabelledImages("toy", "train", pixels + 200, torch.zeros(4, dtype=torch.long), ["0", "1"])
+    with pytest.raises(ValueError, match="runs after the classifier"):
+        head_features(squashed, classifier_head(squashed), data)
 
 
 def test_amendment_lowers_the_guide_loss(trained: Recognizer, fmnist_train: LabelledImages) -> None:

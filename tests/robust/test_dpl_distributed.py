@@ -2,7 +2,8 @@
 
 Two real processes (``torch.multiprocessing.spawn``, ``file://`` rendezvous: no port to collide on), each
 running :meth:`DPL.amend` on its share of the guide chunks, Hessian chunks and candidate batches; the test
-process computes the same amendment alone. Chunk sizes are chosen so the shares are uneven.
+process computes the same amendment alone. Chunk sizes are chosen so the shares are uneven. Both influence
+parameter choices: the whole network's sharded HVPs, and the head's features gathered from the ranks.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -22,7 +24,7 @@ from dyntta.robust.dpl import DPL
 CLASSES = ["a", "b", "c"]
 
 
-def problem() -> tuple[torch.nn.Module, DPL, LabelledImages]:
+def problem(influence_params: str) -> tuple[torch.nn.Module, DPL, LabelledImages]:
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8, generator=generator)
     labels = torch.arange(64) % len(CLASSES)
@@ -31,36 +33,45 @@ def problem() -> tuple[torch.nn.Module, DPL, LabelledImages]:
     torch.manual_seed(0)
     model = create_recognizer("test_resnet", CLASSES, input_size=16).eval()
     # guide: 13 images (2 chunks of 8); hvp sample: 20 images (3 chunks); 51 candidates (7 batches)
-    strategy = DPL(fraction=0.2, hvp_images=20, max_iterations=4, batch_size=8, guide_fraction=0.2)
+    strategy = DPL(
+        fraction=0.2,
+        hvp_images=20,
+        max_iterations=4,
+        batch_size=8,
+        guide_fraction=0.2,
+        influence_params=influence_params,
+    )
     # no prepare_model: bind_data only sets the guide set aside, amend() below does the work
     train = strategy.bind_data(LabelledImages("synthetic", "train", images, labels, list(CLASSES)), None)
     return model, strategy, train
 
 
-def amend() -> dict[str, Any]:
-    model, strategy, train = problem()
+def amend(influence_params: str) -> dict[str, Any]:
+    model, strategy, train = problem(influence_params)
     amended, record = strategy.amend(model, train)
     return {"indices": strategy.amended_indices[0], "images": amended.images, "labels": amended.labels, **record}
 
 
-def worker(rank: int, world_size: int, init_file: str, out: str) -> None:
+def worker(rank: int, world_size: int, init_file: str, out: str, influence_params: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group(
         "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size, timeout=timedelta(seconds=30)
     )
     try:
-        torch.save(amend(), Path(out) / f"rank{rank}.pt")
+        torch.save(amend(influence_params), Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
-def test_two_ranks_amend_exactly_like_one_process(tmp_path: Path) -> None:
-    mp.spawn(worker, args=(2, str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=2, join=True)
+@pytest.mark.parametrize("influence_params", ["head", "all"])
+def test_two_ranks_amend_exactly_like_one_process(tmp_path: Path, influence_params: str) -> None:
+    args = (2, str(tmp_path / "rendezvous"), str(tmp_path), influence_params)
+    mp.spawn(worker, args=args, nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the workers: the same kernels, hence the same bits
     try:
-        single = amend()
+        single = amend(influence_params)
     finally:
         torch.set_num_threads(threads)
     assert single["added"] > 0 and single["candidates"] == 51
