@@ -3,6 +3,7 @@
     (logits, magnitudes) = predictor(x)            # once per forward pass
     w = softmax(logits)                             # over ops + low-pass rings + high-pass rings + U-Net
     y = clamp(sum_k w_k op_k(x, m_k) + F(x; w_lpf, w_hpf) + w_unet unet(x), 0, 1)
+    y = warp(y, m_warp)                             # only with EnhancerConfig.warp (warp.py)
 
 F is the whole bank of ideal low/high-pass filters collapsed into one per-image radial filter (see
 frequency.py). Nothing depends on other images of the batch (no batch statistics at eval time), so a
@@ -21,6 +22,7 @@ from dyntta.enhancer.frequency import RADII, RadialFrequencyFilter
 from dyntta.enhancer.ops import OPS
 from dyntta.enhancer.predictor import Predictor
 from dyntta.enhancer.unet import ResidualUNet
+from dyntta.enhancer.warp import WARP_PARAMETERS, warp
 
 
 @dataclass
@@ -29,6 +31,7 @@ class EnhancerConfig:
     predictor_width: int = 32
     unet_width: int = 10
     identity_logit: float = 4.0  # initial preference for the identity op (about half of the blend)
+    warp: bool = False  # an affine warp of the whole output (warp.py); checkpoints before it have none
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,7 +66,8 @@ class DynTTAEnhancer(nn.Module):
         self.frequency = RadialFrequencyFilter(self.config.input_size)
         self.unet = ResidualUNet(self.config.unet_width)
         self.num_blend = len(OPS) + 2 * self.frequency.num_bands + 1
-        self.predictor = Predictor(self.num_blend, len(self.param_slot), self.config.predictor_width)
+        self.num_warp = WARP_PARAMETERS if self.config.warp else 0  # the last raw magnitudes, when present
+        self.predictor = Predictor(self.num_blend, len(self.param_slot) + self.num_warp, self.config.predictor_width)
         self.predictor.init_identity(0, self.config.identity_logit)
 
     def blend_parameters(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,6 +85,8 @@ class DynTTAEnhancer(nn.Module):
             out = out + weights[:, k].view(-1, 1, 1, 1) * op.fn(x, m)
         out = out + weights[:, -1].view(-1, 1, 1, 1) * self.unet(x)
         enhanced = out.clamp(0.0, 1.0)
+        if self.num_warp:
+            enhanced = warp(enhanced, magnitudes[:, -self.num_warp :])
         return (enhanced, weights) if return_weights else enhanced
 
     def op_names(self) -> list[str]:

@@ -182,6 +182,7 @@ class EnhancerTrainConfig:
     val_fraction: float = 0.1
     val_size: int = 2000
     init: str | None = None
+    warp: bool = False
     seed: int = 0
     device: str = "auto"
     threads: int | None = None
@@ -284,6 +285,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--val-size", type=int, default=2000, help="cap on the held-out validation images (0: no validation)"
     )
     parser.add_argument("--init", default=None, metavar="CKPT", help="start from this enhancer checkpoint")
+    parser.add_argument(
+        "--warp",
+        action="store_true",
+        help="a new enhancer also predicts one affine warp of its whole output (rotation, shear, scale, "
+        "translation; dyntta/enhancer/warp.py), for geometric shifts that a blend cannot undo",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -364,6 +371,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     novel = training_shifts(config.train_shifts)
     if novel and config.blind:
         raise ValueError("--train-shifts needs the corruption recipe; --blind trains on AugMix only")
+    if config.warp and config.init:
+        raise ValueError("--warp builds a new enhancer; --init continues one as it was built (drop one of them)")
     spec = spec_from_args(args)
 
     @functools.cache
@@ -394,7 +403,9 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         check_training_set(train)
     val_corrupted = corrupted_copy(val, config.corruption_probability, seed=config.seed + 1, names=names)
 
-    enhancer = load_enhancer(config.init) if config.init else DynTTAEnhancer(EnhancerConfig(input_size=size))
+    enhancer = (
+        load_enhancer(config.init) if config.init else DynTTAEnhancer(EnhancerConfig(input_size=size, warp=config.warp))
+    )
     model = EnhancedRecognizer(enhancer, recognizer.module)
     # validation stays on the corruptions alone, so its figures compare with fits without --train-shifts
     shift: nn.Module = (

@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from dyntta.corruptions import BENCHMARK_NAMES, corrupt
+from dyntta.enhancer import load_enhancer
+from dyntta.enhancer.warp import WARP_PARAMETERS
 from dyntta.models import read_checkpoint_meta
 from dyntta.shifts import NOVEL_FAMILIES, NOVEL_SHIFTS, shift
 from dyntta.train.__main__ import main
@@ -91,9 +93,12 @@ def test_the_flag_reaches_the_recipe(small: tuple[Path, Path], tmp_path: Path) -
     data, recognizer = small
     out = tmp_path / "enhancer"
     extra = ["--train-subset", "64", "--val-size", "16", "--augment", "none", "--train-corruptions", "contrast"]
-    assert main(enhancer_argv(recognizer, data, out, *extra, "--train-shifts", "invert", "geometric")) == 0
-    recipe = read_checkpoint_meta(out)["recipe"]
+    assert main(enhancer_argv(recognizer, data, out, *extra, "--train-shifts", "invert", "geometric", "--warp")) == 0
+    meta = read_checkpoint_meta(out)
+    recipe = meta["recipe"]
     assert recipe["train_shifts"] == ["invert", "geometric"]
+    assert recipe["warp"] is True and meta["model"]["warp"] is True  # the fitted enhancer warps its output
+    assert load_enhancer(out).num_warp == WARP_PARAMETERS
     novel = "5 novel shifts (rotate, shear, scale, translate, invert)"
     assert (
         recipe["shift"]
@@ -111,3 +116,6 @@ def test_unknown_shift_or_blind_is_a_usage_error(tmp_path: Path, capsys) -> None
     argv = enhancer_argv(tmp_path / "none", tmp_path / "none", tmp_path / "out", "--blind", "--train-shifts", "edges")
     assert main(argv) == 2
     assert "--blind" in capsys.readouterr().err
+    argv = enhancer_argv(tmp_path / "none", tmp_path / "none", tmp_path / "out", "--warp", "--init", str(tmp_path))
+    assert main(argv) == 2
+    assert "--warp builds a new enhancer" in capsys.readouterr().err
