@@ -4,7 +4,9 @@ Non-blind (DynTTA/URIE recipe): each image is corrupted with probability 15/16 b
 corruptions (or the ``names`` given: e.g. all but one family, for leave-one-family-out fitting) at a
 uniformly drawn severity 1-5, otherwise left clean. ``names`` may also hold novel shifts of
 :mod:`dyntta.shifts` (``--train-shifts``): the draw is uniform over the whole list. Blind: AugMix-style chains of
-torchvision augmentations on clean images only (no benchmark corruption is seen).
+torchvision augmentations on clean images only (no benchmark corruption is seen). Mixed
+(``--augmix-probability``): each image takes AugMix with that probability, else the non-blind draw, so the
+enhancer also meets shifts outside the corruption list it is trained on.
 """
 
 from __future__ import annotations
@@ -84,6 +86,24 @@ class RandomAugMix(nn.Module):
         as_bytes = (images * 255).round().to(torch.uint8).cpu()
         mixed = torch.stack([self.augmix(image) for image in as_bytes])  # AugMix draws one chain per call
         return to_float(mixed).to(images.device)
+
+
+class EitherShift(nn.Module):
+    """Per image: ``second`` with probability ``probability``, else ``first`` (draws from torch's global RNG)."""
+
+    def __init__(self, first: nn.Module, second: nn.Module, probability: float) -> None:
+        super().__init__()
+        if not 0 <= probability <= 1:
+            raise ValueError(f"need a probability in [0, 1], got {probability}")
+        self.first, self.second, self.probability = first, second, probability
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        pick_second = (torch.rand(len(images)) < self.probability).to(images.device)
+        out = images.clone()
+        for mask, module in ((~pick_second, self.first), (pick_second, self.second)):
+            if mask.any():
+                out[mask] = module(images[mask])
+        return out
 
 
 def corrupted_copy(

@@ -55,7 +55,7 @@ from dyntta.models.external import (
 from dyntta.robust import TrainingStrategy
 from dyntta.shifts import NOVEL_FAMILIES, NOVEL_SHIFTS
 from dyntta.train.augment import AUGMENTATIONS, AUTO_SAMPLE, choose_augmentation, geometric_augmentation
-from dyntta.train.corruption_augment import RandomAugMix, RandomCorruption, corrupted_copy
+from dyntta.train.corruption_augment import EitherShift, RandomAugMix, RandomCorruption, corrupted_copy
 from dyntta.train.loop import (
     MIN_TRAIN_IMAGES,
     LoopConfig,
@@ -172,6 +172,7 @@ class EnhancerTrainConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-4
     blind: bool = False
+    augmix_probability: float = 0.0
     train_corruptions: tuple[str, ...] = ("core",)
     exclude_corruptions: tuple[str, ...] = ()
     train_shifts: tuple[str, ...] = ()
@@ -231,6 +232,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--blind",
         action="store_true",
         help="train on AugMix augmentations of clean images only (no benchmark corruption)",
+    )
+    parser.add_argument(
+        "--augmix-probability",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="share of training images shifted by AugMix (torchvision, severity 5) instead of the corruption "
+        "draw: shifts beyond the corruption list, for corruptions the enhancer never trains on (default 0)",
     )
     parser.add_argument(
         "--train-corruptions",
@@ -371,6 +380,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     novel = training_shifts(config.train_shifts)
     if novel and config.blind:
         raise ValueError("--train-shifts needs the corruption recipe; --blind trains on AugMix only")
+    if config.blind and config.augmix_probability:
+        raise ValueError("--augmix-probability mixes AugMix into the corruption recipe; --blind is AugMix only")
     if config.warp and config.init:
         raise ValueError("--warp builds a new enhancer; --init continues one as it was built (drop one of them)")
     spec = spec_from_args(args)
@@ -411,6 +422,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     shift: nn.Module = (
         RandomAugMix() if config.blind else RandomCorruption(config.corruption_probability, (*names, *novel))
     )
+    if config.augmix_probability:
+        shift = EitherShift(shift, RandomAugMix(), config.augmix_probability)
     images = to_float(train.images[:AUTO_SAMPLE])
     choice = choose_augmentation(config.augment, recognizer.module, images, size, config.seed)
     # the data pipeline augments geometrically; the objective corrupts, so it also sees the clean images
@@ -476,7 +489,9 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "classes": classes,
         "loss": loss,
         "augmentation": choice.describe(),
-        "shift": "AugMix (torchvision, severity 5)" if config.blind else describe_shift(names, novel),
+        "shift": "AugMix (torchvision, severity 5)"
+        if config.blind
+        else describe_shift(names, novel, config.augmix_probability),
         "optimizer": "AdamW, cosine schedule",
         "device": str(device),
         "world_size": world.size,
@@ -516,12 +531,15 @@ def training_shifts(chosen: Sequence[str]) -> tuple[str, ...]:
     return tuple(n for n in NOVEL_SHIFTS if n in wanted)
 
 
-def describe_shift(corruptions: Sequence[str], novel: Sequence[str]) -> str:
-    """The recipe's ``shift``: the default recipe's wording, plus the novel shifts when there are any."""
+def describe_shift(corruptions: Sequence[str], novel: Sequence[str], augmix_probability: float = 0.0) -> str:
+    """The recipe's ``shift``: the default recipe's wording, plus the novel shifts and AugMix when there are any."""
     drawn = f"{len(corruptions)} corruptions ({', '.join(corruptions)})"
     if novel:
         drawn += f" and {len(novel)} novel shifts ({', '.join(novel)})"
-    return f"one of {drawn}, severity U{{1..5}}, with the given probability"
+    text = f"one of {drawn}, severity U{{1..5}}, with the given probability"
+    if augmix_probability:
+        text = f"AugMix (torchvision, severity 5) with probability {augmix_probability:g}, else {text}"
+    return text
 
 
 def validation_size(n: int, fraction: float, cap: int) -> int:

@@ -15,7 +15,7 @@ from dyntta.enhancer.warp import WARP_PARAMETERS
 from dyntta.models import read_checkpoint_meta
 from dyntta.shifts import NOVEL_FAMILIES, NOVEL_SHIFTS, shift
 from dyntta.train.__main__ import main
-from dyntta.train.corruption_augment import RandomCorruption, apply_conditions, sample_conditions
+from dyntta.train.corruption_augment import EitherShift, RandomCorruption, apply_conditions, sample_conditions
 from dyntta.train.enhancer import EnhancerTrainConfig, describe_shift, training_shifts
 from tests.train.helpers import recognizer_argv
 
@@ -62,6 +62,29 @@ def test_only_novel_shifts_drawn_are_the_shift_modules_own_results() -> None:
     assert torch.equal(RandomCorruption(1.0, names)(images), out)
 
 
+class _Plus(torch.nn.Module):
+    def __init__(self, amount: float) -> None:
+        super().__init__()
+        self.amount = amount
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images + self.amount
+
+
+def test_either_shift_gives_each_image_exactly_one_of_the_two() -> None:
+    images = torch.zeros(400, 1, 2, 2)
+    assert torch.equal(EitherShift(_Plus(1), _Plus(2), 0.0)(images), images + 1)
+    assert torch.equal(EitherShift(_Plus(1), _Plus(2), 1.0)(images), images + 2)
+    torch.manual_seed(0)
+    mixed = EitherShift(_Plus(1), _Plus(2), 0.25)(images)
+    per_image = mixed.flatten(1)
+    assert torch.equal(per_image.min(1).values, per_image.max(1).values)  # one shift per whole image
+    second = (per_image[:, 0] == 2).float().mean().item()
+    assert set(per_image[:, 0].tolist()) == {1.0, 2.0} and 0.18 < second < 0.32
+    with pytest.raises(ValueError, match="probability in"):
+        EitherShift(_Plus(1), _Plus(2), 1.5)
+
+
 def test_the_draw_covers_the_union_of_corruptions_and_shifts() -> None:
     names = ("contrast", "fog", *NOVEL_FAMILIES["appearance"], "rotate")
     which, severity = sample_conditions(2000, 1.0, torch.Generator().manual_seed(0), names)
@@ -93,16 +116,18 @@ def test_the_flag_reaches_the_recipe(small: tuple[Path, Path], tmp_path: Path) -
     data, recognizer = small
     out = tmp_path / "enhancer"
     extra = ["--train-subset", "64", "--val-size", "16", "--augment", "none", "--train-corruptions", "contrast"]
-    assert main(enhancer_argv(recognizer, data, out, *extra, "--train-shifts", "invert", "geometric", "--warp")) == 0
+    shifts = ["--train-shifts", "invert", "geometric", "--warp", "--augmix-probability", "0.5"]
+    assert main(enhancer_argv(recognizer, data, out, *extra, *shifts)) == 0
     meta = read_checkpoint_meta(out)
     recipe = meta["recipe"]
     assert recipe["train_shifts"] == ["invert", "geometric"]
     assert recipe["warp"] is True and meta["model"]["warp"] is True  # the fitted enhancer warps its output
     assert load_enhancer(out).num_warp == WARP_PARAMETERS
     novel = "5 novel shifts (rotate, shear, scale, translate, invert)"
-    assert (
-        recipe["shift"]
-        == f"one of 1 corruptions (contrast) and {novel}, severity U{{1..5}}, with the given probability"
+    assert recipe["augmix_probability"] == 0.5
+    assert recipe["shift"] == (
+        "AugMix (torchvision, severity 5) with probability 0.5, else "
+        f"one of 1 corruptions (contrast) and {novel}, severity U{{1..5}}, with the given probability"
     )
 
 
@@ -116,6 +141,9 @@ def test_unknown_shift_or_blind_is_a_usage_error(tmp_path: Path, capsys) -> None
     argv = enhancer_argv(tmp_path / "none", tmp_path / "none", tmp_path / "out", "--blind", "--train-shifts", "edges")
     assert main(argv) == 2
     assert "--blind" in capsys.readouterr().err
+    argv = enhancer_argv(tmp_path / "none", tmp_path / "none", tmp_path / "out", "--blind", "--augmix-probability", "1")
+    assert main(argv) == 2
+    assert "--augmix-probability mixes AugMix into the corruption recipe" in capsys.readouterr().err
     argv = enhancer_argv(tmp_path / "none", tmp_path / "none", tmp_path / "out", "--warp", "--init", str(tmp_path))
     assert main(argv) == 2
     assert "--warp builds a new enhancer" in capsys.readouterr().err
