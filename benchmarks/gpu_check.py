@@ -33,6 +33,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -159,19 +160,24 @@ def trt_runner(repository: Path) -> Runner:
     return run
 
 
-def parity(reference: Runner, candidate: Runner, images: np.ndarray, atol: float) -> dict[str, Any]:
+@dataclass(frozen=True)
+class RuntimeParity:
+    """One runtime's ensemble against the PyTorch CPU reference (``asdict``: its entry in the results)."""
+
+    max_abs_logit_diff: float
+    top1_agreement: float
+    enhancer_max_abs_pixel_diff: int
+    atol: float
+    passed: bool
+
+
+def parity(reference: Runner, candidate: Runner, images: np.ndarray, atol: float) -> RuntimeParity:
     ref_enh, ref_logits = reference(images)
     enh, logits = candidate(images)
     diff = float(np.abs(logits - ref_logits).max())
     agreement = float((logits.argmax(1) == ref_logits.argmax(1)).mean())
     pixels = int(np.abs(enh.astype(np.int16) - ref_enh.astype(np.int16)).max())
-    return {
-        "max_abs_logit_diff": diff,
-        "top1_agreement": agreement,
-        "enhancer_max_abs_pixel_diff": pixels,
-        "atol": atol,
-        "passed": diff <= atol and agreement >= 0.99,
-    }
+    return RuntimeParity(diff, agreement, pixels, atol, passed=diff <= atol and agreement >= 0.99)
 
 
 def throughput(run: Runner, size: int, batch: int, seconds: float) -> dict[str, float]:
@@ -225,10 +231,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.device == "cuda":
         runners["tensorrt"] = trt_runner(gpu_repo)
     atol = {"tensorrt": 5e-2}
-    results["parity"] = {
+    checks = {
         name: parity(reference, run, images, atol.get(name, 1e-2 if args.device == "cuda" else 1e-3))
         for name, run in runners.items()
     }
+    results["parity"] = {name: asdict(check) for name, check in checks.items()}
     print(json.dumps(results["parity"], indent=2), flush=True)
     results["throughput"] = {
         name: [throughput(run, size, batch, args.seconds) for batch in args.batches] for name, run in runners.items()
@@ -236,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(json.dumps(results["throughput"], indent=2), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
-    return 0 if all(p["passed"] for p in results["parity"].values()) else 1
+    return 0 if all(check.passed for check in checks.values()) else 1
 
 
 if __name__ == "__main__":

@@ -158,14 +158,18 @@ def _options(
 
 
 def _summary(result: ExportResult) -> dict[str, Any]:
+    recognizer, pipeline = result.recognizer_parity, result.pipeline_parity
     return {
         "repositories": {k: str(v) for k, v in result.repositories.items()},
         "recognizer_parity": {
-            k: result.reports["recognizer"]["parity"][k]
-            for k in ("max_abs_logit_diff", "top1_agreement", "images", "data", "passed")
+            "max_abs_logit_diff": recognizer.max_abs_logit_diff,
+            "top1_agreement": recognizer.top1_agreement,
+            "images": recognizer.images,
+            "data": recognizer.data,
+            "passed": recognizer.passed,
         },
-        "enhancer_parity": result.reports["enhancer"]["parity"],
-        "pipeline_parity": result.pipeline,
+        "enhancer_parity": result.enhancer_parity.to_json(),
+        "pipeline_parity": None if pipeline is None else pipeline.to_json(),
     }
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import onnx
@@ -41,6 +41,7 @@ from export.onnx import (
     pipeline_parity,
     recognizer_parity,
 )
+from export.parity import EnhancerParity, IdentityParity, ModelParity, PipelineParity, RecognizerParity
 from export.repository import FLAVOURS, Flavour, ServedModel, ServingOptions
 
 
@@ -48,7 +49,9 @@ from export.repository import FLAVOURS, Flavour, ServedModel, ServingOptions
 class ExportResult:
     repositories: dict[Flavour, Path]  # flavour -> directory
     reports: dict[str, dict[str, Any]]  # model name -> export report (also in <model>/export.json)
-    pipeline: dict[str, Any] | None = None
+    recognizer_parity: RecognizerParity
+    enhancer_parity: EnhancerParity | IdentityParity
+    pipeline_parity: PipelineParity | None = None  # None with the identity enhancer
 
 
 @dataclass
@@ -140,12 +143,16 @@ class ExportOptions:
         return self.tolerance or Tolerance.for_dtype(self.dtype)
 
 
+Report = TypeVar("Report", bound=ModelParity | IdentityParity)
+Checked = TypeVar("Checked", bound=ModelParity)
+
+
 @dataclass
-class _Exported:
+class _Exported(Generic[Report]):
     """One model's ONNX file, its parity report and (not the identity enhancer) its float32 reference."""
 
     onnx: Path
-    parity: dict[str, Any]
+    parity: Report
     reference: nn.Module | None = None
     op_names: list[str] | None = None  # an enhancer serving OP_WEIGHTS: its operations, in column order
 
@@ -172,13 +179,13 @@ def _produced_by(command: str) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class _Kind:
+class _Kind(Generic[Checked]):
     """What differs between exporting the recognizer and the enhancer."""
 
     name: str
     wrapper: Callable[[nn.Module, torch.dtype], nn.Module]  # the serving wrapper (uint8 NHWC in)
     output: str
-    parity: Callable[..., dict[str, Any]]
+    parity: Callable[..., Checked]
 
 
 def _enhancer_wrapper(module: nn.Module, dtype: torch.dtype) -> nn.Module:
@@ -186,12 +193,12 @@ def _enhancer_wrapper(module: nn.Module, dtype: torch.dtype) -> nn.Module:
     return EnhancerForServing(module, dtype, op_weights=op_names(module) is not None)
 
 
-_RECOGNIZER = _Kind(RECOGNIZER, RecognizerForServing, onnx_export.LOGITS, recognizer_parity)
-_ENHANCER = _Kind(ENHANCER, _enhancer_wrapper, onnx_export.ENHANCED_IMAGE, enhancer_parity)
+_RECOGNIZER: _Kind[RecognizerParity] = _Kind(RECOGNIZER, RecognizerForServing, onnx_export.LOGITS, recognizer_parity)
+_ENHANCER: _Kind[EnhancerParity] = _Kind(ENHANCER, _enhancer_wrapper, onnx_export.ENHANCED_IMAGE, enhancer_parity)
 
 
 def _export_checked(
-    kind: _Kind,
+    kind: _Kind[Checked],
     module: nn.Module,
     work: Path,
     input_size: int,
@@ -199,7 +206,7 @@ def _export_checked(
     data: str,
     options: ExportOptions,
     given: Path | None = None,  # a serving graph made elsewhere (export.external), checked like an export
-) -> _Exported:
+) -> _Exported[Checked]:
     """Wrap, export at the chosen precision, compare with PyTorch, measure batch dependence."""
     # The reference wrapper stays float32: an fp16 graph is judged against the model as trained.
     reference = kind.wrapper(module.eval(), torch.float32).eval()
@@ -208,36 +215,19 @@ def _export_checked(
     outputs = [kind.output] if names is None else [kind.output, OP_WEIGHTS]
     path = given or export_module(net, work / f"{kind.name}.onnx", input_size, outputs)
     parity = kind.parity(reference, path, images, options.parity_tolerance(), data=data)
-    parity["batch_independence_max_diff"] = batch_independence(path, images[:8], kind.output)
-    if names is not None:
-        parity["op_weights_batch_independence_max_diff"] = batch_independence(path, images[:8], OP_WEIGHTS)
-    return _Exported(path, parity, reference, names)
+    gap = batch_independence(path, images[:8], kind.output)
+    weights_gap = None if names is None else batch_independence(path, images[:8], OP_WEIGHTS)
+    return _Exported(path, parity.with_batch_independence(gap, weights_gap), reference, names)
 
 
 def _export_enhancer(
     enhancer: nn.Module | None, work: Path, input_size: int, images: np.ndarray, data: str, options: ExportOptions
-) -> _Exported:
+) -> _Exported[EnhancerParity] | _Exported[IdentityParity]:
     if enhancer is None:
         path = export_identity_enhancer(work / "enhancer.onnx", input_size)
         note = "pass-through ONNX graph (one Identity node); no enhancer checkpoint given"
-        return _Exported(path, {"model": "enhancer", "identity": True, "passed": True, "note": note})
+        return _Exported(path, IdentityParity(note))
     return _export_checked(_ENHANCER, enhancer, work, input_size, images, data, options)
-
-
-def _check_batch_independence(exported: dict[str, _Exported], tolerance: Tolerance) -> None:
-    """Triton's dynamic batcher merges clients' requests: an output must not depend on its batch."""
-    for name, model in exported.items():
-        checks = [
-            ("batch_independence_max_diff", tolerance.max_pixel_diff if name == ENHANCER else tolerance.atol),
-            ("op_weights_batch_independence_max_diff", tolerance.atol),
-        ]
-        for key, allowed in checks:
-            gap = model.parity.get(key)
-            if gap is not None and gap > allowed:
-                raise onnx_export.ParityError(
-                    f"{name} output depends on batch composition ({key} {gap}); "
-                    "Triton's dynamic batching would change results"
-                )
 
 
 def _build_plans(models: Sequence[ServedModel], work: Path, options: ExportOptions, log: Log) -> dict[str, Path]:
@@ -260,11 +250,30 @@ def _build_plans(models: Sequence[ServedModel], work: Path, options: ExportOptio
     return plans
 
 
+def _pipeline(
+    rec: _Exported[RecognizerParity],
+    enh: _Exported[EnhancerParity] | _Exported[IdentityParity],
+    images: np.ndarray,
+    log: Log,
+) -> PipelineParity | None:
+    """The ensemble's chain, ONNX against PyTorch, logged with the enhancer's own parity; None through the
+    identity enhancer."""
+    if not isinstance(enh.parity, EnhancerParity) or enh.reference is None or rec.reference is None:
+        return None
+    pipeline = pipeline_parity(enh.reference, rec.reference, enh.onnx, rec.onnx, images)
+    log(
+        f"enhancer parity: max |pixel diff| {enh.parity.max_abs_pixel_diff} levels, "
+        f"{enh.parity.fraction_pixels_differing:.2e} of pixels differ; pipeline top-1 agreement "
+        f"{pipeline.top1_agreement:.4f}"
+    )
+    return pipeline
+
+
 def _export_reports(
-    recognizer: _Exported,
-    enhancer: _Exported,
+    recognizer: _Exported[RecognizerParity],
+    enhancer: _Exported[EnhancerParity] | _Exported[IdentityParity],
     identity: bool,
-    pipeline: dict[str, Any] | None,
+    pipeline: PipelineParity | None,
     options: ExportOptions,
     preprocess: Preprocess,
 ) -> dict[str, dict[str, Any]]:
@@ -277,7 +286,7 @@ def _export_reports(
             "precision": options.precision,
             "preprocess": preprocess.to_dict(),
             "onnx": describe_onnx(recognizer.onnx),
-            "parity": recognizer.parity,
+            "parity": recognizer.parity.to_json(),
             "serving": serving,
         },
         ENHANCER: {
@@ -287,8 +296,8 @@ def _export_reports(
             "precision": "uint8" if identity else options.precision,
             "op_names": enhancer.op_names,
             "onnx": describe_onnx(enhancer.onnx),
-            "parity": enhancer.parity,
-            "pipeline_parity": pipeline,
+            "parity": enhancer.parity.to_json(),
+            "pipeline_parity": None if pipeline is None else pipeline.to_json(),
             "serving": serving,
         },
     }
@@ -333,18 +342,13 @@ def export_repository(
         rec = _export_checked(_RECOGNIZER, recognizer, work, input_size, images, data, options, recognizer_onnx)
         log(
             f"recognizer parity ({options.precision}, {len(images)} {data} images): max |logit diff| "
-            f"{rec.parity['max_abs_logit_diff']:.3g}, top-1 agreement {rec.parity['top1_agreement']:.4f}"
+            f"{rec.parity.max_abs_logit_diff:.3g}, top-1 agreement {rec.parity.top1_agreement:.4f}"
         )
         enh = _export_enhancer(enhancer, work, input_size, images, data, options)
-        pipeline = None
-        if enh.reference is not None and rec.reference is not None:
-            pipeline = pipeline_parity(enh.reference, rec.reference, enh.onnx, rec.onnx, images)
-            log(
-                f"enhancer parity: max |pixel diff| {enh.parity['max_abs_pixel_diff']} levels, "
-                f"{enh.parity['fraction_pixels_differing']:.2e} of pixels differ; pipeline top-1 agreement "
-                f"{pipeline['top1_agreement']:.4f}"
-            )
-        _check_batch_independence({RECOGNIZER: rec, ENHANCER: enh}, options.parity_tolerance())
+        pipeline = _pipeline(rec, enh, images, log)
+        # Triton's dynamic batcher merges clients' requests: no output may depend on its batch
+        rec.parity.check_batch_independence()
+        enh.parity.check_batch_independence()
 
         rec_model = repository.recognizer_model(
             rec.onnx, input_size, classes, preprocess=preprocess, training=options.recognizer_source.training()
@@ -367,4 +371,4 @@ def export_repository(
                 target, enh_model, rec_model, flavour, options.serving, command=options.command, reports=reports
             )
             log(f"wrote the {flavour} flavour to {target}")
-    return ExportResult(targets, reports, pipeline)
+    return ExportResult(targets, reports, rec.parity, enh.parity, pipeline)

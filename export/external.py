@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -39,6 +38,7 @@ from dyntta.models.external import (
 )
 from export.build import ExportResult
 from export.onnx import ParityError, cpu_session
+from export.parity import AsGivenParity
 
 _PREFIX = "dyntta_preprocess_"  # names of the prefix graph's nodes and tensors
 
@@ -106,7 +106,7 @@ def serving_graph(source: Path, preprocessing: Preprocessing, out: Path) -> Path
     return out
 
 
-def served_as_given(served: Path, loaded: LoadedRecognizer, images: np.ndarray, atol: float) -> dict[str, Any]:
+def served_as_given(served: Path, loaded: LoadedRecognizer, images: np.ndarray, atol: float) -> AsGivenParity:
     """The served graph on uint8 NHWC ``images`` against the user's file on the same images normalised in
     numpy, both under onnxruntime: the same network, so the same logits."""
     source = loaded.spec.path
@@ -114,19 +114,17 @@ def served_as_given(served: Path, loaded: LoadedRecognizer, images: np.ndarray, 
     feed = normalise(torch.from_numpy(images).permute(0, 3, 1, 2), loaded.preprocessing)
     expected = original.run(None, {original.get_inputs()[0].name: feed})[0]
     got = cpu_session(served).run([LOGITS], {IMAGE: images})[0]
-    user = onnx.load(str(source), load_external_data=False)
-    diff, agreement = float(np.abs(got - expected).max()), float((got.argmax(1) == expected.argmax(1)).mean())
-    report: dict[str, Any] = {
-        "source": str(source),
-        "source_sha256": sha256_file(source),
-        "source_nodes": len(user.graph.node),
-        "images": int(len(images)),
-        "max_abs_logit_diff": diff,
-        "top1_agreement": agreement,
-        "passed": diff <= atol and agreement == 1.0,
-    }
-    if not report["passed"]:
-        raise ParityError(f"the served ONNX recognizer differs from {source}: {report}")
+    report = AsGivenParity(
+        source=str(source),
+        source_sha256=sha256_file(source),
+        source_nodes=len(onnx.load(str(source), load_external_data=False).graph.node),
+        images=len(images),
+        max_abs_logit_diff=float(np.abs(got - expected).max()),
+        top1_agreement=float((got.argmax(1) == expected.argmax(1)).mean()),
+        atol=atol,
+    )
+    if not report.passed:
+        raise ParityError(f"the served ONNX recognizer differs from {source}: {report.to_json()}")
     return report
 
 
@@ -163,7 +161,8 @@ def run(args: argparse.Namespace, command: str) -> ExportResult:
             if args.fp16:
                 raise UsageError("an ONNX recognizer is served as given; --fp16 does not apply to it")
             served = serving_graph(spec.path, loaded.preprocessing, Path(tmp) / "recognizer.onnx")
-            description["served_as_given"] = served_as_given(served, loaded, images, options.parity_tolerance().atol)
+            as_given = served_as_given(served, loaded, images, options.parity_tolerance().atol)
+            description["served_as_given"] = as_given.to_json()
         return export_repository(
             loaded.module,
             classes,

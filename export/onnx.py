@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +29,11 @@ from torch import nn
 # The tensor names every layer agrees on (IMAGE uint8 NHWC in; LOGITS / ENHANCED_IMAGE [+ OP_WEIGHTS] out).
 from dyntta.contract import ENHANCED_IMAGE, IMAGE, LOGITS, OP_WEIGHTS, sha256_file
 
+# The reports and their criteria (also importable from here, where the checks are).
+from export.parity import EnhancerParity, ParityError, PipelineParity, RecognizerParity, Tolerance
+
 BATCH = "batch"
 OPSET = 17
-
-
-class ParityError(AssertionError):
-    """The exported graph disagrees with PyTorch beyond tolerance."""
 
 
 class RecognizerForServing(nn.Module):
@@ -165,22 +164,6 @@ def to_nhwc_uint8(images: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(images.permute(0, 2, 3, 1).numpy())
 
 
-@dataclass
-class Tolerance:
-    """Pass criteria: ``max|onnx - torch| <= atol + rtol * max|torch|`` and top-1 agreement."""
-
-    atol: float = 1e-3
-    rtol: float = 1e-4
-    min_top1_agreement: float = 0.99  # near-ties may flip between float implementations
-    max_pixel_diff: int = 1  # enhancer: one uint8 level (rounding of values at .5 boundaries)
-
-    @classmethod
-    def for_dtype(cls, dtype: torch.dtype) -> Tolerance:
-        if dtype == torch.float16:
-            return cls(atol=5e-2, rtol=2e-2, min_top1_agreement=0.98, max_pixel_diff=2)
-        return cls()
-
-
 def _chunks(images: np.ndarray, size: int = 64) -> list[np.ndarray]:
     return [images[i : i + size] for i in range(0, len(images), size)]
 
@@ -211,17 +194,20 @@ def recognizer_parity(
     *,
     data: str = "",
     raise_on_failure: bool = True,
-) -> dict[str, Any]:
+) -> RecognizerParity:
     """Compare the ONNX recognizer with ``module`` (the serving wrapper) on uint8 NHWC ``images``."""
     ((reference, exported),) = _outputs(module, onnx_path, images, [LOGITS])
-    diff = float(np.abs(exported - reference).max())
-    scale = float(np.abs(reference).max())
-    agreement = float((exported.argmax(1) == reference.argmax(1)).mean())
-    metrics = {"max_abs_logit_diff": diff, "max_abs_logit": scale, "top1_agreement": agreement}
-    passed = diff <= tolerance.atol + tolerance.rtol * scale and agreement >= tolerance.min_top1_agreement
-    return _verdict(
-        "recognizer", onnx_path, images, tolerance, metrics, passed, data=data, raise_on_failure=raise_on_failure
+    report = RecognizerParity(
+        images=len(images),
+        data=data,
+        tolerance=replace(tolerance),
+        max_abs_logit_diff=float(np.abs(exported - reference).max()),
+        max_abs_logit=float(np.abs(reference).max()),
+        top1_agreement=float((exported.argmax(1) == reference.argmax(1)).mean()),
     )
+    if raise_on_failure:
+        report.check(onnx_path)
+    return report
 
 
 def enhancer_parity(
@@ -232,7 +218,7 @@ def enhancer_parity(
     *,
     data: str = "",
     raise_on_failure: bool = True,
-) -> dict[str, Any]:
+) -> EnhancerParity:
     """Compare the ONNX enhancer with ``module`` (the serving wrapper): uint8 outputs, in levels; with
     ``OP_WEIGHTS`` (a wrapper with ``op_weights``), the blend weights too, within ``tolerance.atol``."""
     weights = bool(getattr(module, "op_weights", False))
@@ -241,55 +227,25 @@ def enhancer_parity(
     if exported.dtype != np.uint8 or exported.shape != images.shape:
         raise ParityError(f"enhancer output is {exported.dtype} {exported.shape}, expected uint8 {images.shape}")
     diff = np.abs(exported.astype(np.int16) - reference.astype(np.int16))
-    metrics = {"max_abs_pixel_diff": int(diff.max()), "fraction_pixels_differing": float((diff > 0).mean())}
-    passed = metrics["max_abs_pixel_diff"] <= tolerance.max_pixel_diff
-    extra: dict[str, Any] = {}
-    if weights:
-        want, got = results[1]
-        if got.dtype != np.float32 or got.shape != want.shape:
-            raise ParityError(f"{OP_WEIGHTS} is {got.dtype} {got.shape}, expected float32 {want.shape}")
-        extra = {"max_abs_op_weight_diff": float(np.abs(got - want).max()), "op_weights": int(want.shape[1])}
-        passed = passed and extra["max_abs_op_weight_diff"] <= tolerance.atol
-    return _verdict(
-        "enhancer",
-        onnx_path,
-        images,
-        tolerance,
-        metrics,
-        passed,
+    report = EnhancerParity(
+        images=len(images),
         data=data,
-        extra=extra,
-        raise_on_failure=raise_on_failure,
+        tolerance=replace(tolerance),
+        max_abs_pixel_diff=int(diff.max()),
+        fraction_pixels_differing=float((diff > 0).mean()),
     )
-
-
-def _verdict(
-    model: str,
-    onnx_path: str | os.PathLike[str],
-    images: np.ndarray,
-    tolerance: Tolerance,
-    metrics: dict[str, Any],
-    passed: bool,
-    *,
-    data: str,
-    extra: dict[str, Any] | None = None,
-    raise_on_failure: bool,
-) -> dict[str, Any]:
-    """One model's parity report (keys in the order ``export.json`` has always had them: what was
-    compared, ``metrics``, the tolerance, the verdict, then ``extra``); a ``ParityError`` if it failed and
-    ``raise_on_failure``."""
-    report = {
-        "model": model,
-        "images": int(len(images)),
-        "data": data,
-        **metrics,
-        "tolerance": asdict(tolerance),
-        "passed": passed,
-        **(extra or {}),
-    }
-    if raise_on_failure and not passed:
-        raise ParityError(f"ONNX {model} {onnx_path} disagrees with PyTorch: {report}")
+    if weights:
+        report = _with_op_weights(report, *results[1])
+    if raise_on_failure:
+        report.check(onnx_path)
     return report
+
+
+def _with_op_weights(report: EnhancerParity, want: np.ndarray, got: np.ndarray) -> EnhancerParity:
+    """``report`` with the served blend weights ``got`` compared with PyTorch's ``want``."""
+    if got.dtype != np.float32 or got.shape != want.shape:
+        raise ParityError(f"{OP_WEIGHTS} is {got.dtype} {got.shape}, expected float32 {want.shape}")
+    return replace(report, max_abs_op_weight_diff=float(np.abs(got - want).max()), op_weights=int(want.shape[1]))
 
 
 def pipeline_parity(
@@ -298,7 +254,7 @@ def pipeline_parity(
     enhancer_onnx: str | os.PathLike[str],
     recognizer_onnx: str | os.PathLike[str],
     images: np.ndarray,
-) -> dict[str, Any]:
+) -> PipelineParity:
     """Enhancer then recognizer, ONNX chain vs PyTorch chain (what the ``dyntta`` ensemble computes).
 
     Reported, not enforced on its own: a one-level pixel difference after the enhancer can legitimately
@@ -312,12 +268,11 @@ def pipeline_parity(
     exported = np.concatenate(
         [rec.run([LOGITS], {IMAGE: enh.run([ENHANCED_IMAGE], {IMAGE: c})[0]})[0] for c in _chunks(images)]
     )
-    return {
-        "model": "dyntta (enhancer -> recognizer)",
-        "images": int(len(images)),
-        "max_abs_logit_diff": float(np.abs(exported - reference).max()),
-        "top1_agreement": float((exported.argmax(1) == reference.argmax(1)).mean()),
-    }
+    return PipelineParity(
+        images=len(images),
+        max_abs_logit_diff=float(np.abs(exported - reference).max()),
+        top1_agreement=float((exported.argmax(1) == reference.argmax(1)).mean()),
+    )
 
 
 def describe_onnx(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -109,7 +109,7 @@ def test_served_onnx_graph_matches_pytorch(tmp_path, fmnist_test) -> None:
         assert got.dtype == np.uint8 and got.shape == (n, 32, 32, 3)
         assert np.abs(got.astype(np.int16) - want.numpy().astype(np.int16)).max() <= 1  # one level: rounding
     assert (got != images).any()  # the perturbed enhancer changes the image, so the check has teeth
-    assert enhancer_parity(served, path, images, Tolerance())["passed"]
+    assert enhancer_parity(served, path, images, Tolerance()).passed
 
 
 def test_checkpoint_round_trip(tmp_path, fmnist_test) -> None:

@@ -16,6 +16,29 @@ from export.repository import parse_config
 from export.tensorrt import tensorrt_version
 
 RANDOM_8 = ("--parity-data", "random", "--parity-images", "8")  # a quick parity batch without a data set
+COMMITTED = Path(__file__).resolve().parents[2] / "model_repository"  # what the quick start serves
+
+# export.json's parity entries, keys in order (export.parity): what was compared, the metrics, the
+# tolerance, the verdict, the enhancer's blend weights, then batch independence
+RECOGNIZER_PARITY = ["model", "images", "data", "max_abs_logit_diff", "max_abs_logit", "top1_agreement"]
+RECOGNIZER_PARITY += ["tolerance", "passed", "batch_independence_max_diff"]
+ENHANCER_PARITY = ["model", "images", "data", "max_abs_pixel_diff", "fraction_pixels_differing", "tolerance"]
+ENHANCER_PARITY += ["passed", "max_abs_op_weight_diff", "op_weights", "batch_independence_max_diff"]
+ENHANCER_PARITY += ["op_weights_batch_independence_max_diff"]
+PIPELINE_PARITY = ["model", "images", "max_abs_logit_diff", "top1_agreement"]
+IDENTITY_PARITY = ["model", "identity", "passed", "note"]
+
+
+def parity_keys(repository: Path) -> dict[str, list[str]]:
+    """The keys, in order, of each parity entry in ``repository``'s ``export.json`` files."""
+    recognizer = json.loads((repository / "recognizer" / "export.json").read_text())
+    enhancer = json.loads((repository / "enhancer" / "export.json").read_text())
+    pipeline = enhancer["pipeline_parity"]
+    return {
+        "recognizer": list(recognizer["parity"]),
+        "enhancer": list(enhancer["parity"]),
+        "pipeline": list(pipeline) if pipeline is not None else [],
+    }
 
 
 def run_export(recognizer: Path, out: Path, *extra: str) -> int:
@@ -43,6 +66,7 @@ def test_cli_writes_a_repository_and_reports_parity(checkpoint: Path, tmp_path: 
     assert report["source"]["metrics"] == {"test_accuracy": 0.1}
     assert report["produced_by"]["command"].startswith("python -m export --recognizer")
     assert json.loads((out / "enhancer" / "export.json").read_text())["identity"] is True
+    assert parity_keys(out) == {"recognizer": RECOGNIZER_PARITY, "enhancer": IDENTITY_PARITY, "pipeline": []}
     assert "python -m export" in (out / "dyntta" / "config.pbtxt").read_text()
     # the identity enhancer serves no OP_WEIGHTS; every model carries the (legacy resize) policy
     enhancer = parse_config(out / "enhancer" / "config.pbtxt")
@@ -134,4 +158,7 @@ def test_cli_exports_the_dyntta_enhancer_checkpoint(checkpoint: Path, tmp_path: 
     assert config.parameters[OP_NAMES_PARAMETER].string_value.split(",") == names == report["op_names"]
     assert summary["enhancer_parity"]["max_abs_op_weight_diff"] <= 1e-3
     assert summary["enhancer_parity"]["op_weights_batch_independence_max_diff"] <= 1e-3
+    # export.json keeps its format: the same keys in the same order as the committed repository's
+    expected = {"recognizer": RECOGNIZER_PARITY, "enhancer": ENHANCER_PARITY, "pipeline": PIPELINE_PARITY}
+    assert parity_keys(out) == parity_keys(COMMITTED) == expected
     assert [o.name for o in parse_config(out / "dyntta" / "config.pbtxt").output] == [LOGITS]

@@ -47,7 +47,7 @@ def test_recognizer_export_has_dynamic_batch_and_uint8_nhwc_input(tiny_recognize
         assert logits.shape == (batch, 10) and logits.dtype == np.float32
     wrapper = RecognizerForServing(tiny_recognizer)
     report = recognizer_parity(wrapper, path, random_images(32, 32), Tolerance())
-    assert report["passed"] and report["max_abs_logit_diff"] < 1e-4 and report["top1_agreement"] == 1.0
+    assert report.passed and report.max_abs_logit_diff < 1e-4 and report.top1_agreement == 1.0
 
 
 def test_parity_failure_is_loud(tiny_recognizer, tmp_path: Path):
@@ -100,8 +100,7 @@ def test_fp16_variant_keeps_the_interface(tiny_recognizer, tmp_path: Path):
         ExportOptions(fp16=True),
         parity_images=random_images(32, 32),
     )
-    report = result.reports["recognizer"]
-    assert report["precision"] == "fp16" and report["parity"]["passed"]
+    assert result.reports["recognizer"]["precision"] == "fp16" and result.recognizer_parity.passed
     session = cpu_session(tmp_path / "repo" / "recognizer" / "1" / "model.onnx")
     assert session.get_inputs()[0].type == "tensor(uint8)"
     assert session.get_outputs()[0].type == "tensor(float)"
