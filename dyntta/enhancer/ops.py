@@ -14,12 +14,12 @@ Differences from the published op bank (DynTTA, Enomoto et al. 2024), on purpose
   [0.2, 5] (published 10 sigmoid(m) in [0, 10]); equalize with 64 bins (published 256); invert is 1 - x
   (published: the batch-global maximum minus x, which makes outputs depend on other requests).
 - clamps: the published brightness, contrast, gamma and saturation clamp their own outputs to [0, 1]
-  before the blend; here only the blend is clamped (in the enhancer's forward). Per-op clamps would change
-  the committed enhancer's outputs and its exported model (trained without them). Measured on the
-  committed enhancer (first 500 test images, docs/RESULTS.md, issue 17 section): applying per-op clamps to
-  it leaves clean accuracy unchanged (92.2 %) but costs 15-25 points under brightness, fog and frost
-  (severity 3), because it learned to blend ops that overshoot [0, 1]; per-op clamps need a retrained
-  enhancer, which was not done.
+  before the blend; here only the blend is clamped (in the enhancer's forward). Of the four, only brightness
+  and contrast can leave [0, 1]: kornia's ``adjust_gamma`` clamps its own output and saturation stays in
+  range through HSV. Per-op clamps would change the committed enhancer's outputs and its exported model
+  (trained without them). Measured on the committed enhancer (``python -m benchmarks.enhancer_clamps``: first
+  500 test images, severity 3; docs/RESULTS.md, issue 17 section): they change 0.8-5.4 % of its predictions
+  and cost up to 1.6 points (fog, frost; clean 93.8 -> 93.2 %); an earlier enhancer lost 15-25 points to them.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """The output warp: one affine transform of the whole blended image, with per-image parameters.
 
 A blend of rotated or zoomed copies cannot undo a geometric shift (a mix of a tilted and an upright image is
-neither), which is why training on geometric shifts cost the blended enhancer 3.5-4.9 points of its 15 x 5
-mean (docs/RESULTS.md, leave one novel family out). Warping the blended output can: the predictor sees the
-shifted input and says how to bring it back. Six raw parameters per image, 0 = the identity:
+neither); warping the blended output could: the predictor sees the shifted input and says how to bring it
+back. Measured (docs/RESULTS.md, "An output warp for geometric shifts"): fitted through the recognizer's loss
+alone, the warp stays at the identity (``benchmarks/warp_response.py``), so it is off by default.
+Six raw parameters per image, 0 = the identity:
 
     angle = 60 deg tanh(m0)            shear = 0.6 tanh(m1)
     scale_x = 2^tanh(m2), scale_y = 2^tanh(m3)
