@@ -89,6 +89,14 @@ class DynTTAEnhancer(nn.Module):
             enhanced = warp(enhanced, magnitudes[:, -self.num_warp :])
         return (enhanced, weights) if return_weights else enhanced
 
+    def warp_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` warped by the warp the predictor chooses for it, without the blend: what the warp alone does to
+        the shifted image (the trainer's ``--warp-alignment`` compares it with the clean image)."""
+        if not self.num_warp:
+            raise ValueError("this enhancer has no output warp (EnhancerConfig.warp is off)")
+        _, magnitudes = self.blend_parameters(x)
+        return warp(x, magnitudes[:, -self.num_warp :])
+
     def op_names(self) -> list[str]:
         """The K blended operations, in the order of the weights ``forward(x, return_weights=True)``
         returns (the served enhancer's ``OP_WEIGHTS`` columns)."""

@@ -113,23 +113,33 @@ class EnhancerObjective(TrainingStrategy):
     - with ``clean_weight`` > 0, a do-no-harm term on the clean image itself:
       ``clean_weight * T^2 * KL(softmax(r(x) / T) || softmax(r(e(x)) / T))``: where there is nothing to
       restore, the enhancer must leave the recognizer's prediction as it was (costs one more enhancer and
-      recognizer pass per step).
+      recognizer pass per step);
+    - with ``warp_alignment`` > 0 (an enhancer with an output warp), ``warp_alignment * MSE(w(shift(x)), x)``,
+      ``w`` the warp the predictor picks for the shifted image applied to it: the recognizer's loss alone
+      left the warp at the identity (docs/RESULTS.md), while the pixels say directly which way a rotated or
+      zoomed image must turn to meet its clean original.
     """
 
     name = "enhancer-objective"
 
     def __init__(
-        self, shift: nn.Module, labelled: bool, temperature: float = DEFAULT_TEMPERATURE, clean_weight: float = 0.0
+        self,
+        shift: nn.Module,
+        labelled: bool,
+        temperature: float = DEFAULT_TEMPERATURE,
+        clean_weight: float = 0.0,
+        warp_alignment: float = 0.0,
     ) -> None:
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"--temperature must be positive, got {temperature}")
-        if clean_weight < 0:
-            raise ValueError(f"--clean-weight must be >= 0, got {clean_weight}")
+        if clean_weight < 0 or warp_alignment < 0:
+            raise ValueError(f"--clean-weight and --warp-alignment must be >= 0, got {clean_weight}, {warp_alignment}")
         self.shift = shift
         self.labelled = labelled
         self.temperature = temperature
         self.clean_weight = clean_weight
+        self.warp_alignment = warp_alignment
 
     def loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if not isinstance(model, EnhancedRecognizer):
@@ -139,7 +149,8 @@ class EnhancerObjective(TrainingStrategy):
         if needs_targets:
             with torch.no_grad():
                 targets = F.softmax(model.recognizer(images) / self.temperature, dim=1)
-        logits = model(self.shift(images))
+        shifted = self.shift(images)
+        logits = model(shifted)
         if self.labelled:
             loss = F.cross_entropy(logits, labels)
         else:
@@ -148,6 +159,10 @@ class EnhancerObjective(TrainingStrategy):
         if self.clean_weight > 0:
             assert targets is not None
             loss = loss + self.clean_weight * _soft_kl(model(images), targets, self.temperature)
+        if self.warp_alignment > 0:
+            if not isinstance(model.enhancer, DynTTAEnhancer):
+                raise TypeError(f"--warp-alignment needs a DynTTA enhancer, not a {type(model.enhancer).__name__}")
+            loss = loss + self.warp_alignment * F.mse_loss(model.enhancer.warp_input(shifted), images)
         return loss
 
     def describe(self) -> dict[str, object]:
@@ -156,6 +171,7 @@ class EnhancerObjective(TrainingStrategy):
             "labels": "dataset" if self.labelled else "none",
             "temperature": self.temperature,
             "clean_weight": self.clean_weight,
+            "warp_alignment": self.warp_alignment,
         }
 
 
@@ -184,6 +200,7 @@ class EnhancerTrainConfig:
     val_size: int = 2000
     init: str | None = None
     warp: bool = False
+    warp_alignment: float = 0.0
     seed: int = 0
     device: str = "auto"
     threads: int | None = None
@@ -300,6 +317,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a new enhancer also predicts one affine warp of its whole output (rotation, shear, scale, "
         "translation; dyntta/enhancer/warp.py), for geometric shifts that a blend cannot undo",
     )
+    parser.add_argument(
+        "--warp-alignment",
+        type=float,
+        default=0.0,
+        metavar="W",
+        help="with an output warp: adds W * MSE(warp(shifted image), clean image), the warp alone judged by the "
+        "pixels it should bring back (default 0: the recognizer's loss alone)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -384,6 +409,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         raise ValueError("--augmix-probability mixes AugMix into the corruption recipe; --blind is AugMix only")
     if config.warp and config.init:
         raise ValueError("--warp builds a new enhancer; --init continues one as it was built (drop one of them)")
+    if config.warp_alignment and not (config.warp or (config.init and load_enhancer(config.init).num_warp)):
+        raise ValueError("--warp-alignment trains an output warp: give --warp (or --init an enhancer with one)")
     spec = spec_from_args(args)
 
     @functools.cache
@@ -428,7 +455,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     choice = choose_augmentation(config.augment, recognizer.module, images, size, config.seed)
     # the data pipeline augments geometrically; the objective corrupts, so it also sees the clean images
     augment = geometric_augmentation(choice.name, size)
-    strategy = EnhancerObjective(shift, not label_free, config.temperature, config.clean_weight)
+    strategy = EnhancerObjective(shift, not label_free, config.temperature, config.clean_weight, config.warp_alignment)
     loop = LoopConfig(
         epochs=config.epochs,
         batch_size=config.batch_size,
@@ -480,6 +507,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     )
     if config.clean_weight > 0:
         loss += f"; plus {config.clean_weight:g} * T^2 * KL(softmax(r(x)/T) || softmax(r(e(x))/T)) on clean images"
+    if config.warp_alignment > 0:
+        loss += f"; plus {config.warp_alignment:g} * MSE(warp(c(x)), x), the output warp alone on the shifted image"
     recipe = {
         "command": "python -m dyntta.train enhancer " + " ".join(sys.argv[2:]),
         **asdict(config),

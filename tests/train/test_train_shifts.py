@@ -116,7 +116,7 @@ def test_the_flag_reaches_the_recipe(small: tuple[Path, Path], tmp_path: Path) -
     data, recognizer = small
     out = tmp_path / "enhancer"
     extra = ["--train-subset", "64", "--val-size", "16", "--augment", "none", "--train-corruptions", "contrast"]
-    shifts = ["--train-shifts", "invert", "geometric", "--warp", "--augmix-probability", "0.5"]
+    shifts = ["--train-shifts", "invert", "geometric", "--warp", "--warp-alignment", "2", "--augmix-probability", "0.5"]
     assert main(enhancer_argv(recognizer, data, out, *extra, *shifts)) == 0
     meta = read_checkpoint_meta(out)
     recipe = meta["recipe"]
@@ -124,7 +124,8 @@ def test_the_flag_reaches_the_recipe(small: tuple[Path, Path], tmp_path: Path) -
     assert recipe["warp"] is True and meta["model"]["warp"] is True  # the fitted enhancer warps its output
     assert load_enhancer(out).num_warp == WARP_PARAMETERS
     novel = "5 novel shifts (rotate, shear, scale, translate, invert)"
-    assert recipe["augmix_probability"] == 0.5
+    assert recipe["augmix_probability"] == 0.5 and recipe["warp_alignment"] == 2
+    assert recipe["loss"].endswith("plus 2 * MSE(warp(c(x)), x), the output warp alone on the shifted image")
     assert recipe["shift"] == (
         "AugMix (torchvision, severity 5) with probability 0.5, else "
         f"one of 1 corruptions (contrast) and {novel}, severity U{{1..5}}, with the given probability"
@@ -144,6 +145,9 @@ def test_unknown_shift_or_blind_is_a_usage_error(tmp_path: Path, capsys) -> None
     argv = enhancer_argv(tmp_path / "none", tmp_path / "none", tmp_path / "out", "--blind", "--augmix-probability", "1")
     assert main(argv) == 2
     assert "--augmix-probability mixes AugMix into the corruption recipe" in capsys.readouterr().err
+    argv = enhancer_argv(tmp_path / "none", tmp_path / "none", tmp_path / "out", "--warp-alignment", "1")
+    assert main(argv) == 2
+    assert "--warp-alignment trains an output warp: give --warp" in capsys.readouterr().err
     argv = enhancer_argv(tmp_path / "none", tmp_path / "none", tmp_path / "out", "--warp", "--init", str(tmp_path))
     assert main(argv) == 2
     assert "--warp builds a new enhancer" in capsys.readouterr().err
