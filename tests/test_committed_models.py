@@ -19,6 +19,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from dyntta import contract
 from dyntta.data import RESIZE, Preprocess, load_dataset, to_float
 from dyntta.enhancer import load_enhancer
+from dyntta.evaluate.classifiers import directory_weights_sha256
 from dyntta.models import load_recognizer, read_preprocess
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,3 +139,18 @@ def test_recorded_parity_still_holds() -> None:
     assert np.abs(pipeline - on_served).max() <= tolerance["atol"] + tolerance["rtol"] * np.abs(on_served).max()
     recorded = record(contract.ENHANCER)["pipeline_parity"]
     assert (pipeline.argmax(1) == pipeline_logits.argmax(1)).mean() >= min(recorded["top1_agreement"], 0.99)
+
+
+REPORTS = sorted((ROOT / "docs" / "reports").glob("*/report.json"))
+
+
+@pytest.mark.parametrize("report", REPORTS, ids=lambda p: p.parent.name)
+def test_committed_reports_describe_the_committed_checkpoints(report: Path) -> None:
+    """A robustness report in docs/reports names the weights it measured: they must be the ones committed
+    (a refitted model needs its report regenerated, with the command in the report's header)."""
+    header = json.loads(report.read_text())["header"]
+    for part in (header["model"], header.get("enhancer")):
+        if part is not None and part["path"].startswith("checkpoints/"):
+            assert part["sha256"] == directory_weights_sha256(ROOT / part["path"]), (
+                f"{report.parent.name} measured other {part['path']} weights: rerun `{header['command']}`"
+            )
