@@ -34,22 +34,24 @@ class Outcome(NamedTuple):
     cpu_s: float = 0.0  # CPU time of the task in the worker (user + system)
 
 
-class CpuLimitExceeded(Exception):
-    pass
+class CpuLimitExceeded(BaseException):
+    """Not an ``Exception``: a decoder's own ``except Exception`` must not swallow the limit."""
 
 
 _armed = False
 _deadline = 0.0  # time.process_time() at which the running task is over its limit
-_SLACK_S = 0.001  # closer than this to the deadline counts as reached (a re-armed timer would be sub-tick)
+SLACK_S = 0.001  # closer than this to the deadline counts as reached (not worth re-arming the timer for)
+_REPEAT_S = 0.01  # after the limit, signal again this often: a bare ``except:`` in the task cannot outlast it
 
 
 def _on_cpu_limit(signum: int, frame: object) -> None:
     if not _armed:
         return
     left = _deadline - time.process_time()
-    if left > _SLACK_S:
+    if left > SLACK_S:
         signal.setitimer(signal.ITIMER_PROF, left)
         return
+    signal.setitimer(signal.ITIMER_PROF, _REPEAT_S, _REPEAT_S)
     raise CpuLimitExceeded
 
 
@@ -70,8 +72,11 @@ def serve_tasks(conn: Connection, run: Callable[[Any], Any], on_error: Callable[
         _armed = True
         signal.setitimer(signal.ITIMER_PROF, cpu_s)
         try:
-            value = run(task)
-            _armed = False
+            try:
+                value = run(task)
+            finally:  # disarmed before anything else runs, on_error included
+                _armed = False
+                signal.setitimer(signal.ITIMER_PROF, 0)
             status = OK
         except CpuLimitExceeded:
             status, value = CPU, None
