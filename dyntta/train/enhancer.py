@@ -117,7 +117,8 @@ class EnhancerObjective(TrainingStrategy):
     - with ``warp_alignment`` > 0 (an enhancer with an output warp), ``warp_alignment * MSE(w(shift(x)), x)``,
       ``w`` the warp the predictor picks for the shifted image applied to it: the recognizer's loss alone
       left the warp at the identity (docs/RESULTS.md), while the pixels say directly which way a rotated or
-      zoomed image must turn to meet its clean original.
+      zoomed image must turn to meet its clean original. Costs one more predictor pass per step (whose
+      BatchNorm statistics then also see the shifted batch twice, as the do-no-harm term's pass does).
     """
 
     name = "enhancer-objective"
@@ -405,6 +406,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     novel = training_shifts(config.train_shifts)
     if novel and config.blind:
         raise ValueError("--train-shifts needs the corruption recipe; --blind trains on AugMix only")
+    if not 0 <= config.augmix_probability <= 1:
+        raise ValueError(f"--augmix-probability must be in [0, 1], got {config.augmix_probability}")
     if config.blind and config.augmix_probability:
         raise ValueError("--augmix-probability mixes AugMix into the corruption recipe; --blind is AugMix only")
     if config.warp and config.init:

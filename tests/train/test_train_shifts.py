@@ -145,6 +145,9 @@ def test_unknown_shift_or_blind_is_a_usage_error(tmp_path: Path, capsys) -> None
     argv = enhancer_argv(tmp_path / "none", tmp_path / "none", tmp_path / "out", "--blind", "--augmix-probability", "1")
     assert main(argv) == 2
     assert "--augmix-probability mixes AugMix into the corruption recipe" in capsys.readouterr().err
+    argv = enhancer_argv(tmp_path / "none", tmp_path / "none", tmp_path / "out", "--augmix-probability", "1.5")
+    assert main(argv) == 2
+    assert "--augmix-probability must be in [0, 1], got 1.5" in capsys.readouterr().err
     argv = enhancer_argv(tmp_path / "none", tmp_path / "none", tmp_path / "out", "--warp-alignment", "1")
     assert main(argv) == 2
     assert "--warp-alignment trains an output warp: give --warp" in capsys.readouterr().err
