@@ -7,6 +7,7 @@ import contextlib
 import multiprocessing
 import signal
 import time
+from multiprocessing.connection import Connection
 
 from serve.cpu_limit import CPU, OK, SLACK_S, Outcome, serve_tasks
 
@@ -31,11 +32,17 @@ def _as_error(exc: Exception) -> tuple[str, str]:
     return "error", repr(exc)
 
 
+def _worker(conn: Connection, parents_end: Connection) -> None:
+    parents_end.close()  # forked with it: closed here, so the parent's close reaches us as EOF
+    serve_tasks(conn, _spin, _as_error)
+
+
 def _run_tasks(tasks: list[tuple[float, tuple[float, float]]]) -> list[Outcome]:
     context = multiprocessing.get_context("fork")  # the worker function lives in this test module
     parent, child = context.Pipe()
-    worker = context.Process(target=serve_tasks, args=(child, _spin, _as_error), daemon=True)
+    worker = context.Process(target=_worker, args=(child, parent), daemon=True)
     worker.start()
+    child.close()
     try:
         outcomes = []
         for task in tasks:
@@ -46,6 +53,7 @@ def _run_tasks(tasks: list[tuple[float, tuple[float, float]]]) -> list[Outcome]:
     finally:
         parent.close()
         worker.join(10)
+        assert worker.exitcode == 0, "the worker did not return when its pipe closed"
 
 
 def test_an_early_signal_does_not_cut_a_task_before_its_limit():
