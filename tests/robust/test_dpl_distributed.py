@@ -52,22 +52,31 @@ def amend(influence_params: str) -> dict[str, Any]:
     return {"indices": strategy.amended_indices[0], "images": amended.images, "labels": amended.labels, **record}
 
 
-def worker(rank: int, world_size: int, init_file: str, out: str, influence_params: str) -> None:
+INFLUENCE_PARAMS = ("head", "all")
+
+
+def worker(rank: int, world_size: int, init_file: str, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group(
         "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size, timeout=timedelta(seconds=30)
     )
     try:
-        torch.save(amend(influence_params), Path(out) / f"rank{rank}.pt")
+        for influence_params in INFLUENCE_PARAMS:  # both modes in one spawn: the ranks start once
+            torch.save(amend(influence_params), Path(out) / f"rank{rank}-{influence_params}.pt")
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("influence_params", ["head", "all"])
-def test_two_ranks_amend_exactly_like_one_process(tmp_path: Path, influence_params: str) -> None:
-    args = (2, str(tmp_path / "rendezvous"), str(tmp_path), influence_params)
-    mp.spawn(worker, args=args, nprocs=2, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+@pytest.fixture(scope="module")
+def ranks_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("dpl-ranks")
+    mp.spawn(worker, args=(2, str(out / "rendezvous"), str(out)), nprocs=2, join=True)
+    return out
+
+
+@pytest.mark.parametrize("influence_params", INFLUENCE_PARAMS)
+def test_two_ranks_amend_exactly_like_one_process(ranks_out: Path, influence_params: str) -> None:
+    ranks = [torch.load(ranks_out / f"rank{r}-{influence_params}.pt", weights_only=False) for r in range(2)]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the workers: the same kernels, hence the same bits
     try:
