@@ -132,7 +132,9 @@ def run_scenario(state_url: str, make_gateway: GatewayFactory, workers_factory: 
         finished = wait_job(clients[0], victim_id, timeout=180)
         assert finished["status"] == "done", finished
         resumed = store.get(victim_id)
-        assert resumed is not None and resumed.attempts == 2 and resumed.worker != running.worker
+        # resumed elsewhere; on a loaded machine a late heartbeat (the lease here is 3 s) can hand the job on once
+        # more (CI, 2026-12-03: attempts 3): leases are at-least-once, and the report must still equal the reference
+        assert resumed is not None and resumed.attempts >= 2 and resumed.worker != running.worker
         assert saved > 0
 
         reports_seen = [
