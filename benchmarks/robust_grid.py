@@ -256,10 +256,11 @@ def summarise(results: dict[str, dict[str, float]]) -> dict[str, dict[str, Any]]
     model's first cycle held out seed 0's split), so validation compares methods only seed by seed."""
     groups: dict[str, dict[int, dict[str, float]]] = {}
     for name, run in results.items():
-        members = groups.setdefault(group_of(name), {})
-        if seed_of(name) in members:
-            raise ValueError(f"two runs of {group_of(name)} seed {seed_of(name)} (e.g. seed1 and seed01): {name}")
-        members[seed_of(name)] = run
+        group, seed = group_of(name), seed_of(name)
+        members = groups.setdefault(group, {})
+        if seed in members:
+            raise ValueError(f"two runs of {group} seed {seed} (e.g. seed1 and seed01): {name}")
+        members[seed] = run
     erm = groups.get("erm", {})
     summary = {}
     for group, members in groups.items():
