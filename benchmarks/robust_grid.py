@@ -249,11 +249,35 @@ def _parse(name: str) -> re.Match[str]:
     return match
 
 
-def summarise(results: dict[str, dict[str, float]]) -> dict[str, dict[str, Any]]:
-    """Per group: mean, std and count of each evaluation and of validation, and ``validation_vs_erm``: the
-    mean over the group's seeds of its validation accuracy minus the ERM fine-tune's of the same seed. The
-    validation split follows the seed, and seeds 1 and 2 score about a point higher than seed 0 (the starting
-    model's first cycle held out seed 0's split), so validation compares methods only seed by seed."""
+@dataclass(frozen=True)
+class Stat:
+    """One evaluation over a group's seeds, in points."""
+
+    mean: float
+    std: float  # 0 for one seed
+    n: int
+
+
+@dataclass(frozen=True)
+class Paired:
+    """The mean over a group's seeds of its validation accuracy minus the ERM fine-tune's of the same seed."""
+
+    diff: float
+    seeds: int
+
+
+@dataclass
+class GroupSummary:
+    seeds: int
+    stats: dict[str, Stat]  # by evaluation (EVALS) and "validation", where measured
+    validation_vs_erm: Paired | None = None
+
+
+def summarise(results: dict[str, dict[str, float]]) -> dict[str, GroupSummary]:
+    """Per group: each evaluation's and validation's statistics over seeds, and validation paired seed by
+    seed with ERM. The validation split follows the seed, and seeds 1 and 2 score about a point higher than
+    seed 0 (the starting model's first cycle held out seed 0's split), so validation compares methods only
+    seed by seed."""
     groups: dict[str, dict[int, dict[str, float]]] = {}
     for name, run in results.items():
         group, seed = group_of(name), seed_of(name)
@@ -264,29 +288,31 @@ def summarise(results: dict[str, dict[str, float]]) -> dict[str, dict[str, Any]]
     erm = groups.get("erm", {})
     summary = {}
     for group, members in groups.items():
-        row: dict[str, Any] = {"seeds": len(members)}
+        stats = {}
         for kind in (*EVALS, "validation"):
             values = [100 * m[kind] for m in members.values() if kind in m]
             if values:
-                row[kind] = (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values))
+                std = statistics.stdev(values) if len(values) > 1 else 0.0
+                stats[kind] = Stat(statistics.mean(values), std, len(values))
         paired = [
             100 * (m["validation"] - erm[seed]["validation"])
             for seed, m in members.items()
             if "validation" in m and "validation" in erm.get(seed, {})
         ]
-        if paired:
-            row["validation_vs_erm"] = (statistics.mean(paired), len(paired))
-        summary[group] = row
+        vs_erm = Paired(statistics.mean(paired), len(paired)) if paired else None
+        summary[group] = GroupSummary(len(members), stats, vs_erm)
     return summary
 
 
-def target_met(group: str, row: dict[str, Any], erm: dict[str, Any]) -> bool | None:
+def target_met(group: str, row: GroupSummary, erm: GroupSummary | None) -> bool | None:
     """Whether the group meets its method's issue-14 target against the ERM fine-tune; None: no target or
     not every evaluation there yet."""
     method = group.split("-")[0]
-    if method not in TARGETS or group.endswith("-det") or not all(k in row and k in erm for k in EVALS):
+    if method not in TARGETS or group.endswith("-det") or erm is None:
         return None
-    d = {k: row[k][0] - erm[k][0] for k in EVALS}
+    if not all(k in row.stats and k in erm.stats for k in EVALS):
+        return None
+    d = {k: row.stats[k].mean - erm.stats[k].mean for k in EVALS}
     return {
         "dpl": d["clean"] >= 0.2 and d["corrupted"] >= 0,
         "damp": d["corrupted"] >= 2 and d["clean"] >= -0.5,
@@ -295,7 +321,7 @@ def target_met(group: str, row: dict[str, Any], erm: dict[str, Any]) -> bool | N
     }[method]
 
 
-def verdict(group: str, row: dict[str, Any], erm: dict[str, Any]) -> str:
+def verdict(group: str, row: GroupSummary, erm: GroupSummary | None) -> str:
     met = target_met(group, row, erm)
     return "" if met is None else f"{TARGETS[group.split('-')[0]]}: **{'met' if met else 'missed'}**"
 
@@ -303,31 +329,31 @@ def verdict(group: str, row: dict[str, Any], erm: dict[str, Any]) -> str:
 MIN_PAIRED_SEEDS = 2
 
 
-def default_choice(summary: dict[str, dict[str, Any]]) -> str:
+def default_choice(summary: dict[str, GroupSummary]) -> str:
     """Issue 14's rule for the default recognizer: the DPL fine-tune if it meets its target and reaches
     93.0 % clean; otherwise the method with the best validation accuracy, compared seed by seed (the
     mean difference to the ERM fine-tune on the same seeds; ERM's own is 0)."""
-    dpl, erm = summary.get("dpl"), summary.get("erm", {})
-    if dpl is not None and target_met("dpl", dpl, erm) and dpl["clean"][0] >= 93.0:
-        return f"dpl (meets its target, {dpl['clean'][0]:.2f} % clean)"
+    dpl, erm = summary.get("dpl"), summary.get("erm")
+    if dpl is not None and target_met("dpl", dpl, erm) and dpl.stats["clean"].mean >= 93.0:
+        return f"dpl (meets its target, {dpl.stats['clean'].mean:.2f} % clean)"
     by_validation = {
-        g: r["validation_vs_erm"]
-        for g, r in summary.items()
-        if "validation_vs_erm" in r and r["validation_vs_erm"][1] >= MIN_PAIRED_SEEDS
+        group: row.validation_vs_erm
+        for group, row in summary.items()
+        if row.validation_vs_erm is not None and row.validation_vs_erm.seeds >= MIN_PAIRED_SEEDS
     }
     if not by_validation:
         return f"none yet (no method with {MIN_PAIRED_SEEDS} seeds paired with ERM)"
-    best = max(by_validation, key=lambda g: by_validation[g][0])
-    diff, seeds = by_validation[best]
+    best = max(by_validation, key=lambda group: by_validation[group].diff)
+    paired = by_validation[best]
     return (
         f"{best} (DPL's target not met; best validation accuracy against ERM on the same seeds, "
-        f"{diff:+.2f} points over {seeds} seeds)"
+        f"{paired.diff:+.2f} points over {paired.seeds} seeds)"
     )
 
 
 def table(root: Path, options: argparse.Namespace) -> str:
     summary = summarise(collect(root))
-    erm = summary.get("erm", {})
+    erm = summary.get("erm")
     lines = [
         f"Fine-tunes of `{options.init}` for {options.epochs} epoch(s); clean: {options.test_images} test images; "
         f"F-MNIST-C: 15 x 5 on the first {options.c_images} test images (a fixed subset); PGD eps 8/255, "
@@ -338,22 +364,24 @@ def table(root: Path, options: argparse.Namespace) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for group, row in sorted(summary.items(), key=lambda kv: (kv[0] != "erm", kv[0])):
-        cells = [f"{row['validation'][0]:.2f}" if "validation" in row else ""]
-        paired = row.get("validation_vs_erm")
-        cells.append("" if paired is None or group == "erm" else f"{paired[0]:+.2f} ({paired[1]})")
+        validation = row.stats.get("validation")
+        cells = [f"{validation.mean:.2f}" if validation else ""]
+        paired = row.validation_vs_erm
+        cells.append("" if paired is None or group == "erm" else f"{paired.diff:+.2f} ({paired.seeds})")
         for kind in EVALS:
-            if kind not in row:
+            stat = row.stats.get(kind)
+            if stat is None:
                 cells += ["", ""]
                 continue
-            mean, std, _ = row[kind]
-            cells.append(f"{mean:.2f} +- {std:.2f}")
-            if group == "erm" or kind not in erm:
+            cells.append(f"{stat.mean:.2f} +- {stat.std:.2f}")
+            control = erm.stats.get(kind) if erm is not None else None
+            if group == "erm" or control is None:
                 cells.append("")
             else:
-                diff = mean - erm[kind][0]
-                beyond = abs(diff) > max(std, erm[kind][1])
+                diff = stat.mean - control.mean
+                beyond = abs(diff) > max(stat.std, control.std)
                 cells.append(f"{diff:+.2f}{' (beyond spread)' if beyond else ' (within spread)'}")
-        lines.append(f"| {group} | {row['seeds']} | {' | '.join(cells)} | {verdict(group, row, erm)} |")
+        lines.append(f"| {group} | {row.seeds} | {' | '.join(cells)} | {verdict(group, row, erm)} |")
     lines += [
         "",
         "Validation: mean accuracy (%) of the runs' checkpoints on their held-out training images; the split "

@@ -58,8 +58,9 @@ def test_validation_compares_seed_by_seed(tmp_path: Path) -> None:
     _run(tmp_path, "damp-s0.1-seed0", 0.933, 0.79, 0.27, 0.9500)  # a sigma that was not chosen: one seed
     (tmp_path / "eval" / "notes.txt").write_text("not a run")  # stray files are no runs
     summary = summarise(collect(tmp_path))
-    assert summary["advbn"]["validation"][0] < summary["erm"]["validation"][0]
-    assert summary["damp-s0.1"]["validation_vs_erm"] == pytest.approx((1.1, 1))
+    assert summary["advbn"].stats["validation"].mean < summary["erm"].stats["validation"].mean
+    damp = summary["damp-s0.1"].validation_vs_erm
+    assert damp is not None and damp.diff == pytest.approx(1.1) and damp.seeds == 1
     assert default_choice(summary).startswith("advbn (") and "over 2 seeds" in default_choice(summary)
 
 
