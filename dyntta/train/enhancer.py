@@ -412,7 +412,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         raise ValueError("--augmix-probability mixes AugMix into the corruption recipe; --blind is AugMix only")
     if config.warp and config.init:
         raise ValueError("--warp builds a new enhancer; --init continues one as it was built (drop one of them)")
-    if config.warp_alignment and not (config.warp or (config.init and load_enhancer(config.init).num_warp)):
+    initial = load_enhancer(config.init) if config.init else None  # once, before the data: a bad path fails at once
+    if config.warp_alignment and not (config.warp or (initial is not None and initial.num_warp)):
         raise ValueError("--warp-alignment trains an output warp: give --warp (or --init an enhancer with one)")
     spec = spec_from_args(args)
 
@@ -444,9 +445,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         check_training_set(train)
     val_corrupted = corrupted_copy(val, config.corruption_probability, seed=config.seed + 1, names=names)
 
-    enhancer = (
-        load_enhancer(config.init) if config.init else DynTTAEnhancer(EnhancerConfig(input_size=size, warp=config.warp))
-    )
+    enhancer = initial if initial is not None else DynTTAEnhancer(EnhancerConfig(input_size=size, warp=config.warp))
     model = EnhancedRecognizer(enhancer, recognizer.module)
     # validation stays on the corruptions alone, so its figures compare with fits without --train-shifts
     shift: nn.Module = (

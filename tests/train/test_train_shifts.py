@@ -154,3 +154,8 @@ def test_unknown_shift_or_blind_is_a_usage_error(tmp_path: Path, capsys) -> None
     argv = enhancer_argv(tmp_path / "none", tmp_path / "none", tmp_path / "out", "--warp", "--init", str(tmp_path))
     assert main(argv) == 2
     assert "--warp builds a new enhancer" in capsys.readouterr().err
+    # a missing --init is reported before the data or the recognizer are read
+    argv = enhancer_argv(tmp_path / "none", tmp_path / "none", tmp_path / "out", "--init", str(tmp_path / "gone"))
+    assert main(argv) == 1  # FileNotFoundError, as for a missing recognizer checkpoint
+    err = capsys.readouterr().err
+    assert err.startswith("error: not a dyntta checkpoint:") and "gone" in err
