@@ -159,7 +159,7 @@ def _natural_images(size: int) -> list[np.ndarray]:
         h, w = array.shape[:2]
         m = min(h, w)
         crop = array[(h - m) // 2 : (h - m) // 2 + m, (w - m) // 2 : (w - m) // 2 + m]
-        images.append(np.asarray(Image.fromarray(crop).resize((size, size), Image.BILINEAR)))
+        images.append(np.asarray(Image.fromarray(crop).resize((size, size), Image.Resampling.BILINEAR)))
     return images
 
 

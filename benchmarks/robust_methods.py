@@ -128,9 +128,9 @@ def step_cost(steps: int = 8, warmup: int = 2) -> dict[str, float]:
 
     def fresh(method: str, args: list[str]):
         torch.manual_seed(0)
-        model = create_recognizer("test_resnet", data.classes, input_size=32, small_input=False)
+        recognizer = create_recognizer("test_resnet", data.classes, input_size=32, small_input=False)
         strategy = create_strategy(method, label_smoothing=0.1, **parse_method_args(args))
-        model = strategy.prepare_model(model).train()
+        model = strategy.prepare_model(recognizer).train()
         strategy.start_epoch(1, EPOCHS)  # Learn2Perturb: noise and adversarial training on
         opt = torch.optim.SGD([g for g in strategy.parameter_groups(model)], lr=0.01, momentum=0.9)
         return model, strategy, opt
