@@ -75,3 +75,15 @@ def test_run_names_parse_and_clash() -> None:
         seed_of("notes")
     with pytest.raises(ValueError, match="two runs of erm seed 1"):
         summarise({"erm-seed1": {"validation": 0.9}, "erm-seed01": {"validation": 0.9}})
+
+
+def test_a_randomised_defence_reports_its_eot_attack(tmp_path: Path) -> None:
+    _grid(tmp_path, dpl_clean=0.929)
+    _run(tmp_path, "l2p-seed0", 0.88, 0.78, 0.70, 0.89)
+    (tmp_path / "eval" / "l2p-seed0" / "pgd_eot.json").write_text(json.dumps({"pgd_eot": 0.31, "eot_samples": 8}))
+    options = argparse.Namespace(init="INIT", epochs=3, test_images=10, c_images=10, pgd_images=10)
+    text = table(tmp_path, options)
+    assert "| l2p | 1 |" in text and "+48.00 (beyond spread)" in text  # the single-draw PGD column
+    assert "`l2p` under PGD with expectation over transformation" in text
+    assert "**31.00 +- 0.00** over 1 seed(s) (+9.00 against ERM's PGD, deterministic)" in text
+    assert "`sam` under PGD with expectation" not in text
