@@ -6,7 +6,9 @@ uniformly drawn severity 1-5, otherwise left clean. ``names`` may also hold nove
 :mod:`dyntta.shifts` (``--train-shifts``): the draw is uniform over the whole list. Blind: AugMix-style chains of
 torchvision augmentations on clean images only (no benchmark corruption is seen). Mixed
 (``--augmix-probability``): each image takes AugMix with that probability, else the non-blind draw, so the
-enhancer also meets shifts outside the corruption list it is trained on.
+enhancer also meets shifts outside the corruption list it is trained on. Composed
+(``--compose-probability``): each image takes two draws from the list in sequence with that probability
+(``EitherShift`` of one ``RandomCorruption`` and two in a row), a broader distribution from the same list.
 """
 
 from __future__ import annotations
@@ -104,6 +106,28 @@ class EitherShift(nn.Module):
             if mask.any():
                 out[mask] = module(images[mask])
         return out
+
+
+def training_shift(
+    names: Sequence[str],
+    probability: float,
+    *,
+    blind: bool = False,
+    compose_probability: float = 0.0,
+    augmix_probability: float = 0.0,
+) -> nn.Module:
+    """The enhancer's training shift: AugMix alone (``blind``), else one draw from ``names`` (an image stays
+    clean with ``1 - probability``), with ``compose_probability`` two draws in a row instead, and with
+    ``augmix_probability`` AugMix instead of either."""
+    if blind:
+        return RandomAugMix()
+    shift: nn.Module = RandomCorruption(probability, names)
+    if compose_probability:
+        twice = nn.Sequential(RandomCorruption(1.0, names), RandomCorruption(1.0, names))
+        shift = EitherShift(shift, twice, compose_probability)
+    if augmix_probability:
+        shift = EitherShift(shift, RandomAugMix(), augmix_probability)
+    return shift
 
 
 def corrupted_copy(

@@ -55,7 +55,7 @@ from dyntta.models.external import (
 from dyntta.robust import TrainingStrategy
 from dyntta.shifts import NOVEL_FAMILIES, NOVEL_SHIFTS
 from dyntta.train.augment import AUGMENTATIONS, AUTO_SAMPLE, choose_augmentation, geometric_augmentation
-from dyntta.train.corruption_augment import EitherShift, RandomAugMix, RandomCorruption, corrupted_copy
+from dyntta.train.corruption_augment import corrupted_copy, training_shift
 from dyntta.train.loop import (
     MIN_TRAIN_IMAGES,
     LoopConfig,
@@ -190,6 +190,7 @@ class EnhancerTrainConfig:
     weight_decay: float = 1e-4
     blind: bool = False
     augmix_probability: float = 0.0
+    compose_probability: float = 0.0
     train_corruptions: tuple[str, ...] = ("core",)
     exclude_corruptions: tuple[str, ...] = ()
     train_shifts: tuple[str, ...] = ()
@@ -258,6 +259,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="P",
         help="share of training images shifted by AugMix (torchvision, severity 5) instead of the corruption "
         "draw: shifts beyond the corruption list, for corruptions the enhancer never trains on (default 0)",
+    )
+    parser.add_argument(
+        "--compose-probability",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="share of training images that take two draws from the corruption list in sequence (each at its "
+        "own severity) instead of one: a broader training distribution built from the same corruptions "
+        "(default 0)",
     )
     parser.add_argument(
         "--train-corruptions",
@@ -410,6 +420,10 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         raise ValueError(f"--augmix-probability must be in [0, 1], got {config.augmix_probability}")
     if config.blind and config.augmix_probability:
         raise ValueError("--augmix-probability mixes AugMix into the corruption recipe; --blind is AugMix only")
+    if not 0 <= config.compose_probability <= 1:
+        raise ValueError(f"--compose-probability must be in [0, 1], got {config.compose_probability}")
+    if config.blind and config.compose_probability:
+        raise ValueError("--compose-probability composes the corruption recipe's draws; --blind is AugMix only")
     if config.warp and config.init:
         raise ValueError("--warp builds a new enhancer; --init continues one as it was built (drop one of them)")
     initial = load_enhancer(config.init) if config.init else None  # once, before the data: a bad path fails at once
@@ -448,11 +462,13 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     enhancer = initial if initial is not None else DynTTAEnhancer(EnhancerConfig(input_size=size, warp=config.warp))
     model = EnhancedRecognizer(enhancer, recognizer.module)
     # validation stays on the corruptions alone, so its figures compare with fits without --train-shifts
-    shift: nn.Module = (
-        RandomAugMix() if config.blind else RandomCorruption(config.corruption_probability, (*names, *novel))
+    shift = training_shift(
+        (*names, *novel),
+        config.corruption_probability,
+        blind=config.blind,
+        compose_probability=config.compose_probability,
+        augmix_probability=config.augmix_probability,
     )
-    if config.augmix_probability:
-        shift = EitherShift(shift, RandomAugMix(), config.augmix_probability)
     images = to_float(train.images[:AUTO_SAMPLE])
     choice = choose_augmentation(config.augment, recognizer.module, images, size, config.seed)
     # the data pipeline augments geometrically; the objective corrupts, so it also sees the clean images
@@ -522,7 +538,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "augmentation": choice.describe(),
         "shift": "AugMix (torchvision, severity 5)"
         if config.blind
-        else describe_shift(names, novel, config.augmix_probability),
+        else describe_shift(names, novel, config.augmix_probability, config.compose_probability),
         "optimizer": "AdamW, cosine schedule",
         "device": str(device),
         "world_size": world.size,
@@ -562,12 +578,18 @@ def training_shifts(chosen: Sequence[str]) -> tuple[str, ...]:
     return tuple(n for n in NOVEL_SHIFTS if n in wanted)
 
 
-def describe_shift(corruptions: Sequence[str], novel: Sequence[str], augmix_probability: float = 0.0) -> str:
-    """The recipe's ``shift``: the default recipe's wording, plus the novel shifts and AugMix when there are any."""
+def describe_shift(
+    corruptions: Sequence[str], novel: Sequence[str], augmix_probability: float = 0.0, compose_probability: float = 0.0
+) -> str:
+    """The recipe's ``shift``: the default recipe's wording, plus the novel shifts, composition and AugMix when
+    there are any."""
     drawn = f"{len(corruptions)} corruptions ({', '.join(corruptions)})"
     if novel:
         drawn += f" and {len(novel)} novel shifts ({', '.join(novel)})"
     text = f"one of {drawn}, severity U{{1..5}}, with the given probability"
+    if compose_probability:
+        twice = f"two of the {drawn} in sequence, each severity U{{1..5}}"
+        text = f"{twice}, with probability {compose_probability:g}; else {text}"
     if augmix_probability:
         text = f"AugMix (torchvision, severity 5) with probability {augmix_probability:g}, else {text}"
     return text

@@ -15,7 +15,14 @@ from dyntta.enhancer.warp import WARP_PARAMETERS
 from dyntta.models import read_checkpoint_meta
 from dyntta.shifts import NOVEL_FAMILIES, NOVEL_SHIFTS, shift
 from dyntta.train.__main__ import main
-from dyntta.train.corruption_augment import EitherShift, RandomCorruption, apply_conditions, sample_conditions
+from dyntta.train.corruption_augment import (
+    EitherShift,
+    RandomAugMix,
+    RandomCorruption,
+    apply_conditions,
+    sample_conditions,
+    training_shift,
+)
 from dyntta.train.enhancer import EnhancerTrainConfig, describe_shift, training_shifts
 from tests.train.helpers import recognizer_argv
 
@@ -85,6 +92,21 @@ def test_either_shift_gives_each_image_exactly_one_of_the_two() -> None:
         EitherShift(_Plus(1), _Plus(2), 1.5)
 
 
+def test_composed_draws_apply_two_corruptions_in_a_row() -> None:
+    """Contrast scales each image's deviation from its mean by a factor < 1 (by severity): two draws in a row
+    leave about the square of one draw's factor."""
+    images = torch.rand(64, 3, 32, 32)
+    torch.manual_seed(0)
+    once = training_shift(["contrast"], 1.0)(images).flatten(1).std(1)
+    torch.manual_seed(0)
+    twice = training_shift(["contrast"], 1.0, compose_probability=1.0)(images).flatten(1).std(1)
+    assert twice.mean() < 0.7 * once.mean()
+    mixed = training_shift(["contrast"], 1.0, compose_probability=0.5, augmix_probability=0.5)
+    assert isinstance(mixed, EitherShift) and isinstance(mixed.second, RandomAugMix)
+    assert isinstance(mixed.first, EitherShift) and len(mixed.first.second) == 2
+    assert isinstance(training_shift(["contrast"], 1.0, blind=True), RandomAugMix)
+
+
 def test_the_draw_covers_the_union_of_corruptions_and_shifts() -> None:
     names = ("contrast", "fog", *NOVEL_FAMILIES["appearance"], "rotate")
     which, severity = sample_conditions(2000, 1.0, torch.Generator().manual_seed(0), names)
@@ -117,6 +139,7 @@ def test_the_flag_reaches_the_recipe(small: tuple[Path, Path], tmp_path: Path) -
     out = tmp_path / "enhancer"
     extra = ["--train-subset", "64", "--val-size", "16", "--augment", "none", "--train-corruptions", "contrast"]
     shifts = ["--train-shifts", "invert", "geometric", "--warp", "--warp-alignment", "2", "--augmix-probability", "0.5"]
+    shifts += ["--compose-probability", "0.25"]
     assert main(enhancer_argv(recognizer, data, out, *extra, *shifts)) == 0
     meta = read_checkpoint_meta(out)
     recipe = meta["recipe"]
@@ -126,9 +149,12 @@ def test_the_flag_reaches_the_recipe(small: tuple[Path, Path], tmp_path: Path) -
     novel = "5 novel shifts (rotate, shear, scale, translate, invert)"
     assert recipe["augmix_probability"] == 0.5 and recipe["warp_alignment"] == 2
     assert recipe["loss"].endswith("plus 2 * MSE(warp(c(x)), x), the output warp alone on the shifted image")
+    drawn = f"1 corruptions (contrast) and {novel}"
+    assert recipe["compose_probability"] == 0.25
     assert recipe["shift"] == (
         "AugMix (torchvision, severity 5) with probability 0.5, else "
-        f"one of 1 corruptions (contrast) and {novel}, severity U{{1..5}}, with the given probability"
+        f"two of the {drawn} in sequence, each severity U{{1..5}}, with probability 0.25; else "
+        f"one of {drawn}, severity U{{1..5}}, with the given probability"
     )
 
 
@@ -148,6 +174,12 @@ def test_unknown_shift_or_blind_is_a_usage_error(tmp_path: Path, capsys) -> None
     argv = enhancer_argv(tmp_path / "none", tmp_path / "none", tmp_path / "out", "--augmix-probability", "1.5")
     assert main(argv) == 2
     assert "--augmix-probability must be in [0, 1], got 1.5" in capsys.readouterr().err
+    argv = enhancer_argv(tmp_path / "none", tmp_path / "none", tmp_path / "out", "--compose-probability", "-0.1")
+    assert main(argv) == 2
+    assert "--compose-probability must be in [0, 1], got -0.1" in capsys.readouterr().err
+    argv = enhancer_argv(tmp_path / "none", tmp_path / "none", tmp_path / "out", "--blind", "--compose-probability=1")
+    assert main(argv) == 2
+    assert "--compose-probability composes the corruption recipe's draws" in capsys.readouterr().err
     argv = enhancer_argv(tmp_path / "none", tmp_path / "none", tmp_path / "out", "--warp-alignment", "1")
     assert main(argv) == 2
     assert "--warp-alignment trains an output warp: give --warp" in capsys.readouterr().err
