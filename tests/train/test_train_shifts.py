@@ -159,35 +159,26 @@ def test_the_flag_reaches_the_recipe(small: tuple[Path, Path], tmp_path: Path) -
 
 
 def test_unknown_shift_or_blind_is_a_usage_error(tmp_path: Path, capsys) -> None:
-    # both are refused before any recognizer or data is loaded, so none needs to exist
-    argv = enhancer_argv(tmp_path / "none", tmp_path / "none", tmp_path / "out", "--train-shifts", "rotat")
-    assert main(argv) == 2
-    err = capsys.readouterr().err
+    # all are refused before any recognizer or data is loaded, so none needs to exist
+    def refused(*flags: str, code: int = 2) -> str:
+        assert main(enhancer_argv(tmp_path / "none", tmp_path / "none", tmp_path / "out", *flags)) == code
+        return capsys.readouterr().err
+
+    err = refused("--train-shifts", "rotat")
     assert err.startswith("error: unknown --train-shifts rotat") and "Traceback" not in err
     assert all(name in err for name in NOVEL_SHIFTS)
-    argv = enhancer_argv(tmp_path / "none", tmp_path / "none", tmp_path / "out", "--blind", "--train-shifts", "edges")
-    assert main(argv) == 2
-    assert "--blind" in capsys.readouterr().err
-    argv = enhancer_argv(tmp_path / "none", tmp_path / "none", tmp_path / "out", "--blind", "--augmix-probability", "1")
-    assert main(argv) == 2
-    assert "--augmix-probability mixes AugMix into the corruption recipe" in capsys.readouterr().err
-    argv = enhancer_argv(tmp_path / "none", tmp_path / "none", tmp_path / "out", "--augmix-probability", "1.5")
-    assert main(argv) == 2
-    assert "--augmix-probability must be in [0, 1], got 1.5" in capsys.readouterr().err
-    argv = enhancer_argv(tmp_path / "none", tmp_path / "none", tmp_path / "out", "--compose-probability", "-0.1")
-    assert main(argv) == 2
-    assert "--compose-probability must be in [0, 1], got -0.1" in capsys.readouterr().err
-    argv = enhancer_argv(tmp_path / "none", tmp_path / "none", tmp_path / "out", "--blind", "--compose-probability=1")
-    assert main(argv) == 2
-    assert "--compose-probability composes the corruption recipe's draws" in capsys.readouterr().err
-    argv = enhancer_argv(tmp_path / "none", tmp_path / "none", tmp_path / "out", "--warp-alignment", "1")
-    assert main(argv) == 2
-    assert "--warp-alignment trains an output warp: give --warp" in capsys.readouterr().err
-    argv = enhancer_argv(tmp_path / "none", tmp_path / "none", tmp_path / "out", "--warp", "--init", str(tmp_path))
-    assert main(argv) == 2
-    assert "--warp builds a new enhancer" in capsys.readouterr().err
-    # a missing --init is reported before the data or the recognizer are read
-    argv = enhancer_argv(tmp_path / "none", tmp_path / "none", tmp_path / "out", "--init", str(tmp_path / "gone"))
-    assert main(argv) == 1  # FileNotFoundError, as for a missing recognizer checkpoint
-    err = capsys.readouterr().err
+    assert "--blind" in refused("--blind", "--train-shifts", "edges")
+    assert "--augmix-probability mixes AugMix into the corruption recipe" in refused(
+        "--blind", "--augmix-probability", "1"
+    )
+    assert "--augmix-probability must be in [0, 1], got 1.5" in refused("--augmix-probability", "1.5")
+    assert "--compose-probability must be in [0, 1], got -0.1" in refused("--compose-probability", "-0.1")
+    assert "--compose-probability composes the corruption recipe's draws" in refused(
+        "--blind", "--compose-probability=1"
+    )
+    assert "--warp-alignment trains an output warp: give --warp" in refused("--warp-alignment", "1")
+    assert "--warp builds a new enhancer" in refused("--warp", "--init", str(tmp_path))
+    # a missing --init is reported before the data or the recognizer are read; 1: FileNotFoundError, as for a
+    # missing recognizer checkpoint
+    err = refused("--init", str(tmp_path / "gone"), code=1)
     assert err.startswith("error: not a dyntta checkpoint:") and "gone" in err
