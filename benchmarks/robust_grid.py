@@ -410,9 +410,9 @@ def table(root: Path, options: argparse.Namespace) -> str:
         "recognizer by issue 14's rule, on the runs so far: "
         f"**{default_choice(summary)}**.",
     ]
+    pgd = erm.stats.get("pgd") if erm is not None else None
     for group, row in sorted(summary.items()):
         eot = row.stats.get("pgd_eot")
-        pgd = erm.stats.get("pgd") if erm is not None else None
         if eot is not None:
             against = f" ({eot.mean - pgd.mean:+.2f} against ERM's PGD, deterministic)" if pgd else ""
             lines += [
