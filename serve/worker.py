@@ -62,9 +62,9 @@ class _Loop:
         self._thread = threading.Thread(target=self.loop.run_forever, name="triton-loop", daemon=True)
         self._thread.start()
 
-    def run(self, coroutine: Any) -> Any:
+    def run(self, coroutine: Any, timeout: float | None = None) -> Any:
         future: Future[Any] = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
-        return future.result()
+        return future.result(timeout)
 
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -331,9 +331,13 @@ class Worker:
         if removed:
             log.info("retention: removed %d old report(s)", len(removed))
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Close the Triton channels and the store; a channel that does not close in ``timeout_s`` is left
+        to the process's exit (a stopping worker must exit well inside Kubernetes' 30 s grace period)."""
         try:
-            self._loop.run(self.backend.close())
+            self._loop.run(self.backend.close(), timeout_s)
+        except TimeoutError:
+            log.warning("worker %s: Triton channels not closed after %.0f s; exiting anyway", self.id, timeout_s)
         finally:
             self._loop.close()
             self.store.close()
@@ -385,7 +389,9 @@ def _work(args: argparse.Namespace) -> int:
     try:
         worker.run(once=args.once)
     finally:
+        log.info("worker %s: closing", worker.id)
         worker.close()
+        log.info("worker %s: stopped", worker.id)
     return 0
 
 

@@ -4,6 +4,8 @@ PostgreSQL server (and on SQLite), one worker SIGKILLed mid-job.
 What must hold: the killed worker's job is finished by the other worker once the lease expires, reusing
 the batches saved before the kill, and its report equals an uninterrupted run of the same job except for
 the job's identity and the timestamps; every job submitted is done, and each was completed exactly once.
+A worker sent SIGTERM (a rollout) gives its job back at the next batch and exits on its own, and the next
+worker resumes the job from the saved batches.
 """
 
 from __future__ import annotations
@@ -48,7 +50,10 @@ class Workers:
 
     def start(self) -> subprocess.Popen[bytes]:
         log = open(self.logs / f"worker-{len(self.processes)}.log", "wb")  # noqa: SIM115 (the child writes it)
-        process = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT)
+        # PYTHONFAULTHANDLER: a worker that outlives SIGTERM is stopped with SIGABRT, which dumps every thread's
+        # stack into its log (where it hung is then in the failure's artefacts)
+        env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
+        process = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=env)
         self.processes.append(process)
         return process
 
@@ -68,7 +73,8 @@ class Workers:
             try:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                process.kill()
+                process.send_signal(signal.SIGABRT)
+                process.wait(timeout=10)
 
 
 @pytest.fixture
@@ -188,3 +194,44 @@ def test_worker_needs_triton():
         env={**os.environ, "DYNTTA_TRITON_URL": ""},
     )
     assert done.returncode == 2 and "--triton-url" in done.stderr
+
+
+def test_sigterm_releases_the_running_job_and_the_next_worker_resumes_it(
+    make_gateway: GatewayFactory, workers_factory: Any, tmp_path_factory: pytest.TempPathFactory
+):
+    """What Kubernetes does on a rollout: SIGTERM, then SIGKILL after the grace period (30 s by default). The
+    worker must give the job back at its next batch and exit well inside it, keeping the saved batches."""
+    shared = tmp_path_factory.mktemp("shared")
+    state_url = f"sqlite:///{shared / 'jobs.sqlite3'}"
+    gateway = make_gateway(state_url=state_url, reports_dir=shared / "reports", workers=0, max_queued_jobs=10)
+    workers = workers_factory(state_url, shared / "reports")
+    first = workers.start()
+    store = JobStore(state_url)
+    client = gateway.client()
+    try:
+        job_id = client.post("/v1/robustness", data=FORM).json()["id"]
+
+        def mid_job() -> bool:
+            job = store.get(job_id)
+            return job is not None and job.status == "running" and len(store.load_predictions(job_id)) >= 2
+
+        wait_until(mid_job, 120, "the job to be under way")
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=20) == 0  # exits on its own, not by the grace period's SIGKILL
+        released = store.get(job_id)
+        assert released is not None and released.status == "queued" and released.worker is None
+        kept = len(store.load_predictions(job_id))
+        assert kept >= 2  # the batches made before the stop stay for the next worker
+        log = (workers.logs / "worker-0.log").read_text()
+        assert f"job {job_id}: released (worker stopping)" in log and ": stopped" in log
+
+        workers.start()
+        finished = wait_job(client, job_id, timeout=180)
+        assert finished["status"] == "done", finished
+        resumed = (workers.logs / "worker-1.log").read_text()
+        assert "reused" in resumed  # the second worker classified only what was missing
+        assert workers.completions() == [job_id]
+    finally:
+        client.close()
+        store.close()
+        gateway.stop()
