@@ -208,6 +208,40 @@ class EnhancerTrainConfig:
     threads: int | None = None
     weights_dtype: str = "float32"
 
+    def check(self) -> None:
+        """Refuse contradictory or out-of-range flags before any data or model is loaded."""
+        if not 0 <= self.val_fraction < 1 or self.val_size < 0:
+            raise ValueError(
+                f"need 0 <= --val-fraction < 1 and --val-size >= 0, got {self.val_fraction}, {self.val_size}"
+            )
+        for flag, probability in (
+            ("--augmix-probability", self.augmix_probability),
+            ("--compose-probability", self.compose_probability),
+        ):
+            if not 0 <= probability <= 1:
+                raise ValueError(f"{flag} must be in [0, 1], got {probability}")
+        if self.blind and self.augmix_probability:
+            raise ValueError("--augmix-probability mixes AugMix into the corruption recipe; --blind is AugMix only")
+        if self.blind and self.compose_probability:
+            raise ValueError("--compose-probability composes the corruption recipe's draws; --blind is AugMix only")
+        if self.warp and self.init:
+            raise ValueError("--warp builds a new enhancer; --init continues one as it was built (drop one of them)")
+
+    def describe_loss(self) -> str:
+        """The objective in words, for the checkpoint's recipe."""
+        if self.labels == "none":
+            loss = (
+                f"T^2 * KL(softmax(r(x)/T) || softmax(r(e(c(x)))/T)), T={self.temperature:g}: the frozen "
+                "recognizer's softened prediction on the clean image as target (no labels)"
+            )
+        else:
+            loss = "cross-entropy of the frozen recognizer on enhanced images"
+        if self.clean_weight > 0:
+            loss += f"; plus {self.clean_weight:g} * T^2 * KL(softmax(r(x)/T) || softmax(r(e(x))/T)) on clean images"
+        if self.warp_alignment > 0:
+            loss += f"; plus {self.warp_alignment:g} * MSE(warp(c(x)), x), the output warp alone on the shifted image"
+        return loss
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -407,25 +441,12 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     if config.threads:
         torch.set_num_threads(config.threads)
     world = distributed.current()
-    if not 0 <= config.val_fraction < 1 or config.val_size < 0:
-        raise ValueError(
-            f"need 0 <= --val-fraction < 1 and --val-size >= 0, got {config.val_fraction}, {config.val_size}"
-        )
+    config.check()
     label_free = config.labels == "none"
     names = training_corruptions(config.train_corruptions, config.exclude_corruptions)  # a typo fails here, at once
     novel = training_shifts(config.train_shifts)
     if novel and config.blind:
         raise ValueError("--train-shifts needs the corruption recipe; --blind trains on AugMix only")
-    if not 0 <= config.augmix_probability <= 1:
-        raise ValueError(f"--augmix-probability must be in [0, 1], got {config.augmix_probability}")
-    if config.blind and config.augmix_probability:
-        raise ValueError("--augmix-probability mixes AugMix into the corruption recipe; --blind is AugMix only")
-    if not 0 <= config.compose_probability <= 1:
-        raise ValueError(f"--compose-probability must be in [0, 1], got {config.compose_probability}")
-    if config.blind and config.compose_probability:
-        raise ValueError("--compose-probability composes the corruption recipe's draws; --blind is AugMix only")
-    if config.warp and config.init:
-        raise ValueError("--warp builds a new enhancer; --init continues one as it was built (drop one of them)")
     initial = load_enhancer(config.init) if config.init else None  # once, before the data: a bad path fails at once
     if config.warp_alignment and not (config.warp or (initial is not None and initial.num_warp)):
         raise ValueError("--warp-alignment trains an output warp: give --warp (or --init an enhancer with one)")
@@ -517,16 +538,6 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "train_seconds": round(train_seconds, 1),
         "history": history,
     }
-    loss = (
-        f"T^2 * KL(softmax(r(x)/T) || softmax(r(e(c(x)))/T)), T={config.temperature:g}: the frozen recognizer's "
-        "softened prediction on the clean image as target (no labels)"
-        if label_free
-        else "cross-entropy of the frozen recognizer on enhanced images"
-    )
-    if config.clean_weight > 0:
-        loss += f"; plus {config.clean_weight:g} * T^2 * KL(softmax(r(x)/T) || softmax(r(e(x))/T)) on clean images"
-    if config.warp_alignment > 0:
-        loss += f"; plus {config.warp_alignment:g} * MSE(warp(c(x)), x), the output warp alone on the shifted image"
     recipe = {
         "command": "python -m dyntta.train enhancer " + " ".join(sys.argv[2:]),
         **asdict(config),
@@ -534,7 +545,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "recognizer_loaded": recognizer.describe(),
         "recognizer_meta": _checkpoint_meta(config.recognizer) if recognizer.kind is Kind.CHECKPOINT else None,
         "classes": classes,
-        "loss": loss,
+        "loss": config.describe_loss(),
         "augmentation": choice.describe(),
         "shift": "AugMix (torchvision, severity 5)"
         if config.blind
