@@ -202,6 +202,7 @@ class EnhancerTrainConfig:
     val_size: int = 2000
     init: str | None = None
     warp: bool = False
+    unet_width: int | None = None
     warp_alignment: float = 0.0
     seed: int = 0
     device: str = "auto"
@@ -224,8 +225,16 @@ class EnhancerTrainConfig:
             raise ValueError("--augmix-probability mixes AugMix into the corruption recipe; --blind is AugMix only")
         if self.blind and self.compose_probability:
             raise ValueError("--compose-probability composes the corruption recipe's draws; --blind is AugMix only")
-        if self.warp and self.init:
-            raise ValueError("--warp builds a new enhancer; --init continues one as it was built (drop one of them)")
+        for flag, given in (("--warp", self.warp), ("--unet-width", self.unet_width is not None)):
+            if given and self.init:
+                raise ValueError(f"{flag} builds a new enhancer; --init continues one as it was built (drop one)")
+        if self.unet_width is not None and self.unet_width < 1:
+            raise ValueError(f"--unet-width must be >= 1, got {self.unet_width}")
+
+    def enhancer_config(self, input_size: int) -> EnhancerConfig:
+        """The architecture of a new enhancer (``--init`` continues its checkpoint's own)."""
+        width = {} if self.unet_width is None else {"unet_width": self.unet_width}
+        return EnhancerConfig(input_size=input_size, warp=self.warp, **width)
 
     def describe_loss(self) -> str:
         """The objective in words, for the checkpoint's recipe."""
@@ -363,6 +372,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "translation; dyntta/enhancer/warp.py), for geometric shifts that a blend cannot undo",
     )
     parser.add_argument(
+        "--unet-width",
+        type=int,
+        default=None,
+        metavar="C",
+        help=f"channels of a new enhancer's residual U-Net branch, its only free-form operation "
+        f"(default {EnhancerConfig.unet_width}); wider can express shifts the fixed operations do not model",
+    )
+    parser.add_argument(
         "--warp-alignment",
         type=float,
         default=0.0,
@@ -480,7 +497,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         check_training_set(train)
     val_corrupted = corrupted_copy(val, config.corruption_probability, seed=config.seed + 1, names=names)
 
-    enhancer = initial if initial is not None else DynTTAEnhancer(EnhancerConfig(input_size=size, warp=config.warp))
+    enhancer = initial if initial is not None else DynTTAEnhancer(config.enhancer_config(size))
     model = EnhancedRecognizer(enhancer, recognizer.module)
     # validation stays on the corruptions alone, so its figures compare with fits without --train-shifts
     shift = training_shift(

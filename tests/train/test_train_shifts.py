@@ -178,6 +178,8 @@ def test_unknown_shift_or_blind_is_a_usage_error(tmp_path: Path, capsys) -> None
     )
     assert "--warp-alignment trains an output warp: give --warp" in refused("--warp-alignment", "1")
     assert "--warp builds a new enhancer" in refused("--warp", "--init", str(tmp_path))
+    assert "--unet-width builds a new enhancer" in refused("--unet-width", "16", "--init", str(tmp_path))
+    assert "--unet-width must be >= 1, got 0" in refused("--unet-width", "0")
     # a missing --init is reported before the data or the recognizer are read; 1: FileNotFoundError, as for a
     # missing recognizer checkpoint
     err = refused("--init", str(tmp_path / "gone"), code=1)

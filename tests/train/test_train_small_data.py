@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dyntta.enhancer import load_enhancer
+from dyntta.enhancer import DynTTAEnhancer, EnhancerConfig, load_enhancer
 from dyntta.models import read_checkpoint_meta
 from dyntta.train.__main__ import main
 from dyntta.train.enhancer import validation_size
@@ -69,11 +69,14 @@ def test_enhancer_fits_on_a_few_hundred_images(small: tuple[Path, Path], tmp_pat
     load_enhancer(out)
 
 
-def test_enhancer_without_validation(small: tuple[Path, Path], tmp_path: Path) -> None:
+def test_enhancer_without_validation_and_with_a_wider_unet(small: tuple[Path, Path], tmp_path: Path) -> None:
     data, recognizer = small
     out = tmp_path / "enhancer"
-    assert main(enhancer_argv(recognizer, data, out, "--val-size", "0", "--train-subset", "64")) == 0
+    extra = ["--val-size", "0", "--train-subset", "64", "--unet-width", "16"]
+    assert main(enhancer_argv(recognizer, data, out, *extra)) == 0
     assert read_checkpoint_meta(out)["metrics"]["val_clean_accuracy_enhanced"] is None
+    wide, default = load_enhancer(out), DynTTAEnhancer(EnhancerConfig())
+    assert wide.config.unet_width == 16 and wide.num_parameters() > default.num_parameters()
 
 
 def test_enhancer_with_the_do_no_harm_term_and_a_family_left_out(small: tuple[Path, Path], tmp_path: Path) -> None:
