@@ -68,7 +68,8 @@ def test_configs_say_how_each_model_was_trained(model: str) -> None:
     assert served == contract.Training.from_recipe(recipe)
     assert served is not None and served.command == recipe["command"]
     if model == contract.RECOGNIZER:
-        assert served.method == recipe["method"] == "erm"  # the committed default recognizer (issue 14 grid)
+        # the committed default recognizer: issue 14's rule over the fair-budget grid picked DAMP (sigma 0.05)
+        assert served.method == recipe["method"] == "damp" and "sigma=0.05" in served.command
 
 
 @pytest.mark.parametrize("model", HOSTED)
