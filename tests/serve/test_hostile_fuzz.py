@@ -66,12 +66,15 @@ def mutated(draw: st.DrawFn) -> bytes:
 
 
 def _decode(data: bytes) -> None:
-    start = time.process_time()
+    # this thread's CPU time: decode_batch decodes in the calling thread, and the process's time also counts
+    # the session's other threads (CI, 2026-12-03: a WebP case "took" 1.65 s of process time; in its own
+    # thread the slowest of the 2,000 cases takes 0.1 s)
+    start = time.thread_time()
     try:
         decode_batch([Upload("fuzz", "application/octet-stream", data)], 32, 40_000_000, 40_000_000)
     except ApiError as exc:
         assert exc.status_code < 500, exc.message
-    assert time.process_time() - start < 1.0
+    assert time.thread_time() - start < 1.0
 
 
 @settings(max_examples=2000, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
