@@ -18,11 +18,10 @@ from dataclasses import asdict, dataclass
 import torch
 
 from benchmarks.provenance import Provenance
-from dyntta.data import RESIZE, load_dataset, split_validation
+from dyntta.data import RESIZE, load_dataset
 from dyntta.enhancer import load_enhancer
 from dyntta.models import load_recognizer
-from dyntta.train.corruption_augment import corrupted_copy
-from dyntta.train.enhancer import EnhancedRecognizer, training_corruptions, validation_size
+from dyntta.train.enhancer import EnhancedRecognizer, EnhancerTrainConfig, training_corruptions
 from dyntta.train.loop import evaluate_accuracy
 
 
@@ -48,13 +47,21 @@ def main(argv: list[str] | None = None) -> list[Row]:
     torch.set_num_threads(args.threads)
     provenance = Provenance.start("benchmarks.enhancer_validation", argv)
 
+    # the trainer's own split and corrupted copy, from the flags it was given
+    trainer = EnhancerTrainConfig(
+        recognizer=args.recognizer,
+        out="",
+        data=args.data,
+        seed=args.seed,
+        val_fraction=args.val_fraction,
+        val_size=args.val_size,
+        corruption_probability=args.corruption_probability,
+    )
     recognizer = load_recognizer(args.recognizer).eval()
     full = load_dataset(args.data, "train", image_size=recognizer.config.input_size, preprocess=RESIZE)
-    n_val = validation_size(len(full), args.val_fraction, args.val_size)
-    _, val = split_validation(full, n_val / len(full), args.seed)
-    corrupted = corrupted_copy(
-        val, args.corruption_probability, seed=args.seed + 1, names=training_corruptions(("core",))
-    )
+    _, val = trainer.validation_split(full)
+    names = training_corruptions(trainer.train_corruptions, trainer.exclude_corruptions)
+    corrupted = trainer.corrupted_validation(val, names)
 
     def measure(name: str, model: torch.nn.Module) -> Row:
         return Row(name, evaluate_accuracy(model, corrupted, "cpu"), evaluate_accuracy(model, val, "cpu"))

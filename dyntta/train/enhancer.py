@@ -231,6 +231,15 @@ class EnhancerTrainConfig:
         if self.unet_width is not None and self.unet_width < 1:
             raise ValueError(f"--unet-width must be >= 1, got {self.unet_width}")
 
+    def validation_split(self, data: LabelledImages) -> tuple[LabelledImages, LabelledImages]:
+        """(training, validation): ``--val-fraction`` of ``data``, capped at ``--val-size``, split by ``--seed``."""
+        held_out = validation_size(len(data), self.val_fraction, self.val_size)
+        return split_validation(data, held_out / len(data), self.seed)
+
+    def corrupted_validation(self, val: LabelledImages, names: Sequence[str]) -> LabelledImages:
+        """Validation's one fixed corrupted copy (seed + 1: not the training draw of ``--seed``)."""
+        return corrupted_copy(val, self.corruption_probability, seed=self.seed + 1, names=names)
+
     def enhancer_config(self, input_size: int) -> EnhancerConfig:
         """The architecture of a new enhancer (``--init`` continues its checkpoint's own)."""
         width = {} if self.unet_width is None else {"unet_width": self.unet_width}
@@ -485,8 +494,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     full_train.classes = classes
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    n_val = validation_size(len(full_train), config.val_fraction, config.val_size)
-    train, val = split_validation(full_train, n_val / len(full_train), config.seed)
+    train, val = config.validation_split(full_train)
     if config.train_subset:
         train = train.subset(torch.arange(min(config.train_subset, len(train))))
     if label_free:
@@ -495,7 +503,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         val = predicted_labels(recognizer.module, val)
     else:
         check_training_set(train)
-    val_corrupted = corrupted_copy(val, config.corruption_probability, seed=config.seed + 1, names=names)
+    val_corrupted = config.corrupted_validation(val, names)
 
     enhancer = initial if initial is not None else DynTTAEnhancer(config.enhancer_config(size))
     model = EnhancedRecognizer(enhancer, recognizer.module)

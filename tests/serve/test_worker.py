@@ -108,6 +108,12 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
         time.sleep(0.02)
 
 
+def under_way(store: JobStore, job_id: str, batches: int) -> bool:
+    """The job is running and has saved at least ``batches`` batch predictions."""
+    job = store.get(job_id)
+    return job is not None and job.status == "running" and len(store.load_predictions(job_id)) >= batches
+
+
 def run_scenario(state_url: str, make_gateway: GatewayFactory, workers_factory: Any, reports: Path) -> None:
     gateways = [make_gateway(state_url=state_url, reports_dir=reports, workers=0, max_queued_jobs=50) for _ in "ab"]
     workers = workers_factory(state_url, reports)
@@ -123,11 +129,7 @@ def run_scenario(state_url: str, make_gateway: GatewayFactory, workers_factory: 
         victim_id = clients[1].post("/v1/robustness", data=FORM).json()["id"]
         others = [clients[i % 2].post("/v1/robustness", data=SMALL).json()["id"] for i in range(4)]
 
-        def mid_job() -> bool:
-            job = store.get(victim_id)
-            return job is not None and job.status == "running" and len(store.load_predictions(victim_id)) >= 4
-
-        wait_until(mid_job, 120, "the job to be half-way")
+        wait_until(lambda: under_way(store, victim_id, batches=4), 120, "the job to be half-way")
         running = store.get(victim_id)
         assert running is not None and running.worker is not None and running.progress < 0.9
         saved = len(store.load_predictions(victim_id))
@@ -211,11 +213,7 @@ def test_sigterm_releases_the_running_job_and_the_next_worker_resumes_it(
     try:
         job_id = client.post("/v1/robustness", data=FORM).json()["id"]
 
-        def mid_job() -> bool:
-            job = store.get(job_id)
-            return job is not None and job.status == "running" and len(store.load_predictions(job_id)) >= 2
-
-        wait_until(mid_job, 120, "the job to be under way")
+        wait_until(lambda: under_way(store, job_id, batches=2), 120, "the job to be under way")
         first.send_signal(signal.SIGTERM)
         assert first.wait(timeout=20) == 0  # exits on its own, not by the grace period's SIGKILL
         released = store.get(job_id)
