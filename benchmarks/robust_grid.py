@@ -15,6 +15,10 @@ corruptions x 5 severities, ``dyntta.corruptions`` seed 0, 8-bit) on a FIXED SUB
 forward pass, shared by the batch) and attacked through exactly that model; its exported deterministic
 model is reported separately (``l2p-det``).
 
+One starting recognizer per root: ``ROOT/base.json`` records the SHA-256 of ``--init``'s weights when the
+grid first runs, and a later launch from other weights is refused (the default ``--init`` follows the
+committed default recognizer, which the grid itself may replace; pass the grid's base explicitly then).
+
 Resumable: each training run lives in ``ROOT/runs/NAME`` (an interrupted run resumes from its
 ``train_state.pt``) and each evaluation is a file ``ROOT/eval/NAME/KIND.json``; finished work is skipped.
 At most ``--workers`` processes run at once. ``ROOT/table.md`` (and ``results.json``) are rewritten as
@@ -25,6 +29,10 @@ results arrive.
     uv run python -m benchmarks.robust_grid --table          # rewrite the table with this code, run nothing
     nice -n 10 uv run python -m benchmarks.robust_grid --workers 2
     nice -n 10 uv run python -m benchmarks.robust_grid --seeds 1            # one seed of every method first
+    # the committed root started from the ERM recognizer of commit bf6d593 (base.json); to go on with it:
+    mkdir -p var/erm-base && for f in config.json model.safetensors; do
+        git show bf6d593:checkpoints/fashion-mnist/recognizer/$f > var/erm-base/$f; done
+    nice -n 10 uv run python -m benchmarks.robust_grid --init var/erm-base --methods l2p
     uv run python -m benchmarks.robust_grid --train-subset 256 --c-images 20 --pgd-images 20 \\
         --test-images 200 --epochs 1 --root var/robust-grid-smoke --methods erm dpl l2p \\
         --extra-args dpl:hvp_images=32 dpl:max_iterations=3 --workers 2                     # smoke test
@@ -33,6 +41,7 @@ results arrive.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -366,11 +375,49 @@ def default_choice(summary: dict[str, GroupSummary]) -> str:
     )
 
 
+# --- the starting recognizer ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Base:
+    """The recognizer every run of a root fine-tunes: how to name it, and its weights' SHA-256."""
+
+    described_as: str
+    weights_sha256: str
+
+    @classmethod
+    def read(cls, root: Path) -> Base | None:
+        path = root / "base.json"
+        return cls(**json.loads(path.read_text())) if path.is_file() else None
+
+    def write(self, root: Path) -> None:
+        (root / "base.json").write_text(json.dumps(self.__dict__, indent=2) + "\n")
+
+
+def weights_sha256(checkpoint: str) -> str:
+    return hashlib.sha256((Path(checkpoint) / "model.safetensors").read_bytes()).hexdigest()
+
+
+def pin_base(root: Path, init: str) -> None:
+    """Record the root's starting recognizer, or refuse ``init`` when the root started from other weights."""
+    digest = weights_sha256(init)
+    base = Base.read(root)
+    if base is None:
+        Base(described_as=init, weights_sha256=digest).write(root)
+    elif base.weights_sha256 != digest:
+        raise SystemExit(
+            f"--init {init} is not this grid's starting recognizer ({base.described_as}, weights sha256 "
+            f"{base.weights_sha256[:12]}, here {digest[:12]}): pass that checkpoint as --init, or use another --root"
+        )
+
+
 def table(root: Path, options: argparse.Namespace) -> str:
     summary = summarise(collect(root))
     erm = summary.get("erm")
+    base = Base.read(root)
+    start = base.described_as if base else options.init
     lines = [
-        f"Fine-tunes of `{options.init}` for {options.epochs} epoch(s); clean: {options.test_images} test images; "
+        f"Fine-tunes of `{start}` for {options.epochs} epoch(s); clean: {options.test_images} test images; "
         f"F-MNIST-C: 15 x 5 on the first {options.c_images} test images (a fixed subset); PGD eps 8/255, "
         f"10 steps, first {options.pgd_images} test images. Mean +- std over seeds (points). A difference to "
         "the ERM fine-tune counts as larger than the seed spread when |diff| > the larger of the two stds.",
@@ -475,6 +522,7 @@ def _stop(signum: int, frame: object) -> None:
 def run_grid(options: argparse.Namespace) -> int:
     root = Path(options.root)
     (root / "logs").mkdir(parents=True, exist_ok=True)
+    pin_base(root, options.init)
     running: dict[str, tuple[subprocess.Popen, float]] = {}
     failed: set[str] = set()
     started = time.perf_counter()

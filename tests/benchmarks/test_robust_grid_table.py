@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.robust_grid import collect, default_choice, group_of, seed_of, summarise, table
+from benchmarks.robust_grid import collect, default_choice, group_of, pin_base, seed_of, summarise, table
 
 
 def _run(root: Path, name: str, clean: float, corrupted: float, pgd: float, validation: float) -> None:
@@ -87,3 +87,20 @@ def test_a_randomised_defence_reports_its_eot_attack(tmp_path: Path) -> None:
     assert "`l2p` under PGD with expectation over transformation" in text
     assert "**31.00 +- 0.00** over 1 seed(s) (+9.00 against ERM's PGD, deterministic)" in text
     assert "`sam` under PGD with expectation" not in text
+
+
+def test_a_root_keeps_one_starting_recognizer(tmp_path: Path) -> None:
+    """The default --init follows the committed recognizer, which the grid may replace: a later launch from
+    other weights would mix two baselines in one table, so it is refused; the same weights elsewhere are not."""
+    first, copy, other = (tmp_path / name for name in ("first", "copy", "other"))
+    for directory, weights in ((first, b"weights A"), (copy, b"weights A"), (other, b"weights B")):
+        directory.mkdir()
+        (directory / "model.safetensors").write_bytes(weights)
+    root = tmp_path / "grid"
+    root.mkdir()
+    pin_base(root, str(first))
+    pin_base(root, str(copy))
+    with pytest.raises(SystemExit, match="is not this grid's starting recognizer"):
+        pin_base(root, str(other))
+    options = argparse.Namespace(init=str(other), epochs=3, test_images=10, c_images=10, pgd_images=10)
+    assert table(root, options).startswith(f"Fine-tunes of `{first}`")
