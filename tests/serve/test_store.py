@@ -114,11 +114,13 @@ def test_racing_workers_claim_every_job_exactly_once(store: JobStore):
 
 def test_an_expired_lease_passes_the_job_on_and_fences_the_old_worker(store: JobStore):
     job = store.create("builtin", 10, PARAMS)
-    stale = store.claim("slow", lease_s=0.3)
+    stale = store.claim("slow", lease_s=30)
     assert stale is not None
     assert store.claim("other", lease_s=30) is None  # the lease holds
-    store.heartbeat(stale, lease_s=0.3)
-    time.sleep(0.4)
+    # a last heartbeat, then the worker stalls: its lease runs out (a lease short enough to wait for here,
+    # but never for the claim above, which a loaded CI machine once took over 0.3 s to reach)
+    store.heartbeat(stale, lease_s=0.05)
+    time.sleep(0.2)
     fresh = store.claim("other", lease_s=30)
     assert fresh is not None and fresh.id == job.id and fresh.attempts == 2
     for write in (
@@ -138,11 +140,12 @@ def test_an_expired_lease_passes_the_job_on_and_fences_the_old_worker(store: Job
 
 def test_predictions_survive_the_worker_and_go_when_the_job_is_done(store: JobStore):
     job = store.create("builtin", 4, PARAMS)
-    first = store.claim("first", lease_s=0.1)
+    first = store.claim("first", lease_s=30)
     assert first is not None
     saved = StoredPredictions(store, first)
     predicted, confidence = np.array([3, 1, 4, 1]), np.array([0.5, 0.25, 0.125, 1.0], dtype=np.float32)
     saved.put("recognizer:1", ("fog", 1), "0-4-abc", predicted, confidence)
+    store.heartbeat(first, lease_s=0.05)  # then the first worker dies: its lease runs out
     time.sleep(0.2)
     second = store.claim("second", lease_s=30)
     assert second is not None and second.id == job.id
