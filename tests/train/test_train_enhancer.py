@@ -38,7 +38,7 @@ def test_short_enhancer_training_lowers_corrupted_loss(tiny_recognizer_dir, fmni
                 "--out",
                 str(out),
                 "--epochs",
-                "2",
+                "1",
                 "--train-subset",
                 "1536",
                 "--val-size",
@@ -56,6 +56,7 @@ def test_short_enhancer_training_lowers_corrupted_loss(tiny_recognizer_dir, fmni
     with torch.no_grad():
         loss_alone = F.cross_entropy(recognizer(x), y).item()
         loss_enhanced = F.cross_entropy(recognizer(enhancer(x)), y).item()
+    # one epoch of 1,536 images is plenty (session 12: 1.89 -> 1.27); the second epoch only cost 35 s of CI
     assert loss_enhanced < loss_alone - 0.02, (loss_alone, loss_enhanced)
     # The recognizer was frozen: in memory, after the training steps, its parameters and BatchNorm buffers
     # (running statistics, batch counts) are exactly what was loaded, and it is still in eval mode.
