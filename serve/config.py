@@ -65,7 +65,9 @@ class Settings(BaseSettings):
     max_request_pixels: int = Field(
         40_000_000, ge=0, description="decoded pixels summed over one request's images (413 above)"
     )
-    decode_cpu_s: float = Field(1.0, ge=0, description="CPU seconds one request's decoding may take (413 above)")
+    decode_cpu_s: float = Field(
+        1.0, ge=0, description="user CPU seconds one request's decoding may take (413 above; pixel limits bound memory)"
+    )
     decode_workers: int = Field(2, ge=0, description="processes decoding uploads (anything but tiny ones)")
     max_waiting: int = Field(64, ge=0, description="requests waiting for an inference slot; more get 503 at once")
     queue_wait_s: float = Field(10.0, ge=0, description="longest wait for an inference slot before a 503")

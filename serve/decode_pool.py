@@ -90,7 +90,7 @@ class DecodePool:
     one and returns its result, re-raising :class:`serve.errors.ApiError` s raised there.
 
     Any module-level function works, so the zip reader can use the same pool for a whole archive.
-    ``on_task(cpu_s)`` is called with each task's CPU time in its worker (the gateway's decode metric).
+    ``on_task(cpu_s)`` is called with each task's user CPU time in its worker (the gateway's decode metric).
     """
 
     def __init__(self, workers: int = 2, cpu_s: float = 1.0, on_task: Callable[[float], None] | None = None) -> None:

@@ -126,7 +126,7 @@ class Metrics:
         # how close decodes run to the CPU limit; a refusal from the headers shows as ~0
         self.decode_cpu = Histogram(
             "dyntta_gateway_decode_cpu_seconds",
-            "CPU time of each task in a decoding process",
+            "user CPU time of each task in a decoding process (the limited clock)",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
             registry=self.registry,
         )
