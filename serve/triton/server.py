@@ -270,9 +270,8 @@ class TritonServer(Startable):
         ports_ = {k: (v if v is not None else ports.free_port(self.host)) for k, v in self._ports.items()}
         self._workdir = tempfile.TemporaryDirectory(prefix="dyntta-triton-")
         backends = Path(self._workdir.name) / "backends"
-        (backends / "python").mkdir(parents=True)
-        for item in bundled.python_backend.iterdir():
-            shutil.copy2(item, backends / "python" / item.name)
+        # the whole folder: `uv sync --compile-bytecode` adds a __pycache__ beside the backend's files
+        shutil.copytree(bundled.python_backend, backends / "python")
         shutil.copy2(bundled.stub(), backends / "python" / "triton_python_backend_stub")
 
         urls = TritonURLs.local(ports_["http"], ports_["grpc"], ports_["metrics"], self.host)

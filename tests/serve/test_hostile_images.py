@@ -25,8 +25,8 @@ from serve.imaging import PixelBudget, Upload, decode_batch
 from tests.serve.conftest import GatewayFactory, LiveGateway
 from tests.serve.helpers import encode, fmnist_raw, header_bomb_png, png_bytes
 
-#: a header read in a decoding process costs well under a millisecond of CPU; decoding any of the bombs
-#: below costs tenths of a second to seconds, so this tells "refused from the header" from "decoded"
+#: a header read in a decoding process costs well under a millisecond of user CPU; decoding any of the images
+#: below costs a tenth of a second to seconds, so this tells "refused from the header" from "decoded"
 HEADER_ONLY_CPU_S = 0.05
 
 
@@ -145,7 +145,7 @@ def test_request_pixel_budget_is_checked_over_all_headers_first(make_gateway: Ga
     response = post(gateway, files[:1])  # one alone fits the budget, and decoding it is real work
     assert response.status_code == 200, response.text
     decoded = DecodeWork.of(gateway) - before - refused
-    assert decoded.tasks == 1 and decoded.cpu_s > 2 * HEADER_ONLY_CPU_S, decoded
+    assert decoded.tasks == 1 and decoded.cpu_s > HEADER_ONLY_CPU_S, decoded  # ~0.11 s of user time here
     assert_still_serves(gateway, sample_png)
 
 
