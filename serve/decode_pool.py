@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
-import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -180,9 +179,3 @@ class DecodePool:
             replacement = _Worker(self._context, self.cpu_s)
             self._workers = [replacement if w is worker else w for w in self._workers]
         return outcome, replacement
-
-
-def cpu_seconds() -> float:
-    """CPU time of this process (user + system), for tests and logs."""
-    times = os.times()
-    return times.user + times.system
