@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from dyntta import contract
 from dyntta.contract import IMAGE_SUFFIXES, DatasetNotFoundError, find_class_images
+from dyntta.data.cache import converted
 from dyntta.data.preprocess import RESIZE, Preprocess, to_model_input
 from dyntta.data.transforms import arrays_to_model_input
 from dyntta.registry import Registry
@@ -94,9 +95,12 @@ def load_dataset(
 @DATASETS.register("fashion-mnist", aliases=("fashionmnist",))
 def _fashion_mnist(split: str, size: int, root: str | os.PathLike[str] | None, policy: Preprocess) -> LabelledImages:
     images_path, labels_path = contract.fashion_mnist_files(split, root)
-    raw = read_idx(images_path)
     labels = torch.from_numpy(read_idx(labels_path).astype(np.int64))
-    images = arrays_to_model_input(raw, size, policy)
+
+    def convert() -> torch.Tensor:
+        return arrays_to_model_input(read_idx(images_path), size, policy)
+
+    images = converted(f"fashion-mnist-{split}", [images_path], size, policy, convert)
     return LabelledImages("fashion-mnist", split, images, labels, list(FASHION_MNIST_CLASSES))
 
 
@@ -140,13 +144,15 @@ def _cifar(key: str, split: str, size: int, root: str | os.PathLike[str] | None,
             f"{key} batch files {missing} not found in {directory}: extract the 'python version' archive "
             f"there or pass --data-dir / {DATA_DIR_ENV}"
         )
-    arrays, labels = [], []
-    for file in files:
-        batch = _unpickle(directory / file)
-        arrays.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-        labels.extend(batch[label_key])
+    batches = [_unpickle(directory / file) for file in files]
+    labels = [label for batch in batches for label in batch[label_key]]
     classes = [c.decode() for c in _unpickle(directory / meta)[names_key]]
-    images = arrays_to_model_input(np.concatenate(arrays), size, policy)
+
+    def convert() -> torch.Tensor:
+        arrays = [np.asarray(b[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1) for b in batches]
+        return arrays_to_model_input(np.concatenate(arrays), size, policy)
+
+    images = converted(f"{key}-{split}", [directory / f for f in files], size, policy, convert)
     return LabelledImages(key, split, images, torch.tensor(labels, dtype=torch.int64), classes)
 
 
