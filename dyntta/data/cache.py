@@ -37,8 +37,8 @@ def cache_directory() -> Path | None:
     configured = os.environ.get(CACHE_ENV)
     if configured:
         return None if configured.lower() == "off" else Path(configured)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "dyntta"
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path("~/.cache").expanduser())
+    return base / "dyntta" if base.is_absolute() else None  # no home directory (an arbitrary container uid)
 
 
 def _contract_fingerprint() -> str:
