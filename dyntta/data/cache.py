@@ -77,7 +77,9 @@ def converted(
     stem = f"{name}-{size}px-{policy.mode}-{hashlib.sha256(where.encode()).hexdigest()[:8]}"
     path = directory / f"{stem}-{cache_key(sources, size, policy)}.npy"
     try:
-        return torch.from_numpy(np.load(path, allow_pickle=False))
+        cached = np.load(path, allow_pickle=False)
+        if cached.dtype == np.uint8 and cached.shape[1:] == (3, size, size):
+            return torch.from_numpy(cached)
     except (OSError, ValueError, EOFError):  # missing, truncated or foreign: convert again
         pass
     images = convert()
